@@ -1,0 +1,119 @@
+"""Command line: `alignlab <recipe> --config PRESET key.sub=value ...` and a few tools.
+
+Thin on purpose: parse, build the recipe's config, call its `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+from alignlab.config import ConfigError, describe, load_config
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPES = {
+    "sft": ("alignlab.recipes.sft", "SFTConfig"),
+}
+
+
+def presets(recipe: str | None = None) -> list[Path]:
+    """Shipped YAML presets, named `<recipe>_<variant>.yaml` next to the recipes."""
+    found = sorted(RECIPE_DIR.glob("*.yaml"))
+    return [p for p in found if recipe is None or p.stem.split("_")[0] == recipe]
+
+
+def resolve_preset(name: str) -> Path:
+    """A path, or the name of a shipped preset (with or without .yaml)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.exists():
+        return shipped
+    names = ", ".join(p.stem for p in presets())
+    raise ConfigError(
+        f"config {name!r}: no such file, and no shipped preset of that name ({names})"
+    )
+
+
+def run_recipe(name: str, argv: list[str]) -> None:
+    module_name, config_name = RECIPES[name]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    parser = argparse.ArgumentParser(
+        prog=f"alignlab {name}",
+        description=(config_cls.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="options (key.sub=value):\n" + "\n".join(describe(config_cls)),
+    )
+    parser.add_argument("--config", help="YAML preset: a file or a shipped preset name")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    preset = resolve_preset(args.config) if args.config else None
+    config = load_config(config_cls, preset, args.overrides)
+    module.run(config)
+
+
+def list_recipes() -> None:
+    for name, (module_name, _) in RECIPES.items():
+        doc = (importlib.import_module(module_name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:8s} {doc}")
+        for preset in presets(name):
+            print(f"         preset: {preset.stem}")
+
+
+def copy_preset(name: str, dest: str) -> None:
+    source = resolve_preset(name)
+    target = Path(dest)
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise ConfigError(f"{target} exists; not overwriting it")
+    shutil.copyfile(source, target)
+    print(f"copied {source.name} -> {target}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tools = ("recipes", "cp", "demo")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: alignlab {" + ",".join([*RECIPES, *tools]) + "} ...")
+        print("  <recipe> --config PRESET key.sub=value ...   train (see alignlab <recipe> --help)")
+        print("  recipes                                      list recipes and shipped presets")
+        print("  cp PRESET DEST                               copy a preset to edit")
+        print("  demo [--out DIR]                             the main job: see README.md")
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in RECIPES:
+            run_recipe(command, rest)
+        elif command == "recipes":
+            list_recipes()
+        elif command == "cp":
+            if len(rest) != 2:
+                raise ConfigError("usage: alignlab cp PRESET DEST")
+            copy_preset(*rest)
+        elif command == "demo":
+            from alignlab import demo
+
+            demo.main(rest)
+        else:
+            raise ConfigError(f"unknown command {command!r}; try: {', '.join([*RECIPES, *tools])}")
+    except ConfigError as err:
+        print(f"alignlab: config error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from alignlab.data.schema import DataError
+
+        if isinstance(err, DataError):
+            print(f"alignlab: data error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

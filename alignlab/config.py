@@ -1,0 +1,362 @@
+"""Recipe configs: nested dataclasses, YAML presets, dotted `key.sub=value` overrides.
+
+Every field is declared with `option(default, "one-line doc", ...)`; the doc is what
+`alignlab <recipe> --help` prints. Validation happens before any work starts:
+unknown keys name the closest valid key, bad values name the field, the value and what is
+allowed, and each section's `check()` refuses conflicting settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value, key or combination that is not allowed; the message says which."""
+
+
+def option(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,  # noqa: A002 - reads naturally at the call site
+    max: float | None = None,  # noqa: A002
+    min_exclusive: bool = False,
+) -> Any:
+    """A dataclass field with a one-line doc and an allowed range or set of values."""
+    metadata = {"doc": doc, "choices": choices, "min": min, "max": max, "gt": min_exclusive}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def section(cls: type, doc: str) -> Any:
+    """A nested config section (a dataclass instance built with defaults)."""
+    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+
+
+# --- shared sections ---
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """Low-rank adapters through peft. Off unless `enabled`."""
+
+    enabled: bool = option(False, "train LoRA adapters instead of all weights")
+    r: int = option(16, "adapter rank", min=1)
+    alpha: float = option(32.0, "scaling numerator: the update is scaled by alpha / r", min=0)
+    dropout: float = option(0.0, "dropout on the adapter input", min=0, max=1)
+    target_modules: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "module names (or suffixes) that get adapters; 'all-linear' for every linear layer",
+    )
+    load_in_4bit: bool = option(False, "QLoRA: load the frozen base in 4-bit NF4 (CUDA only)")
+    save_merged: bool = option(True, "save checkpoints as merged plain HF weights")
+    save_adapter: bool = option(False, "also save the adapter alone in final/adapter")
+
+    def check(self) -> None:
+        if self.enabled and any(m == "lm_head" for m in self.target_modules):
+            raise ConfigError(
+                "lora.target_modules: 'lm_head' is not supported (the loss reads the output "
+                "projection directly); train it fully or leave it frozen"
+            )
+        if self.load_in_4bit and not self.enabled:
+            raise ConfigError("lora.load_in_4bit=true needs lora.enabled=true (QLoRA)")
+        if self.enabled and not (self.save_merged or self.save_adapter):
+            raise ConfigError("lora: save_merged and save_adapter are both false; nothing to save")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which causal LM to load and how."""
+
+    path: str = option("", "hub id or local folder of an HF causal LM")
+    tokenizer: str = option("", "tokenizer hub id or folder; empty means the model's")
+    dtype: str = option("fp32", "weight dtype", choices=("fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = option(False, "recompute activations in backward")
+    attn_implementation: str = option(
+        "sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2")
+    )
+    trust_remote_code: bool = option(False, "allow model code from the hub")
+    revision: str = option("", "hub revision (branch, tag or commit); empty is the default")
+    lora: LoraConfig = section(LoraConfig, "LoRA / QLoRA adapters")
+
+    def check(self) -> None:
+        if not self.path:
+            raise ConfigError("model.path is required: a hub id or a local model folder")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from and how they become token sequences."""
+
+    path: str = option("", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id")
+    split: str = option("train", "split to read from a hub dataset or a saved DatasetDict")
+    eval_path: str = option("", "held-out file/dataset for eval loss; empty uses eval_fraction")
+    eval_fraction: float = option(0.0, "fraction of `path` held out for eval loss", min=0, max=0.5)
+    format: str = option(
+        "auto",
+        "dataset format; auto detects it from the keys",
+        choices=(
+            "auto",
+            "language_modeling",
+            "prompt_completion",
+            "conversational",
+            "preference",
+            "unpaired_preference",
+            "ranked",
+        ),
+    )
+    max_length: int = option(
+        1024, "max tokens per sequence (prompt + completion); 0 = no limit", min=0
+    )
+    truncation: str = option(
+        "keep_start",
+        "how over-long examples are cut: keep the start, keep the end, or skip them",
+        choices=("keep_start", "keep_end", "skip"),
+    )
+    on_bad_example: str = option(
+        "error",
+        "bad record (missing/empty field, malformed line): stop with an error or skip and count",
+        choices=("error", "skip"),
+    )
+    completion_only_loss: bool = option(True, "loss only on completion / assistant tokens")
+    packing: bool = option(False, "pack short examples into max_length sequences")
+    max_examples: int = option(0, "use at most this many records; 0 = all", min=0)
+
+    def check(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path is required: a data file, folder or hub dataset id")
+        if self.packing and self.max_length == 0:
+            raise ConfigError("data.packing=true needs data.max_length > 0 (the packed length)")
+        if self.eval_path and self.eval_fraction > 0:
+            raise ConfigError("set data.eval_path or data.eval_fraction, not both")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The optimisation loop shared by the recipes."""
+
+    output_dir: str = option("runs/sft", "folder for checkpoints, metrics.jsonl and tensorboard/")
+    seed: int = option(0, "seed for init, shuffling and sampling")
+    epochs: float = option(
+        1.0, "passes over the data (fractions allowed)", min=0, min_exclusive=True
+    )
+    max_steps: int = option(0, "stop after this many optimizer steps; 0 = from epochs", min=0)
+    micro_batch_size: int = option(8, "sequences per forward pass per process", min=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
+    lr: float = option(2e-5, "peak learning rate", min=0, min_exclusive=True)
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay (not on norms/biases)", min=0)
+    adam_beta1: float = option(0.9, "AdamW beta1", min=0, max=1)
+    adam_beta2: float = option(0.999, "AdamW beta2", min=0, max=1)
+    adam_eps: float = option(1e-8, "AdamW epsilon", min=0, min_exclusive=True)
+    warmup_steps: int = option(0, "linear warm-up steps (overrides warmup_ratio when > 0)", min=0)
+    warmup_ratio: float = option(0.0, "warm-up as a fraction of total steps", min=0, max=1)
+    schedule: str = option(
+        "cosine", "decay after warm-up", choices=("cosine", "linear", "constant")
+    )
+    min_lr_ratio: float = option(0.0, "final lr as a fraction of the peak", min=0, max=1)
+    max_grad_norm: float = option(1.0, "clip the global gradient norm; 0 = no clipping", min=0)
+    mixed_precision: str = option(
+        "no", "autocast dtype for forward passes", choices=("no", "bf16", "fp16")
+    )
+    log_every: int = option(1, "optimizer steps between metric records", min=1)
+    eval_every: int = option(
+        0, "optimizer steps between eval-loss passes; 0 = only at the end", min=0
+    )
+    save_every: int = option(
+        0, "optimizer steps between checkpoints; 0 = only the final one", min=0
+    )
+    keep_checkpoints: int = option(2, "how many step checkpoints to keep (oldest removed)", min=1)
+    resume: bool = option(False, "continue from the last checkpoint in output_dir")
+    loss_chunk_size: int = option(
+        1024, "tokens per chunk of the output-projection log-softmax", min=1
+    )
+    progress: bool = option(True, "show a tqdm progress bar (rank 0)")
+    tensorboard: bool = option(True, "also write metrics to output_dir/tensorboard")
+
+
+# --- machinery ---
+
+C = TypeVar("C")
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    """The dataclass fields of `cls` by name, with string annotations resolved."""
+    hints = typing.get_type_hints(cls)
+    result = {}
+    for f in dataclasses.fields(cls):
+        f.type = hints[f.name]
+        result[f.name] = f
+    return result
+
+
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option_type in typing.get_args(annotation):
+            if option_type is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option_type, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} is not {_describe(annotation)}")
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(annotation)}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):  # `key=a,b` on the command line
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_describe(item_type)}, got {value!r}")
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-4` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is Any or isinstance(value, annotation):
+        if annotation is int and isinstance(value, bool):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return value
+    raise ConfigError(
+        f"{where}: expected {_describe(annotation)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
+    meta = f.metadata
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {allowed}")
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and (value < low or (meta.get("gt") and value == low)):
+            relation = ">" if meta.get("gt") else ">="
+            raise ConfigError(f"{where}: {value!r} is out of range; it must be {relation} {low}")
+        if high is not None and value > high:
+            raise ConfigError(f"{where}: {value!r} is out of range; it must be <= {high}")
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{where}{key}'{hint}")
+
+
+def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
+    """Instantiate dataclass `cls` from nested `values`, checking keys, types and ranges."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    fields = fields_of(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(key, list(fields), where)
+        f = fields[key]
+        name = f"{where}{key}"
+        if dataclasses.is_dataclass(f.type):
+            kwargs[key] = build(f.type, value or {}, f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, f.type, name)
+            _check_range(kwargs[key], f, name)
+    config = cls(**kwargs)
+    for key, f in fields.items():  # defaults are checked too: a required field may be empty
+        if not dataclasses.is_dataclass(f.type) and key not in kwargs:
+            _check_range(getattr(config, key), f, f"{where}{key}")
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value) with the value read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    if value is None and raw not in ("null", "~"):
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge_override(values: dict[str, Any], path: list[str], value: Any) -> None:
+    node = values
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def load_config(cls: type[C], preset: str | Path | None = None, overrides: list[str] = ()) -> C:
+    """Config from an optional YAML preset plus `key.sub=value` overrides, validated."""
+    values: dict[str, Any] = {}
+    if preset:
+        try:
+            values = yaml.safe_load(Path(preset).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{preset}: not valid YAML: {err}") from err
+        except OSError as err:
+            raise ConfigError(f"cannot read config {preset}: {err.strerror}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{preset}: the top level must be a mapping of sections")
+    for text in overrides:
+        path, value = parse_override(text)
+        merge_override(values, path, value)
+    config = build(cls, values)
+    check_all(config)
+    return config
+
+
+def check_all(config: Any) -> None:
+    """Run every section's `check()`, outermost last (it may compare sections)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_all(value)
+    if hasattr(config, "check"):
+        config.check()
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: `key (type, default): doc`, for --help."""
+    lines = []
+    for name, f in fields_of(cls).items():
+        if dataclasses.is_dataclass(f.type):
+            lines.append(f"{prefix}{name}: {f.metadata.get('doc', '')}")
+            lines.extend(describe(f.type, f"{prefix}{name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        extra = (
+            f"; one of {', '.join(map(str, f.metadata['choices']))}"
+            if f.metadata.get("choices")
+            else ""
+        )
+        lines.append(f"  {prefix}{name} = {default!r}  {f.metadata.get('doc', '')}{extra}")
+    return lines

@@ -1,0 +1,63 @@
+"""What happened to the records on their way to token sequences: used, skipped, truncated."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+_KEEP_LOCATIONS = 5
+
+
+@dataclass
+class DataReport:
+    """Counts gathered while loading, parsing and tokenizing one data source.
+
+    `records` counts every record read (malformed lines included); `used` the examples that
+    made it into the dataset; `skipped` the dropped ones by reason; `truncated` the kept
+    examples that were cut to max_length with policy `truncation`.
+    """
+
+    records: int = 0
+    used: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+    truncation: str = "keep_start"
+    packed_rows: int = 0
+    packed_length: int = 0
+    skipped_at: dict[str, list[str]] = field(default_factory=dict)
+    """The first few `path:line` locations of each skip reason, for the log."""
+
+    def skip(self, reason: str, where: str, message: str = "") -> None:
+        """Count one skipped record; the first of each reason is logged as a warning."""
+        first = reason not in self.skipped
+        self.skipped[reason] += 1
+        places = self.skipped_at.setdefault(reason, [])
+        if len(places) < _KEEP_LOCATIONS:
+            places.append(where)
+        detail = message or f"{where}: {reason}"
+        if first:
+            logger.warning(
+                "skipping bad example %s (later '%s' skips are only counted)", detail, reason
+            )
+        else:
+            logger.debug("skipping bad example %s", detail)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        """One line, e.g. `read 1000 records: 988 used, 12 skipped (7 empty completion, ...),
+        31 truncated (keep_start)`."""
+        text = f"read {self.records} records: {self.used} used"
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+            text += f", {self.total_skipped} skipped ({reasons})"
+        if self.truncated:
+            text += f", {self.truncated} truncated ({self.truncation})"
+        if self.packed_rows:
+            text += f"; packed into {self.packed_rows} sequences of <= {self.packed_length} tokens"
+        return text

@@ -1,0 +1,67 @@
+"""Per-token log-probabilities of a causal LM, the quantity every recipe trains on.
+
+`TokenLogProbs` wraps an HF causal LM (or its peft wrapper). It runs the decoder body, then
+projects only the positions that carry a label through the output layer, chunk by chunk
+(`ops.linear_log_probs`), so the (tokens x vocabulary) logits are never stored. With a 32k
+vocabulary that tensor is where SFT and DPO memory goes. It is an `nn.Module` so FSDP2 can
+shard it as the root: its forward unshards the embeddings and output projection it reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from alignlab.models.loading import unwrap_peft
+from alignlab.ops import IGNORE_INDEX, gather_log_probs, linear_log_probs, shift_labels
+
+
+def needs_full_logits(hf_model: nn.Module) -> bool:
+    """Models that transform logits after the projection need the plain forward path."""
+    config = hf_model.config
+    return bool(
+        getattr(config, "final_logit_softcapping", None)
+        or getattr(config, "logit_scale", None)
+        or getattr(config, "logits_scaling", None)
+        or getattr(config, "output_multiplier_scale", None)
+    )
+
+
+class TokenLogProbs(nn.Module):
+    """forward(batch) -> (B, T) log p(next token) at positions whose next label is trained.
+
+    Position t holds log p(input_ids[t+1] | input_ids[:t+1]) where labels[t+1] != IGNORE_INDEX,
+    and 0 elsewhere; `mask(batch)` returns where. Packed batches pass no attention_mask and
+    restart position_ids at each example (the HF mask builder then isolates examples).
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    @property
+    def hf_model(self) -> nn.Module:
+        return unwrap_peft(self.model)
+
+    @staticmethod
+    def mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return shift_labels(batch["labels"]) != IGNORE_INDEX
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hf_model = self.hf_model
+        targets = shift_labels(batch["labels"])  # (B, T)
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "position_ids": batch.get("position_ids"),
+        }
+        if needs_full_logits(hf_model):
+            logits = self.model(**inputs, use_cache=False).logits  # (B, T, V)
+            return gather_log_probs(logits, targets)
+        hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+        selected = targets != IGNORE_INDEX
+        weight = hf_model.get_output_embeddings().weight  # (V, H)
+        token_logps = linear_log_probs(hidden[selected], weight, targets[selected], self.chunk_size)
+        out = torch.zeros(targets.shape, dtype=token_logps.dtype, device=hidden.device)
+        return out.masked_scatter(selected, token_logps)

@@ -1,0 +1,151 @@
+"""Load any HF causal LM (hub id or local folder) with its tokenizer, dtype, LoRA/QLoRA.
+
+Hub ids and local folders take the same `from_pretrained` path, so the tests that load from a
+local folder exercise the code a hub id would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from alignlab.config import LoraConfig, ModelConfig
+from alignlab.data.templates import ensure_chat_template
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with a pad token and a chat template guaranteed."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        cfg.tokenizer or cfg.path,
+        revision=cfg.revision or None,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if tokenizer.pad_token is None:
+        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged; padding is masked
+        # out of attention and loss, so the model never learns from it.
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def load_model(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    weights_from: str | Path | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
+    """AutoModelForCausalLM from `cfg.path` (or `weights_from`, a checkpoint of this run).
+
+    With LoRA enabled the base always comes from `cfg.path`; the adapter is fresh, or read
+    from `weights_from/adapter` when resuming.
+    """
+    lora = cfg.lora
+    source = str(weights_from) if weights_from and not lora.enabled else cfg.path
+    kwargs = {
+        "dtype": DTYPES[cfg.dtype],
+        "attn_implementation": cfg.attn_implementation,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.revision and source == cfg.path:
+        kwargs["revision"] = cfg.revision
+    if lora.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config(cfg)
+        kwargs["device_map"] = {"": device or torch.device("cuda")}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora.enabled:
+        model = apply_lora(
+            model, lora, adapter_from=Path(weights_from) / "adapter" if weights_from else None
+        )
+    if device is not None and not lora.load_in_4bit:
+        model = model.to(device)
+    return model
+
+
+def _four_bit_config(cfg: ModelConfig) -> object:
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.lora.load_in_4bit=true (QLoRA) needs a CUDA device")
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise RuntimeError("QLoRA needs bitsandbytes: pip install 'alignlab[qlora]'") from err
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float16,
+    )
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig, adapter_from: Path | None = None) -> nn.Module:
+    """Wrap `model` with peft LoRA adapters (fresh, or loaded from an adapter folder)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if lora.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter_from is not None:
+        return PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True)
+    targets = lora.target_modules
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The HF model under a peft wrapper (LoRA layers still injected), or `model` itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def is_peft(model: nn.Module) -> bool:
+    return callable(getattr(model, "get_base_model", None))
+
+
+def merged_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Plain HF weights from a LoRA model's state dict: W + (alpha/r)·B·A, adapter keys dropped.
+
+    Computed out of place, so training continues on the unmerged model bit for bit.
+    `state_dict` is the peft model's (full, unsharded) state dict.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    prefix = "base_model.model."
+    for key, value in state_dict.items():
+        if ".lora_" in key:
+            continue
+        merged[key.removeprefix(prefix).replace(".base_layer.", ".")] = value
+    for name, module in unwrap_peft(model).named_modules():
+        if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
+            continue
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            a = state_dict[f"{prefix}{name}.lora_A.{adapter}.weight"].float()
+            b = state_dict[f"{prefix}{name}.lora_B.{adapter}.weight"].float()
+            key = f"{name}.weight"
+            weight = merged[key]
+            delta = (b @ a) * module.scaling[adapter]
+            if getattr(module, "fan_in_fan_out", False):
+                delta = delta.T
+            merged[key] = (weight.float() + delta).to(weight.dtype)
+    return merged

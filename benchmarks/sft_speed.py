@@ -1,0 +1,272 @@
+"""SFT speed and memory: alignlab's SFT recipe against TRL's SFTTrainer, in one run.
+
+Same model (a ~3M-parameter Llama body), same data (token sequences of fixed length, loss on
+every token), same batch, fp32, one process. Two shapes:
+  tiny:      vocabulary ~300,    16 sequences x 60 tokens
+  realistic: vocabulary 32,000,  16 sequences x 250 tokens (the size of real small models)
+A word-level tokenizer maps each word `w<i>` to token i, so both sides see identical ids.
+Each (framework, shape) runs in a fresh subprocess; peak memory is that process's max RSS.
+Seconds/step is the median over the timed steps after warm-up. Achieved FLOP/s uses the
+6 x params x tokens rule (plus the output projection) against a fp32 matmul measured here.
+
+With a CUDA device it also times alignlab alone on a 0.5B-class Llama in bf16 and reports
+tokens/s and MFU against the device's dense bf16 peak (--gpu-peak-tflops, H100/H200: 989).
+
+    python benchmarks/sft_speed.py            # both shapes, both frameworks
+    python benchmarks/sft_speed.py --steps 6 --shapes realistic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "tiny": {"vocab": 300, "batch": 16, "seq": 60},
+    "realistic": {"vocab": 32000, "batch": 16, "seq": 250},
+}
+BODY = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 688}
+
+
+# --- shared set-up (runs inside each worker) ---
+
+
+def make_assets(
+    shape: dict, folder: Path, num_sequences: int, body: dict = BODY
+) -> tuple[Path, Path]:
+    """A word-level tokenizer + tiny Llama folder, and a JSONL of fixed-length texts."""
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from alignlab.models.tiny import build_tiny_model, tiny_llama_config
+
+    specials = ["<|endoftext|>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for i in range(shape["vocab"] - len(specials)):
+        vocab[f"w{i}"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<pad>"
+    )
+    config = tiny_llama_config(len(tokenizer), **body)
+    model_dir = build_tiny_model(folder / "model", tokenizer, config, seed=0)
+    rng = random.Random(0)
+    words = shape["seq"] - 1  # + EOS appended by both trainers
+    data = folder / "data.jsonl"
+    with data.open("w") as handle:
+        for _ in range(num_sequences):
+            text = " ".join(
+                f"w{rng.randrange(shape['vocab'] - len(specials))}" for _ in range(words)
+            )
+            handle.write(json.dumps({"text": text}) + "\n")
+    return model_dir, data
+
+
+def worker_alignlab(shape: dict, steps: int, folder: Path) -> list[float]:
+    from alignlab.config import load_config
+    from alignlab.recipes import sft
+
+    model_dir, data = make_assets(shape, folder, shape["batch"] * steps)
+    cfg = load_config(
+        sft.SFTConfig,
+        None,
+        [
+            f"model.path={model_dir}",
+            f"data.path={data}",
+            f"data.max_length={shape['seq']}",
+            f"train.output_dir={folder / 'run'}",
+            f"train.micro_batch_size={shape['batch']}",
+            f"train.max_steps={steps}",
+            "train.lr=1e-4",
+            "train.tensorboard=false",
+            "train.progress=false",
+        ],
+    )
+    sft.run(cfg)
+    rows = [
+        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    stamps = [r["time"] for r in rows if "train/loss" in r]
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def worker_trl(shape: dict, steps: int, folder: Path) -> list[float]:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    model_dir, data = make_assets(shape, folder, shape["batch"] * steps)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            stamps.append(time.perf_counter())
+
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        train_dataset=load_dataset("json", data_files=str(data), split="train"),
+        args=SFTConfig(
+            output_dir=str(folder / "trl"),
+            per_device_train_batch_size=shape["batch"],
+            max_length=shape["seq"],
+            max_steps=steps,
+            learning_rate=1e-4,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        ),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def matmul_flops(size: int = 2048, reps: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def model_flops_per_step(shape: dict, body: dict = BODY) -> float:
+    h, layers, inter = body["hidden_size"], body["num_layers"], body["intermediate_size"]
+    body_params = layers * (4 * h * h + 3 * h * inter)
+    tokens = shape["batch"] * shape["seq"]
+    attention = layers * 2 * 2 * shape["seq"] * h  # QK^T and AV per token, forward
+    return 6 * (body_params + h * shape["vocab"]) * tokens + 3 * attention * tokens
+
+
+# --- GPU path ---
+
+
+def gpu_alignlab(steps: int, folder: Path, peak_tflops: float) -> dict:
+    """A 0.5B-class Llama (hidden 1024, 24 layers, vocab 32k) in bf16 at 8 x 1024 tokens."""
+    body = {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 2816}
+    shape = {"vocab": 32000, "batch": 8, "seq": 1024}
+    from alignlab.config import load_config
+    from alignlab.recipes import sft
+
+    model_dir, data = make_assets(shape, folder, shape["batch"] * steps, body)
+    cfg = load_config(
+        sft.SFTConfig,
+        None,
+        [
+            f"model.path={model_dir}", f"data.path={data}", f"data.max_length={shape['seq']}",
+            f"train.output_dir={folder / 'run'}", f"train.micro_batch_size={shape['batch']}",
+            f"train.max_steps={steps}", "train.mixed_precision=bf16", "train.lr=1e-4",
+            "train.tensorboard=false", "train.progress=false",
+        ],
+    )  # fmt: skip
+    sft.run(cfg)
+    rows = [
+        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    stamps = [r["time"] for r in rows if "train/loss" in r]
+    step_s = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
+    flops = model_flops_per_step(shape, body)
+    return {
+        "tokens_per_s": shape["batch"] * shape["seq"] / step_s,
+        "s_per_step": step_s,
+        "mfu": flops / step_s / (peak_tflops * 1e12),
+    }
+
+
+# --- driver ---
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=7, help="optimizer steps per run (first 2 are warm-up)"
+    )
+    parser.add_argument("--shapes", default="tiny,realistic")
+    parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-peak-tflops", type=float, default=989.0)
+    args = parser.parse_args()
+
+    if args.worker:
+        with tempfile.TemporaryDirectory() as tmp:
+            fn = worker_alignlab if args.worker == "alignlab" else worker_trl
+            gaps = fn(SHAPES[args.shapes], args.steps, Path(tmp))
+        timed = gaps[1:] if len(gaps) > 2 else gaps  # the first gaps include warm-up
+        print(json.dumps({"s_per_step": statistics.median(timed), "steps_timed": len(timed)}))
+        return
+
+    import torch
+
+    machine = matmul_flops()
+    print(f"fp32 matmul 2048^3: {machine / 1e9:.0f} GFLOP/s, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    rows = []
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
+        # peak RSS of children is a running maximum, so each run goes in its own process tree
+        results = {}
+        for framework in ("trl", "alignlab"):
+            probe = subprocess.run(
+                [sys.executable, "-c", "import json,sys,subprocess,resource;"
+                 "subprocess.run(sys.argv[1:]);"
+                 "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
+                 sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
+                 "--steps", str(args.steps)],
+                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            )  # fmt: skip
+            lines = probe.stdout.strip().splitlines()
+            try:
+                payload = json.loads(lines[-2])
+                payload["peak_gb"] = json.loads(lines[-1]) / 2**20
+            except (IndexError, json.JSONDecodeError):
+                payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
+            results[framework] = payload
+            print(f"  {shape_name:9s} {framework:8s} {payload}", flush=True)
+        rows.append((shape_name, shape, results))
+
+    print("\n| shape | framework | s/step | peak GB | achieved GFLOP/s | of matmul |")
+    print("|---|---|---|---|---|---|")
+    for shape_name, shape, results in rows:
+        for framework, r in results.items():
+            if "error" in r:
+                print(f"| {shape_name} | {framework} | error: {r['error']} | | | |")
+                continue
+            achieved = model_flops_per_step(shape) / r["s_per_step"]
+            print(
+                f"| {shape_name} | {framework} | {r['s_per_step']:.2f} | {r['peak_gb']:.2f} "
+                f"| {achieved / 1e9:.1f} | {achieved / machine:.0%} |"
+            )
+        if all("error" not in r for r in results.values()):
+            speed = results["trl"]["s_per_step"] / results["alignlab"]["s_per_step"]
+            memory = results["alignlab"]["peak_gb"] / results["trl"]["peak_gb"]
+            print(
+                f"| {shape_name} | **alignlab vs TRL** | **{speed:.2f}x steps/s** | **{memory:.2f}x memory** | | |"
+            )
+
+    if torch.cuda.is_available():
+        with tempfile.TemporaryDirectory() as tmp:
+            result = gpu_alignlab(args.steps + 3, Path(tmp), args.gpu_peak_tflops)
+        print(f"\nGPU ({torch.cuda.get_device_name()}): 0.5B-class Llama, bf16, 8 x 1024 tokens: "
+              f"{result['tokens_per_s']:,.0f} tokens/s, {result['s_per_step']:.3f} s/step, "
+              f"MFU {result['mfu']:.1%} of {args.gpu_peak_tflops:.0f} TFLOP/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
