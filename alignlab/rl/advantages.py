@@ -1,0 +1,133 @@
+"""Advantage estimators for RL fine-tuning of language models.
+
+Pure functions. Advantages and returns are training targets, so every function here works on
+detached inputs and returns tensors without gradient.
+
+Layout: token-level tensors are (B, T) over response tokens, right-padded; `mask` (bool or
+{0, 1}) marks the valid response tokens of each row, one contiguous block per row. Outputs are
+0 at masked-out positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.ops import masked_whiten
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised Advantage Estimation over token-level rewards.
+
+    δ_t = r_t + γ V_{t+1} - V_t
+    A_t = δ_t + γλ A_{t+1}
+    R_t = A_t + V_t   (the λ-return, target of the value loss)
+
+    with V_{t+1} = 0 and A_{t+1} = 0 after the last valid token of each row (the episode ends
+    there: terminal, no bootstrap). Schulman et al. 2015, "High-Dimensional Continuous Control
+    Using Generalized Advantage Estimation", arXiv:1506.02438, eq. 16.
+
+    Shapes:
+        rewards: (B, T) per-token rewards (e.g. -β·KL per token plus the sequence score on the
+            last valid token).
+        values: (B, T) value estimates V_t.
+        mask: (B, T) valid response tokens (right-padded; rows may have different lengths).
+        returns: (advantages (B, T), returns (B, T)), both 0 where mask is 0, no gradient.
+    """
+    with torch.no_grad():
+        rewards = rewards.detach()
+        values = values.detach()
+        valid = mask.to(values.dtype)
+        values = values * valid
+        advantages = torch.zeros_like(values)
+        next_value = torch.zeros_like(values[:, 0])
+        next_advantage = torch.zeros_like(values[:, 0])
+        for t in reversed(range(values.shape[1])):
+            delta = rewards[:, t] + gamma * next_value - values[:, t]
+            advantage = (delta + gamma * lam * next_advantage) * valid[:, t]
+            advantages[:, t] = advantage
+            # A masked-out position contributes neither value nor advantage to t - 1.
+            next_value = values[:, t]
+            next_advantage = advantage
+        returns = (advantages + values) * valid
+    return advantages, returns
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE Leave-One-Out advantages: each sample's reward minus the mean of the others.
+
+    A_i = r_i - (1 / (K - 1)) Σ_{j ≠ i} r_j   ( = K / (K - 1) · (r_i - mean_j r_j) )
+
+    Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
+    from Human Feedback in LLMs", arXiv:2402.14740 (after Kool et al. 2019).
+
+    Shapes:
+        rewards: (B, K) sequence rewards of K samples per prompt, K >= 2.
+        returns: (B, K) advantages, no gradient.
+    """
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got K={k}")
+    rewards = rewards.detach()
+    baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    return rewards - baseline
+
+
+def grpo_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (GRPO outcome supervision), or Dr. GRPO without the std.
+
+    scale=True:  A_i = (r_i - mean(r)) / (std(r) + ε)   std unbiased (torch default, K - 1)
+    scale=False: A_i = r_i - mean(r)
+
+    Statistics are over the K samples of one prompt (dim 1). GRPO: Shao et al. 2024,
+    "DeepSeekMath", arXiv:2402.03300, sec. 4.1.2. Dr. GRPO (scale=False): Liu et al. 2025,
+    "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv:2503.20783, which also
+    drops per-sequence length normalisation (see `alignlab.losses.policy.token_sum_constant`).
+    The same advantage is given to every token of the sample.
+
+    Shapes:
+        rewards: (B, K) sequence rewards of K samples per prompt (K >= 2 when scale=True).
+        returns: (B, K) advantages, no gradient.
+    """
+    rewards = rewards.detach()
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred
+    if rewards.shape[1] < 2:
+        raise ValueError("GRPO with scale=True needs at least 2 samples per prompt")
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """REINFORCE++ advantages: KL-penalised token returns, whitened over the whole batch.
+
+    r_t = 1[t = last valid token] · r(x, y) - β KL_t
+    G_t = Σ_{i ≥ t} r_i        (γ = 1: G_t = r(x, y) - β Σ_{i ≥ t} KL_i)
+    A_t = (G_t - mean(G)) / sqrt(var(G) + 1e-8)
+
+    where mean and (population) variance run over all masked tokens of the batch
+    (`alignlab.ops.masked_whiten`). Hu 2025, "REINFORCE++: A Simple and Efficient Approach for
+    Aligning Large Language Models", arXiv:2501.03262, sec. 3 (token-level KL penalty and
+    global advantage normalisation), as in OpenRLHF. `kl` is the per-token estimate of the
+    caller's choice (e.g. `alignlab.rl.kl.kl_k1` between the sampling policy and the reference).
+    "Batch" is the tensor passed in: with data parallelism, statistics are per rank unless the
+    caller gathers first.
+
+    Shapes:
+        rewards: (B,) sequence score, placed at the last valid token of each row.
+        kl: (B, T) per-token KL estimate.
+        mask: (B, T) valid response tokens (right-padded).
+        returns: (B, T) advantages, 0 where mask is 0, no gradient.
+    """
+    with torch.no_grad():
+        valid = mask.bool()
+        validf = valid.to(kl.dtype)
+        token_rewards = -kl_coef * kl.detach() * validf
+        last = valid.shape[1] - 1 - valid.long().flip(1).argmax(dim=1)
+        score = rewards.detach().to(kl.dtype) * valid.any(dim=1).to(kl.dtype)
+        token_rewards = token_rewards.scatter_add(1, last.unsqueeze(1), score.unsqueeze(1))
+        returns = token_rewards.flip(1).cumsum(1).flip(1) * validf
+        return masked_whiten(returns, valid) * validf
