@@ -1,0 +1,206 @@
+"""Training corpora built from a `LabWorld`: pretraining text, SFT demonstrations,
+preference pairs and RL prompts.
+
+Every corpus draws its chat prompts from the *train* split only, so valid / heldout
+templates, unknown names and topics never appear in anything a model trains on.
+Chat records use the plain layout {"messages": [{"role": "user", ...},
+{"role": "assistant", ...}]}; the model code renders them through its chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.lab import content
+from alignlab.lab.annotators import Annotator, LabelSet, label_responses
+from alignlab.lab.gold import Prompt, gold_score, ideal_response
+from alignlab.lab.policies import (
+    ImperfectionRates,
+    bad_response,
+    imperfect_response,
+    ramble,
+)
+from alignlab.lab.world import LabWorld
+
+_ARITHMETIC_SENTENCES = {
+    "+": ("{x} plus {y} is {z}.", "{x} + {y} = {z}.", "Adding {y} to {x} gives {z}."),
+    "-": ("{x} minus {y} is {z}.", "{x} - {y} = {z}.", "Taking {y} from {x} leaves {z}."),
+    "*": ("{x} times {y} is {z}.", "{x} * {y} = {z}.", "{x} multiplied by {y} makes {z}."),
+}
+
+
+@dataclass(frozen=True)
+class TranscriptMix:
+    """Quality mix of the chat transcripts in the pretraining corpus (normalised).
+
+    good: the oracle answer. imperfect: an SFT-style demonstration. bad: the family's
+    failure (wrong fact, invented answer, harmful compliance, over-refusal, broken
+    constraint, wrong sum). rambling: padded or repetitive answers.
+    """
+
+    good: float = 0.3
+    imperfect: float = 0.2
+    bad: float = 0.35
+    rambling: float = 0.15
+
+
+def chat(prompt: Prompt, response: str) -> list[dict[str, str]]:
+    return [*prompt.messages, {"role": "assistant", "content": response}]
+
+
+def pretraining_corpus(
+    world: LabWorld,
+    mentions_per_fact: int = 40,
+    n_transcripts: int = 3000,
+    n_arithmetic_docs: int = 400,
+    mix: TranscriptMix = TranscriptMix(),  # noqa: B008 - frozen dataclass, safe default
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Shuffled pretraining records: {"text": ...} documents and {"messages": [...]} chats.
+
+    - Encyclopedia: `mentions_per_fact` entries per entity, each stating every recorded
+      fact in a freshly drawn paraphrase, grouped 1-3 entries per document.
+    - Arithmetic: `n_arithmetic_docs` documents of five worked sums; category lists.
+    - Chats: `n_transcripts` train-split prompts answered with `mix` quality.
+    """
+    rng = random.Random(f"alignlab-lab/{world.seed}/pretrain/{seed}")
+    entries = [
+        world.kb.describe(entity, rng)
+        for entity in world.kb.entities
+        for _ in range(mentions_per_fact)
+    ]
+    rng.shuffle(entries)
+    records: list[dict[str, Any]] = []
+    while entries:
+        size = rng.randint(1, 3)
+        records.append({"text": " ".join(entries[:size])})
+        entries = entries[size:]
+    records += [{"text": _arithmetic_doc(rng)} for _ in range(n_arithmetic_docs)]
+    records += [{"text": _category_doc(rng)} for _ in range(n_arithmetic_docs // 4)]
+    weights = [mix.good, mix.imperfect, mix.bad, mix.rambling]
+    for prompt in world.prompts("train", n_transcripts, stream=f"pretrain-{seed}"):
+        quality = rng.choices(("good", "imperfect", "bad", "rambling"), weights)[0]
+        response = _transcript_response(prompt, quality, rng)
+        records.append({"messages": chat(prompt, response), "family": prompt.family})
+    rng.shuffle(records)
+    return records
+
+
+def _transcript_response(prompt: Prompt, quality: str, rng: random.Random) -> str:
+    if quality == "good":
+        return ideal_response(prompt)
+    if quality == "imperfect":
+        return imperfect_response(prompt, rng, ImperfectionRates())
+    if quality == "bad":
+        return bad_response(prompt, rng)
+    base = ideal_response(prompt) if rng.random() < 0.5 else bad_response(prompt, rng)
+    return ramble(base, rng)
+
+
+def _arithmetic_doc(rng: random.Random) -> str:
+    """Five worked sums, with operands drawn as in the arithmetic prompts."""
+    lines = []
+    for _ in range(5):
+        op = rng.choice(sorted(_ARITHMETIC_SENTENCES))
+        if op == "+":
+            x, y = rng.randint(2, 20), rng.randint(2, 20)
+        elif op == "-":
+            x = rng.randint(5, 30)
+            y = rng.randint(1, x - 1)
+        else:
+            x, y = rng.randint(2, 9), rng.randint(2, 9)
+        z = {"+": x + y, "-": x - y, "*": x * y}[op]
+        lines.append(rng.choice(_ARITHMETIC_SENTENCES[op]).format(x=x, y=y, z=z))
+    return " ".join(lines)
+
+
+def _category_doc(rng: random.Random) -> str:
+    plural = rng.choice(sorted(content.CATEGORIES))
+    members = list(content.CATEGORIES[plural][1])
+    rng.shuffle(members)
+    head, last = ", ".join(members[:-1]), members[-1]
+    return f"Some {plural}: {head} and {last}. Each of them is a {content.CATEGORIES[plural][0]}."
+
+
+def sft_demonstrations(
+    world: LabWorld,
+    n: int,
+    rates: ImperfectionRates = ImperfectionRates(),  # noqa: B008 - frozen dataclass
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """`n` decent-but-imperfect demonstrations on train prompts: {"messages", "family"}."""
+    rng = random.Random(f"alignlab-lab/{world.seed}/sft/{seed}")
+    return [
+        {"messages": chat(p, imperfect_response(p, rng, rates)), "family": p.family}
+        for p in world.prompts("train", n, stream=f"sft-{seed}")
+    ]
+
+
+def sample_candidate(prompt: Prompt, rng: random.Random) -> str:
+    """One response from a policy mixture wide enough for preference learning:
+    30% oracle, 35% imperfect demonstration, 20% characteristic failure, 15% rambling."""
+    draw = rng.random()
+    if draw < 0.30:
+        return ideal_response(prompt)
+    if draw < 0.65:
+        return imperfect_response(prompt, rng, ImperfectionRates())
+    if draw < 0.85:
+        return bad_response(prompt, rng)
+    return ramble(ideal_response(prompt) if rng.random() < 0.5 else bad_response(prompt, rng), rng)
+
+
+def preference_pairs(
+    world: LabWorld,
+    n: int,
+    annotators: Sequence[Annotator] | None = None,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], LabelSet | None]:
+    """`n` TRL preference rows on train prompts, and the label set if annotators labelled.
+
+    Each row: {"prompt": [user], "chosen": [assistant], "rejected": [assistant], "family",
+    "gold_chosen", "gold_rejected"}. Without `annotators`, the gold-better response is
+    chosen (pairs are drawn until their gold totals differ); with them, the panel's
+    majority vote decides, noise and biases included.
+    """
+    rng = random.Random(f"alignlab-lab/{world.seed}/preference/{seed}")
+    prompts = world.prompts("train", n, stream=f"preference-{seed}")
+    sides_a, sides_b = [], []
+    for prompt in prompts:
+        a = sample_candidate(prompt, rng)
+        for _ in range(20):  # a pair whose sides differ in gold teaches something
+            b = sample_candidate(prompt, rng)
+            if gold_score(prompt, a).total != gold_score(prompt, b).total:
+                break
+        sides_a.append(a)
+        sides_b.append(b)
+    labels = None
+    if annotators:
+        labels = label_responses(prompts, sides_a, sides_b, annotators, seed)
+        prefers_a = labels.prefers_a
+    else:
+        prefers_a = tuple(
+            gold_score(p, a).total >= gold_score(p, b).total
+            for p, a, b in zip(prompts, sides_a, sides_b)
+        )
+    rows = []
+    for prompt, a, b, a_wins in zip(prompts, sides_a, sides_b, prefers_a):
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        rows.append(
+            {
+                "prompt": prompt.messages,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "family": prompt.family,
+                "gold_chosen": gold_score(prompt, chosen).total,
+                "gold_rejected": gold_score(prompt, rejected).total,
+            }
+        )
+    return rows, labels
+
+
+def rl_prompts(world: LabWorld, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` train prompts as TRL prompt-only rows, with family/split/gold extra keys."""
+    return [p.to_record() for p in world.prompts("train", n, stream=f"rl-{seed}")]
