@@ -1,0 +1,159 @@
+"""evaluate(): metrics, scorer and reward hooks, families, a model against itself."""
+
+import json
+import shutil
+
+import pytest
+
+from alignlab.eval.harness import EvalPrompt, evaluate, evaluate_many
+
+PROMPTS = [
+    EvalPrompt("What is 1 plus 2?", {"family": "math"}),
+    EvalPrompt([{"role": "user", "content": "What is 3 plus 4?"}], {"family": "math"}),
+    EvalPrompt("alpha beta", {"family": "chat"}),
+    EvalPrompt([{"role": "user", "content": "the capital of delta"}], {"family": "chat"}),
+    EvalPrompt("sorry cannot help", {}),
+]
+
+
+def gold(prompt, response):
+    words = response.split()
+    return {
+        "total": float(len(response) % 7),
+        "helpful": len(words) / 4,
+        "refused": "sorry" in response,
+        "long": len(words) > 3,
+        "family_seen": prompt.meta.get("family") == "math",
+    }
+
+
+REWARDS = {"chars": lambda prompt, response: float(len(response))}
+
+
+@pytest.fixture(scope="module")
+def ref_copy(tiny_model_dir, tmp_path_factory):
+    """The tiny model in a second folder, so the reference is a separate load."""
+    target = tmp_path_factory.mktemp("ref") / "tiny-copy"
+    shutil.copytree(tiny_model_dir, target)
+    return target
+
+
+def test_metrics_without_reference(tiny_model_dir):
+    result = evaluate(
+        tiny_model_dir,
+        PROMPTS,
+        scorer=gold,
+        reward_fns=REWARDS,
+        num_samples=3,
+        max_new_tokens=6,
+        seed=1,
+    )
+    m = result.metrics
+    assert (m["n_prompts"], m["num_samples"], m["n_samples"]) == (5, 3, 15)
+    assert len(result.samples) == 15 and not result.ref_samples
+    assert [(s.prompt_index, s.sample_index) for s in result.samples[:4]] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+    ]
+    lengths = [len(s.generation.response_ids) for s in result.samples]
+    assert m["length"]["mean"] == pytest.approx(sum(lengths) / 15)
+    assert m["length"]["lower"] <= m["length"]["mean"] <= m["length"]["upper"]
+    assert m["finished"]["method"] == "wilson"
+    assert 0 <= m["distinct_1"] <= 1 and 0 <= m["distinct_2"] <= 1
+    # numeric scorer keys are means (t), boolean ones rates (Wilson)
+    assert m["gold"]["total"]["method"] == "t" and m["gold"]["refused"]["method"] == "wilson"
+    assert m["gold"]["total"]["mean"] == pytest.approx(
+        sum(s.scores["total"] for s in result.samples) / 15
+    )
+    assert m["rewards"]["chars"]["mean"] == pytest.approx(
+        sum(len(s.generation.text) for s in result.samples) / 15
+    )
+    # per family: the prompt without a family is in no group
+    by_family = m["gold_by_family"]
+    assert set(by_family) == {"chat", "math"}
+    assert by_family["math"]["family_seen"]["mean"] == 1.0
+    assert by_family["chat"]["family_seen"]["mean"] == 0.0
+    assert by_family["math"]["total"]["n"] == 6
+    assert "kl" not in m and "win_rate" not in m
+    data = json.loads(result.to_json())
+    assert data["metrics"]["gold"]["helpful"]["n"] == 15
+    assert len(data["samples"]) == 15
+
+
+def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
+    """Same weights, same seed: the reference samples are the model's; every pair ties and each
+    sample's two log-probs are the same computation, so KL is 0 exactly."""
+    result = evaluate(
+        tiny_model_dir,
+        PROMPTS,
+        ref_dir=ref_copy,
+        scorer=gold,
+        num_samples=2,
+        max_new_tokens=6,
+        seed=3,
+        ref_seed=3,
+    )
+    assert all(s.kl == 0.0 for s in result.samples)
+    assert result.metrics["kl"]["mean"] == 0.0 and result.metrics["kl"]["se"] == 0.0
+    assert [s.generation.response_ids for s in result.ref_samples] == [
+        s.generation.response_ids for s in result.samples
+    ]
+    win = result.metrics["win_rate"]
+    assert win["by"] == "gold.total"
+    assert win["mean"] == 0.5 and win["ties"] == 10 and win["wins"] == win["losses"] == 0
+    assert result.metrics["reference"]["gold"]["total"] == result.metrics["gold"]["total"]
+
+
+def test_model_against_itself_independent_seed(tiny_model_dir, ref_copy):
+    """Default: the reference is sampled with another seed; the win rate is 0.5 only in
+    expectation (its interval covers it), the KL is still exactly 0 per sample."""
+    result = evaluate(
+        tiny_model_dir,
+        PROMPTS,
+        ref_dir=ref_copy,
+        reward_fns=REWARDS,
+        num_samples=4,
+        max_new_tokens=6,
+        seed=3,
+    )
+    assert all(s.kl == 0.0 for s in result.samples)
+    assert result.metrics["kl"]["exact_sampling"] is True
+    assert [s.generation.text for s in result.ref_samples] != [
+        s.generation.text for s in result.samples
+    ]
+    win = result.metrics["win_rate"]
+    assert win["by"] == "rewards.chars"
+    assert win["lower"] <= 0.5 <= win["upper"]
+    assert win["wins"] + win["ties"] + win["losses"] == 20
+
+
+def test_evaluate_many_shares_the_reference(tiny_model_dir, ref_copy, small_model_dirs, tmp_path):
+    results = evaluate_many(
+        {"same": tiny_model_dir, "copy": ref_copy},
+        PROMPTS[:3],
+        ref_dir=tiny_model_dir,
+        scorer=gold,
+        max_new_tokens=5,
+        seed=0,
+    )
+    assert list(results) == ["same", "copy"]
+    assert results["same"].metrics["name"] == "same"
+    # the reference is sampled and scored once
+    assert results["same"].ref_samples is results["copy"].ref_samples
+    assert results["copy"].metrics["kl"]["mean"] == 0.0
+    with pytest.raises(ValueError, match="vocabulary"):
+        evaluate(small_model_dirs[0], PROMPTS[:1], ref_dir=tiny_model_dir, max_new_tokens=2)
+
+
+def test_tempered_sampling_warns_about_kl(tiny_model_dir):
+    with pytest.warns(UserWarning, match="temperature"):
+        result = evaluate(
+            tiny_model_dir,
+            PROMPTS[:2],
+            ref_dir=tiny_model_dir,
+            max_new_tokens=3,
+            temperature=0.7,
+        )
+    assert result.metrics["kl"]["exact_sampling"] is False

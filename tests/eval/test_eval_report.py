@@ -1,0 +1,116 @@
+"""write_report(): results.json, samples.jsonl, report.md, report.html and valid PNGs."""
+
+import base64
+import json
+
+import pytest
+
+from alignlab.eval.harness import EvalPrompt, evaluate_many
+from alignlab.eval.report import format_value, markdown_table, write_report
+from alignlab.models.tiny import build_tiny_model, tiny_llama_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PROMPTS = [
+    EvalPrompt("What is 1 plus 2?", {"family": "math"}),
+    EvalPrompt([{"role": "user", "content": "alpha beta"}], {"family": "chat"}),
+    EvalPrompt("the capital of", {"family": "chat"}),
+]
+
+
+def gold(prompt, response):
+    return {
+        "total": float(len(response) % 5),
+        "helpful": len(response.split()) / 3,
+        "refused": "sorry" in response,
+    }
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other") / "other|model"
+    config = tiny_llama_config(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4)
+    build_tiny_model(other, tiny_tokenizer, config, seed=5)
+    return evaluate_many(
+        {"base": tiny_model_dir, "other|seed5": other},
+        PROMPTS,
+        ref_dir=tiny_model_dir,
+        scorer=gold,
+        reward_fns={"chars": lambda p, r: float(len(r))},
+        num_samples=2,
+        max_new_tokens=6,
+    )
+
+
+def test_report_files(results, tmp_path):
+    paths = write_report(results, tmp_path / "report", "Tiny <report>")
+    expected = {
+        "json",
+        "samples",
+        "markdown",
+        "html",
+        "plot_components",
+        "plot_rates",
+        "plot_gold_vs_kl",
+    }
+    assert set(paths) == expected
+    for key in expected:
+        assert paths[key].is_file() and paths[key].stat().st_size > 0
+    for key in ("plot_components", "plot_rates", "plot_gold_vs_kl"):
+        assert paths[key].read_bytes().startswith(PNG_MAGIC)
+
+    data = json.loads(paths["json"].read_text())
+    assert data["title"] == "Tiny <report>"
+    assert set(data["models"]) == {"base", "other|seed5"}
+    assert data["models"]["base"]["kl"]["mean"] == 0.0
+
+    md = paths["markdown"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    header = rows[0]
+    for column in (
+        "length",
+        "finished",
+        "distinct_1",
+        "rewards.chars",
+        "gold.total",
+        "gold.refused",
+        "KL to ref",
+        "win rate vs ref (gold.total)",
+    ):
+        assert column in header
+    assert any(r.startswith("| base | ") for r in rows)
+    assert any(r.startswith("| other\\|seed5 | ") for r in rows)  # pipe escaped
+    base_row = next(r for r in rows if r.startswith("| base | "))
+    assert "0.000 ± 0.000" in base_row  # KL of the reference against itself
+    assert "±" in base_row
+    assert "## gold.total by family" in md and "| chat | math |" in md
+
+    html_text = paths["html"].read_text()
+    assert "<table>" in html_text and "Tiny &lt;report&gt;" in html_text
+    images = html_text.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 3
+    assert base64.b64decode(images[0].split('"')[0]).startswith(PNG_MAGIC)
+
+    samples = [json.loads(line) for line in paths["samples"].read_text().splitlines()]
+    roles = [s["role"] for s in samples]
+    assert roles.count("model") == 12 and roles.count("reference") == 6  # reference once
+
+
+def test_table_keys_and_interval_style(results, tmp_path):
+    table = markdown_table(results, table_keys=["gold.helpful"], style="interval")
+    header = table.splitlines()[0]
+    assert header.startswith("| model | gold.helpful | KL to ref | win rate")
+    assert "[" in table.splitlines()[2]
+    # rewriting replaces the plots folder and reuses metrics dicts
+    metrics_only = {name: r.metrics for name, r in results.items()}
+    paths = write_report(metrics_only, tmp_path, "again", table_keys=["length"])
+    assert paths["markdown"].read_text().count("| base |") == 2  # main and family tables
+
+
+def test_format_value():
+    est = {"mean": 1.0, "lower": 0.5, "upper": 1.5}
+    assert format_value(est) == "1.000 ± 0.500"
+    assert format_value(est, "interval") == "1.000 [0.500, 1.500]"
+    assert format_value({"mean": 2.0, "lower": None, "upper": None}) == "2.000"
+    wilson = {"mean": 0.0, "lower": 0.0, "upper": 0.24}  # asymmetric: never as ±
+    assert format_value(wilson) == "0.000 [0.000, 0.240]"
+    assert format_value(None) == "-" and format_value(0.25) == "0.250"
