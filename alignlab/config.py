@@ -10,12 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so `no`, `on`, `off` stay strings
+    (`train.mixed_precision=no` must not become False)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -295,7 +316,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    value = read_yaml(raw) if raw else ""
     if value is None and raw not in ("null", "~"):
         value = raw
     return key.strip().split("."), value
@@ -315,7 +336,7 @@ def load_config(cls: type[C], preset: str | Path | None = None, overrides: list[
     values: dict[str, Any] = {}
     if preset:
         try:
-            values = yaml.safe_load(Path(preset).read_text()) or {}
+            values = read_yaml(Path(preset).read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{preset}: not valid YAML: {err}") from err
         except OSError as err:

@@ -72,7 +72,7 @@ def make_assets(
     return model_dir, data
 
 
-def worker_alignlab(shape: dict, steps: int, folder: Path) -> list[float]:
+def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import sft
 
@@ -90,6 +90,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path) -> list[float]:
             "train.lr=1e-4",
             "train.tensorboard=false",
             "train.progress=false",
+            f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
         ],
     )
     sft.run(cfg)
@@ -100,7 +101,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def worker_trl(shape: dict, steps: int, folder: Path) -> list[float]:
+def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -126,6 +127,7 @@ def worker_trl(shape: dict, steps: int, folder: Path) -> list[float]:
             save_strategy="no",
             report_to=[],
             use_cpu=True,
+            bf16=precision == "bf16",  # TRL's SFTConfig defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,
         ),
@@ -201,13 +203,16 @@ def main() -> None:
     )
     parser.add_argument("--shapes", default="tiny,realistic")
     parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--precision", default="fp32,bf16", help="fp32 and/or bf16 autocast, both sides"
+    )
     parser.add_argument("--gpu-peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
 
     if args.worker:
         with tempfile.TemporaryDirectory() as tmp:
             fn = worker_alignlab if args.worker == "alignlab" else worker_trl
-            gaps = fn(SHAPES[args.shapes], args.steps, Path(tmp))
+            gaps = fn(SHAPES[args.shapes], args.steps, Path(tmp), args.precision)
         timed = gaps[1:] if len(gaps) > 2 else gaps  # the first gaps include warm-up
         print(json.dumps({"s_per_step": statistics.median(timed), "steps_timed": len(timed)}))
         return
@@ -218,7 +223,8 @@ def main() -> None:
     print(f"fp32 matmul 2048^3: {machine / 1e9:.0f} GFLOP/s, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     rows = []
-    for shape_name in args.shapes.split(","):
+    runs = [(s, p) for p in args.precision.split(",") for s in args.shapes.split(",")]
+    for shape_name, precision in runs:
         shape = SHAPES[shape_name]
         # peak RSS of children is a running maximum, so each run goes in its own process tree
         results = {}
@@ -228,7 +234,7 @@ def main() -> None:
                  "subprocess.run(sys.argv[1:]);"
                  "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
                  sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
-                 "--steps", str(args.steps)],
+                 "--steps", str(args.steps), "--precision", precision],
                 capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
             )  # fmt: skip
             lines = probe.stdout.strip().splitlines()
@@ -238,8 +244,8 @@ def main() -> None:
             except (IndexError, json.JSONDecodeError):
                 payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
             results[framework] = payload
-            print(f"  {shape_name:9s} {framework:8s} {payload}", flush=True)
-        rows.append((shape_name, shape, results))
+            print(f"  {shape_name:9s} {precision} {framework:8s} {payload}", flush=True)
+        rows.append((f"{shape_name} {precision}", shape, results))
 
     print("\n| shape | framework | s/step | peak GB | achieved GFLOP/s | of matmul |")
     print("|---|---|---|---|---|---|")

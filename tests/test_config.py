@@ -101,3 +101,12 @@ def test_every_field_has_a_doc():
 
     for cls in (ModelConfig, DataConfig, TrainConfig):
         walk(cls)
+
+
+def test_yaml_no_and_off_stay_strings(tmp_path):
+    cfg = load_config(Demo, None, [*REQUIRED, "train.mixed_precision=no", "train.progress=false"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.progress is False
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  mixed_precision: no\n  resume: true\n")
+    cfg = load_config(Demo, preset, REQUIRED)
+    assert cfg.train.mixed_precision == "no" and cfg.train.resume is True
