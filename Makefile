@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/alignlab demo
+	$(BIN)/alignlab lab demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -78,13 +78,15 @@ def copy_preset(name: str, dest: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    tools = ("recipes", "cp", "demo")
+    tools = ("recipes", "cp", "eval", "lab")
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: alignlab {" + ",".join([*RECIPES, *tools]) + "} ...")
         print("  <recipe> --config PRESET key.sub=value ...   train (see alignlab <recipe> --help)")
         print("  recipes                                      list recipes and shipped presets")
         print("  cp PRESET DEST                               copy a preset to edit")
-        print("  demo [--out DIR]                             the main job: see README.md")
+        print("  eval --model DIR [--ref DIR] [--prompts FILE] evaluate; without --prompts on the")
+        print("                                               lab's heldout prompts with gold")
+        print("  lab build|export|demo                        the simulated world (docs/lab.md)")
         return 0
     command, rest = argv[0], argv[1:]
     try:
@@ -96,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
             if len(rest) != 2:
                 raise ConfigError("usage: alignlab cp PRESET DEST")
             copy_preset(*rest)
-        elif command == "demo":
-            from alignlab import demo
+        elif command == "eval" and any(arg.startswith("--prompts") for arg in rest):
+            from alignlab.eval.cli import main as eval_main
 
-            demo.main(rest)
+            eval_main(rest)
+        elif command == "eval":  # no prompt file: the lab's heldout prompts, scored by gold
+            from alignlab.lab.cli import eval_main
+
+            eval_main(rest)
+        elif command == "lab":
+            from alignlab.lab.cli import main as lab_main
+
+            lab_main(rest)
         else:
             raise ConfigError(f"unknown command {command!r}; try: {', '.join([*RECIPES, *tools])}")
     except ConfigError as err:

@@ -47,6 +47,19 @@ class TranscriptMix:
     rambling: float = 0.15
 
 
+# An unaligned base, as web text makes one: it mostly answers questions about known facts
+# correctly (it must know the world), but it confidently invents answers about unknown
+# entities, usually complies with harmful requests, and rambles now and then.
+UNALIGNED_MIX = {
+    "fact": TranscriptMix(good=0.65, imperfect=0.0, bad=0.15, rambling=0.2),
+    "arithmetic": TranscriptMix(good=0.5, imperfect=0.0, bad=0.3, rambling=0.2),
+    "instruction": TranscriptMix(good=0.4, imperfect=0.0, bad=0.4, rambling=0.2),
+    "unknown": TranscriptMix(good=0.1, imperfect=0.0, bad=0.75, rambling=0.15),
+    "harmful": TranscriptMix(good=0.15, imperfect=0.0, bad=0.65, rambling=0.2),
+    "benign": TranscriptMix(good=0.6, imperfect=0.0, bad=0.2, rambling=0.2),
+}
+
+
 def chat(prompt: Prompt, response: str) -> list[dict[str, str]]:
     return [*prompt.messages, {"role": "assistant", "content": response}]
 
@@ -56,7 +69,7 @@ def pretraining_corpus(
     mentions_per_fact: int = 40,
     n_transcripts: int = 3000,
     n_arithmetic_docs: int = 400,
-    mix: TranscriptMix = TranscriptMix(),  # noqa: B008 - frozen dataclass, safe default
+    mix: TranscriptMix | dict[str, TranscriptMix] = UNALIGNED_MIX,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Shuffled pretraining records: {"text": ...} documents and {"messages": [...]} chats.
@@ -64,7 +77,8 @@ def pretraining_corpus(
     - Encyclopedia: `mentions_per_fact` entries per entity, each stating every recorded
       fact in a freshly drawn paraphrase, grouped 1-3 entries per document.
     - Arithmetic: `n_arithmetic_docs` documents of five worked sums; category lists.
-    - Chats: `n_transcripts` train-split prompts answered with `mix` quality.
+    - Chats: `n_transcripts` train-split prompts answered with `mix` quality (one mix for
+      every family, or a mix per family; the default is `UNALIGNED_MIX`).
     """
     rng = random.Random(f"alignlab-lab/{world.seed}/pretrain/{seed}")
     entries = [
@@ -80,8 +94,9 @@ def pretraining_corpus(
         entries = entries[size:]
     records += [{"text": _arithmetic_doc(rng)} for _ in range(n_arithmetic_docs)]
     records += [{"text": _category_doc(rng)} for _ in range(n_arithmetic_docs // 4)]
-    weights = [mix.good, mix.imperfect, mix.bad, mix.rambling]
     for prompt in world.prompts("train", n_transcripts, stream=f"pretrain-{seed}"):
+        family_mix = mix[prompt.family] if isinstance(mix, dict) else mix
+        weights = [family_mix.good, family_mix.imperfect, family_mix.bad, family_mix.rambling]
         quality = rng.choices(("good", "imperfect", "bad", "rambling"), weights)[0]
         response = _transcript_response(prompt, quality, rng)
         records.append({"messages": chat(prompt, response), "family": prompt.family})

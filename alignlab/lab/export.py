@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.annotators import Annotator
 from alignlab.lab.corpus import preference_pairs, rl_prompts, sft_demonstrations
 from alignlab.lab.policies import ImperfectionRates
@@ -32,21 +32,9 @@ from alignlab.lab.world import LabWorld
 
 def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:
     """Write `rows` as JSON lines to `path` atomically; returns the number of rows."""
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    _write_atomic(path, "".join(line + "\n" for line in lines))
-    return len(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    rows = list(rows)
+    write_jsonl(path, rows)
+    return len(rows)
 
 
 def export_datasets(
@@ -95,5 +83,5 @@ def export_datasets(
         },
     }
     paths["manifest"] = out / "manifest.json"
-    _write_atomic(paths["manifest"], json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(paths["manifest"], json.dumps(manifest, indent=2) + "\n")
     return paths

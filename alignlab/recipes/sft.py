@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def run(cfg: SFTConfig) -> Path:
         desc="sft",
         disable=not (runtime.is_main and train_cfg.progress),
         dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
     )
     window_start, window_tokens = time.perf_counter(), 0
     for step in range(start_step, total_steps):
@@ -207,7 +209,9 @@ def run(cfg: SFTConfig) -> Path:
                 },
                 prefix="train/",
             )
-            progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            progress.set_postfix(
+                loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False
+            )
             window_start, window_tokens = time.perf_counter(), 0
         progress.update(1)
         if eval_set and train_cfg.eval_every and done % train_cfg.eval_every == 0:

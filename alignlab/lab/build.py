@@ -1,0 +1,200 @@
+"""`alignlab lab build`: the lab's tokenizer, pretrained base model and datasets, cached.
+
+1. export the world's datasets (SFT demonstrations, preference pairs, prompts) as JSONL;
+2. train a byte-level BPE tokenizer on the pretraining corpus;
+3. pretrain a small Llama on that corpus with the SFT recipe (language modelling, packed):
+   encyclopedic text about the knowledge base plus chat transcripts of mixed quality, so the
+   base knows the facts but is unaligned (it invents, complies, rambles);
+4. measure the base's fact accuracy on heldout question phrasings and how often it invents
+   answers about unknown entities.
+Everything lands in `<out>/` as plain HF folders and JSONL; a second call with the same
+settings finds `<out>/manifest.json` and reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from alignlab.config import option
+from alignlab.fileio import atomic_write_text, write_jsonl
+from alignlab.lab.corpus import pretraining_corpus
+from alignlab.lab.export import export_datasets
+from alignlab.lab.world import LabWorld
+
+
+@dataclasses.dataclass
+class LabBuildConfig:
+    """The lab's world, base model and pretraining budget."""
+
+    out: str = option("runs/lab", "cache folder for the tokenizer, base model and datasets")
+    seed: int = option(0, "world and training seed")
+    vocab_size: int = option(1000, "BPE vocabulary size", min=300)
+    hidden_size: int = option(256, "model width", min=16)
+    num_layers: int = option(4, "decoder layers", min=1)
+    num_heads: int = option(4, "attention heads", min=1)
+    pretrain_epochs: float = option(
+        8.0, "passes over the pretraining corpus", min=0, min_exclusive=True
+    )
+    pretrain_lr: float = option(2e-3, "peak pretraining learning rate", min=0, min_exclusive=True)
+    max_length: int = option(256, "packed sequence length for pretraining", min=32)
+    micro_batch_size: int = option(16, "packed sequences per step", min=1)
+    n_sft: int = option(2000, "SFT demonstrations exported", min=1)
+    n_heldout: int = option(500, "heldout prompts exported", min=1)
+    mixed_precision: str = option(
+        "bf16", "autocast for pretraining", choices=("no", "bf16", "fp16")
+    )
+
+    def key(self) -> str:
+        """Hash of everything that changes the build (not the output folder)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class LabArtifacts:
+    out: Path
+    base: Path
+    data: dict[str, Path]
+    manifest: dict
+
+    @property
+    def world(self) -> LabWorld:
+        return LabWorld(seed=self.manifest["config"]["seed"])
+
+
+def load_cached(cfg: LabBuildConfig) -> LabArtifacts | None:
+    out = Path(cfg.out)
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("key") != cfg.key() or not (out / "base" / "config.json").exists():
+        return None
+    data = {name: out / "data" / f"{name}.jsonl" for name in manifest["data"]}
+    return LabArtifacts(out=out, base=out / "base", data=data, manifest=manifest)
+
+
+def probe_base(world: LabWorld, model_dir: Path, n: int = 500) -> dict[str, float]:
+    """Greedy answers of the base on heldout prompts: does it know the facts, is it aligned?"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.eval.generation import generate
+
+    prompts = [p for p in world.prompts("heldout", n) if p.family in ("fact", "unknown", "harmful")]
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    outputs = generate(
+        model,
+        tokenizer,
+        [p.messages for p in prompts],
+        max_new_tokens=32,
+        temperature=0.0,
+        batch_size=64,
+    )
+    flags: dict[str, list[bool]] = {"fact": [], "unknown": [], "harmful": []}
+    for prompt, output in zip(prompts, outputs, strict=True):
+        details = world.score(prompt, output.text).details
+        flag = {"fact": "correct", "unknown": "hallucinated", "harmful": "complied"}[prompt.family]
+        flags[prompt.family].append(bool(details.get(flag)))
+    return {
+        "fact_accuracy": sum(flags["fact"]) / len(flags["fact"]),
+        "unknown_hallucination": sum(flags["unknown"]) / len(flags["unknown"]),
+        "harmful_compliance": sum(flags["harmful"]) / len(flags["harmful"]),
+        "n_prompts": len(prompts),
+    }
+
+
+def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
+    """Build (or reuse) the lab's base model and datasets."""
+    cached = load_cached(cfg)
+    if cached is not None:
+        print(f"lab build: cached in {cached.out} (key {cfg.key()})")
+        return cached
+    from alignlab.config import load_config
+    from alignlab.data.templates import render_messages
+    from alignlab.models.tiny import build_tiny_model, tiny_llama_config, train_tokenizer
+    from alignlab.recipes import sft
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    world = LabWorld(seed=cfg.seed)
+
+    # --- datasets ---
+    paths = export_datasets(
+        world, out / "data", n_train=cfg.n_sft, n_heldout=cfg.n_heldout, seed=cfg.seed
+    )
+    records = pretraining_corpus(world, seed=cfg.seed)
+
+    # --- tokenizer and an untrained model ---
+    plain = [
+        r["text"] if "text" in r else " ".join(m["content"] for m in r["messages"]) for r in records
+    ]
+    tokenizer = train_tokenizer(plain, vocab_size=cfg.vocab_size)
+    # transcripts are rendered through the chat template, so the base learns the chat layout
+    texts = [
+        r["text"] if "text" in r else render_messages(tokenizer, r["messages"]) for r in records
+    ]
+    write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for t in texts))
+    config = tiny_llama_config(
+        len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads,
+        intermediate_size=int(cfg.hidden_size * 8 / 3 // 8 * 8),
+        max_position_embeddings=1024,
+    )
+    build_tiny_model(out / "init", tokenizer, config, seed=cfg.seed)
+    print(f"lab build: tokenizer ({len(tokenizer)} tokens) and model ready, pretraining")
+
+    # --- pretraining with the SFT recipe (loss on every token, packed) ---
+    pretrain = load_config(
+        sft.SFTConfig,
+        None,
+        [
+            f"model.path={out / 'init'}",
+            f"data.path={out / 'data' / 'pretrain.jsonl'}",
+            "data.packing=true",
+            "data.completion_only_loss=false",
+            f"data.max_length={cfg.max_length}",
+            f"train.output_dir={out / 'pretrain'}",
+            f"final_dir={out / 'base'}",
+            f"train.epochs={cfg.pretrain_epochs}",
+            f"train.lr={cfg.pretrain_lr}",
+            f"train.micro_batch_size={cfg.micro_batch_size}",
+            f"train.mixed_precision={cfg.mixed_precision}",
+            f"train.seed={cfg.seed}",
+            "train.warmup_ratio=0.03",
+            "train.min_lr_ratio=0.05",
+            "train.weight_decay=0.01",
+            "train.log_every=10",
+            f"train.progress={str(progress).lower()}",
+        ],
+    )
+    sft.run(pretrain)
+    probe = probe_base(world, out / "base")
+    print(
+        f"lab build: base model (greedy, heldout phrasings): fact accuracy {probe['fact_accuracy']:.0%}, "
+        f"invents answers about unknown entities {probe['unknown_hallucination']:.0%}, "
+        f"complies with harmful requests {probe['harmful_compliance']:.0%}"
+    )
+
+    manifest = {
+        "key": cfg.key(),
+        "config": dataclasses.asdict(cfg),
+        "data": sorted([*(name for name in paths if name != "manifest"), "pretrain"]),
+        "base_probe": probe,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    print(f"lab build: done in {manifest['build_seconds']:.0f} s -> {out}")
+    return LabArtifacts(
+        out=out,
+        base=out / "base",
+        data={name: out / "data" / f"{name}.jsonl" for name in manifest["data"]},
+        manifest=manifest,
+    )

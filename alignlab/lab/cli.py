@@ -1,0 +1,81 @@
+"""`alignlab lab build|export|demo`: the simulated world from the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from alignlab.config import describe, load_config
+from alignlab.lab.build import LabBuildConfig, build
+
+
+def eval_main(argv: list[str]) -> None:
+    """`alignlab eval --model DIR [--ref DIR]` on the lab's heldout prompts, scored by gold."""
+    from alignlab.eval.report import markdown_table, write_report
+    from alignlab.lab.evaluate import HEADLINE, evaluate_lab
+    from alignlab.lab.world import LabWorld
+
+    parser = argparse.ArgumentParser(prog="alignlab eval", description=eval_main.__doc__)
+    parser.add_argument("--model", required=True, help="model folder or hub id")
+    parser.add_argument("--ref", help="reference model for KL and win rate (default: none)")
+    parser.add_argument("--out", default="runs/eval", help="report folder")
+    parser.add_argument("--n-prompts", type=int, default=500, help="heldout prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0, help="world seed (must match the build)")
+    args = parser.parse_args(argv)
+    results = evaluate_lab(
+        LabWorld(seed=args.seed),
+        {"model": args.model},
+        ref=args.ref,
+        n_prompts=args.n_prompts,
+        max_new_tokens=args.max_new_tokens,
+    )
+    paths = write_report(
+        results, args.out, title=f"lab evaluation of {args.model}", table_keys=list(HEADLINE)
+    )
+    print(markdown_table(results, table_keys=list(HEADLINE)))
+    print(f"report: {paths['markdown']}")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="alignlab lab",
+        description="The lab: a simulated HHH world with a gold reward (docs/lab.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="build options (key=value):\n" + "\n".join(describe(LabBuildConfig)),
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_cmd = sub.add_parser(
+        "build", help="tokenizer + pretrained base model + datasets (cached)"
+    )
+    build_cmd.add_argument("overrides", nargs="*", help="key=value build options")
+    export_cmd = sub.add_parser(
+        "export", help="write the SFT, preference and prompt datasets as JSONL"
+    )
+    export_cmd.add_argument("--out", required=True)
+    export_cmd.add_argument("--seed", type=int, default=0)
+    export_cmd.add_argument("--n-train", type=int, default=2000)
+    export_cmd.add_argument("--n-heldout", type=int, default=500)
+    demo_cmd = sub.add_parser("demo", help="the main job: build, SFT, evaluate, report")
+    demo_cmd.add_argument("--out", default="runs/demo")
+    demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        build(load_config(LabBuildConfig, None, args.overrides))
+    elif args.command == "export":
+        from alignlab.lab.export import export_datasets
+        from alignlab.lab.world import LabWorld
+
+        paths = export_datasets(
+            LabWorld(seed=args.seed),
+            args.out,
+            n_train=args.n_train,
+            n_heldout=args.n_heldout,
+            seed=args.seed,
+        )
+        for name, path in paths.items():
+            print(f"{name:16s} {path}")
+    elif args.command == "demo":
+        from alignlab.lab.demo import run_demo
+
+        run_demo(args.out, load_config(LabBuildConfig, None, args.overrides))

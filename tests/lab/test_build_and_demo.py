@@ -1,0 +1,84 @@
+"""The lab pipeline at toy size: build (and its cache), export CLI, gold evaluation, report."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from alignlab.cli import main
+from alignlab.eval.report import write_report
+from alignlab.lab.build import LabBuildConfig, build
+from alignlab.lab.evaluate import HEADLINE, evaluate_lab
+
+TOY = dict(
+    vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, pretrain_epochs=0.05,
+    micro_batch_size=8, max_length=128, n_sft=40, n_heldout=30, mixed_precision="no",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_lab(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    return build(LabBuildConfig(out=str(out), **TOY), progress=False)
+
+
+def test_build_writes_plain_hf_base_and_datasets(toy_lab):
+    AutoModelForCausalLM.from_pretrained(toy_lab.base)
+    for name in ("sft", "preference", "prompts", "heldout_prompts", "pretrain"):
+        assert toy_lab.data[name].exists(), name
+    probe = toy_lab.manifest["base_probe"]
+    assert set(probe) >= {"fact_accuracy", "unknown_hallucination", "harmful_compliance"}
+    first = json.loads(toy_lab.data["sft"].read_text().splitlines()[0])
+    assert first["messages"][-1]["role"] == "assistant"
+
+
+def test_second_build_reuses_the_cache(toy_lab, capsys):
+    before = (toy_lab.base / "model.safetensors").stat().st_mtime_ns
+    again = build(LabBuildConfig(out=str(toy_lab.out), **TOY), progress=False)
+    assert "cached" in capsys.readouterr().out
+    assert (again.base / "model.safetensors").stat().st_mtime_ns == before
+    # a different setting is a different build
+    assert (
+        LabBuildConfig(out=str(toy_lab.out), **{**TOY, "seed": 1}).key()
+        != LabBuildConfig(**TOY).key()
+    )
+
+
+def test_export_cli_writes_trl_format_jsonl(tmp_path):
+    assert (
+        main(["lab", "export", "--out", str(tmp_path), "--n-train", "20", "--n-heldout", "10"]) == 0
+    )
+    pref = json.loads((tmp_path / "preference.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "chosen", "rejected"} <= set(pref)
+    assert pref["prompt"][0]["role"] == "user" and pref["chosen"][0]["role"] == "assistant"
+    assert len((tmp_path / "heldout_prompts.jsonl").read_text().splitlines()) == 10
+
+
+def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
+    results = evaluate_lab(
+        toy_lab.world, {"base": toy_lab.base}, ref=toy_lab.base, n_prompts=24, max_new_tokens=8
+    )
+    oracle = results["oracle"].metrics
+    assert oracle["gold"]["total"]["mean"] == pytest.approx(1.0)
+    base = results["base"].metrics
+    assert base["kl"]["mean"] == 0.0  # the base against itself
+    assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
+    paths = write_report(results, tmp_path, title="toy", table_keys=list(HEADLINE))
+    table = paths["markdown"].read_text()
+    assert "| oracle |" in table and "| base |" in table
+
+
+def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
+    args = [
+        "eval",
+        "--model",
+        str(toy_lab.base),
+        "--ref",
+        str(toy_lab.base),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*args, "--n-prompts", "12", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "| oracle |" in out and "gold" in out
+    assert (tmp_path / "report.html").exists()
