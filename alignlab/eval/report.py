@@ -95,7 +95,9 @@ def format_value(value: Any, style: str = "pm") -> str:
     return str(value)
 
 
-def _label(key: str, all_metrics: Sequence[dict[str, Any]]) -> str:
+def _label(key: str, all_metrics: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
+    if key in labels:
+        return labels[key]
     if key == "kl":
         return "KL to ref"
     if key == "win_rate":
@@ -105,9 +107,13 @@ def _label(key: str, all_metrics: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(
-    names: Sequence[str], all_metrics: Sequence[dict[str, Any]], keys: Sequence[str], style: str
+    names: Sequence[str],
+    all_metrics: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    style: str,
+    labels: dict[str, str],
 ) -> tuple[list[str], list[list[str]]]:
-    header = ["model", *(_label(k, all_metrics) for k in keys)]
+    header = ["model", *(_label(k, all_metrics, labels) for k in keys)]
     rows = [
         [name, *(format_value(lookup(m, k), style) for k in keys)]
         for name, m in zip(names, all_metrics)
@@ -165,14 +171,17 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def markdown_table(
     results: dict[str, EvalResult | dict[str, Any]],
-    table_keys: Sequence[str] | None = None,
+    table_keys: Sequence[str] | dict[str, str] | None = None,
     style: str = "pm",
 ) -> str:
-    """The report's main table as markdown: one row per model."""
+    """The report's main table as markdown: one row per model.
+
+    `table_keys` may map each key to its column label."""
     names = list(results)
     all_metrics = [_metrics(r) for r in results.values()]
-    keys = _with_last(table_keys or default_table_keys(all_metrics), all_metrics)
-    return _markdown_table(*_table(names, all_metrics, keys, style))
+    keys = _with_last(list(table_keys or default_table_keys(all_metrics)), all_metrics)
+    labels = dict(table_keys) if isinstance(table_keys, dict) else {}
+    return _markdown_table(*_table(names, all_metrics, keys, style, labels))
 
 
 # --- plots ---
@@ -318,7 +327,7 @@ def write_report(
     results: dict[str, EvalResult | dict[str, Any]],
     out_dir: str | Path,
     title: str = "Evaluation",
-    table_keys: Sequence[str] | None = None,
+    table_keys: Sequence[str] | dict[str, str] | None = None,
     style: str = "pm",
 ) -> dict[str, Path]:
     """Write the report of `results` ({model name: EvalResult, or its metrics dict}) to out_dir.
@@ -330,7 +339,8 @@ def write_report(
     (quality vs KL with error bars on both axes) when the data for them exists.
 
     The table has a row per model and a column per key of `table_keys` (dotted paths into the
-    metrics, e.g. "gold.total", "rewards.length"; default `default_table_keys`), then KL and
+    metrics, e.g. "gold.total", "rewards.length"; default `default_table_keys`; a dict maps
+    keys to column labels), then KL and
     win rate when present; cells are `mean ± half-width` (style "pm"; asymmetric Wilson intervals
     still as `mean [lo, hi]`) or `mean [lo, hi]` ("interval"). Returns {"json", "samples", "markdown", "html", "plot_<name>": path}.
     """
@@ -342,8 +352,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     names = list(results)
     all_metrics = [_metrics(r) for r in results.values()]
-    keys = _with_last(table_keys or default_table_keys(all_metrics), all_metrics)
-    header, rows = _table(names, all_metrics, keys, style)
+    keys = _with_last(list(table_keys or default_table_keys(all_metrics)), all_metrics)
+    labels = dict(table_keys) if isinstance(table_keys, dict) else {}
+    header, rows = _table(names, all_metrics, keys, style, labels)
     family = _family_table(names, all_metrics, style)
     plots = _plots(names, all_metrics)
 

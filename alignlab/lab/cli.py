@@ -30,9 +30,9 @@ def eval_main(argv: list[str]) -> None:
         max_new_tokens=args.max_new_tokens,
     )
     paths = write_report(
-        results, args.out, title=f"lab evaluation of {args.model}", table_keys=list(HEADLINE)
+        results, args.out, title=f"lab evaluation of {args.model}", table_keys=HEADLINE
     )
-    print(markdown_table(results, table_keys=list(HEADLINE)))
+    print(markdown_table(results, table_keys=HEADLINE))
     print(f"report: {paths['markdown']}")
 
 

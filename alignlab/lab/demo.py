@@ -57,11 +57,10 @@ def run_demo(out: str | Path, build_cfg: LabBuildConfig, n_prompts: int = 500) -
     )
 
     stage(4, f"report -> {out}")
-    keys = list(HEADLINE)
     paths = write_report(
-        results, out, title="alignlab demo: base vs SFT vs oracle", table_keys=keys
+        results, out, title="alignlab demo: base vs SFT vs oracle", table_keys=HEADLINE
     )
-    print(markdown_table(results, table_keys=keys))
+    print(markdown_table(results, table_keys=HEADLINE))
     sft_gold = results["sft"].metrics["gold"]["total"]["mean"]
     oracle_gold = results["oracle"].metrics["gold"]["total"]["mean"]
     print(

@@ -63,7 +63,7 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
     base = results["base"].metrics
     assert base["kl"]["mean"] == 0.0  # the base against itself
     assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
-    paths = write_report(results, tmp_path, title="toy", table_keys=list(HEADLINE))
+    paths = write_report(results, tmp_path, title="toy", table_keys=HEADLINE)
     table = paths["markdown"].read_text()
     assert "| oracle |" in table and "| base |" in table
 

@@ -149,3 +149,14 @@ def test_lora_run_saves_merged_model_and_adapter(tiny_model_dir, sft_file, tmp_p
     ]
     assert changed and all("proj" in name for name in changed)
     assert (final / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_recipes_lists_presets_and_cp_copies_one(tmp_path, capsys):
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert "sft" in listing and "preset: sft_lora" in listing
+    assert main(["cp", "sft_lora", str(tmp_path)]) == 0
+    copied = tmp_path / "sft_lora.yaml"
+    assert "lora:" in copied.read_text()
+    assert main(["cp", "sft_lora", str(tmp_path)]) == 2  # never overwrites
+    assert main(["cp", "no_such_preset", str(tmp_path / "x.yaml")]) == 2
