@@ -6,6 +6,7 @@ local folder exercise the code a hub id would.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -131,8 +132,11 @@ def merged_state_dict(
     merged: dict[str, torch.Tensor] = {}
     prefix = "base_model.model."
     for key, value in state_dict.items():
-        if ".lora_" in key:
+        # peft keeps a frozen copy of `modules_to_save` (e.g. a reward head) beside the
+        # trained one; the trained copy is the module's weight in the plain model
+        if ".lora_" in key or ".original_module." in key:
             continue
+        key = re.sub(r"\.modules_to_save\.[^.]+\.", ".", key)
         merged[key.removeprefix(prefix).replace(".base_layer.", ".")] = value
     for name, module in unwrap_peft(model).named_modules():
         if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):

@@ -120,7 +120,8 @@ def run(cfg: SFTConfig) -> Path:
         size = train_cfg.micro_batch_size
         batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
         # every process runs the same number of forwards: FSDP2 forwards are collective
-        for i in range(runtime.rank, len(batches) + runtime.world_size - 1, runtime.world_size):
+        rounds = -(-len(batches) // runtime.world_size)
+        for i in range(runtime.rank, rounds * runtime.world_size, runtime.world_size):
             batch = to_device(collate(batches[i % len(batches)], tokenizer.pad_token_id))
             with torch.no_grad(), autocast(runtime.device, train_cfg.mixed_precision):
                 token_logps = policy(batch)

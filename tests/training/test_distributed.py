@@ -51,7 +51,8 @@ def losses(out, key="train/loss"):
 
 
 def test_two_processes_match_one_process_with_double_batch(tiny_model_dir, sft_file, tmp_path):
-    common = ("train.save_every=2", "data.eval_fraction=0.2", "train.eval_every=2")
+    # 16 eval examples = 4 batches of 4: an even count per rank (once hung FSDP2 eval)
+    common = ("train.save_every=2", "data.eval_fraction=0.34", "train.eval_every=2")
     run(1, tiny_model_dir, sft_file, tmp_path / "one", "train.micro_batch_size=8", *common)
     result = run(2, tiny_model_dir, sft_file, tmp_path / "two", "train.micro_batch_size=4", *common)
     # only rank 0 prints and writes
