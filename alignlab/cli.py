@@ -16,6 +16,7 @@ from alignlab.config import ConfigError, describe, load_config
 RECIPE_DIR = Path(__file__).parent / "recipes"
 RECIPES = {
     "sft": ("alignlab.recipes.sft", "SFTConfig"),
+    "rm": ("alignlab.recipes.rm", "RMConfig"),
 }
 
 
@@ -78,7 +79,7 @@ def copy_preset(name: str, dest: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    tools = ("recipes", "cp", "eval", "lab")
+    tools = ("recipes", "cp", "eval", "rm-eval", "lab")
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: alignlab {" + ",".join([*RECIPES, *tools]) + "} ...")
         print("  <recipe> --config PRESET key.sub=value ...   train (see alignlab <recipe> --help)")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  cp PRESET DEST                               copy a preset to edit")
         print("  eval --model DIR [--ref DIR] [--prompts FILE] evaluate; without --prompts on the")
         print("                                               lab's heldout prompts with gold")
+        print("  rm-eval --rm DIR [--rm DIR ...] --pairs FILE  reward-model accuracy, calibration")
         print("  lab build|export|demo                        the simulated world (docs/lab.md)")
         return 0
     command, rest = argv[0], argv[1:]
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from alignlab.lab.cli import eval_main
 
             eval_main(rest)
+        elif command == "rm-eval":
+            from alignlab.eval.rm_cli import main as rm_eval_main
+
+            rm_eval_main(rest)
         elif command == "lab":
             from alignlab.lab.cli import main as lab_main
 

@@ -1,0 +1,424 @@
+"""Reward modelling: fit a scalar reward to preference pairs with the Bradley-Terry loss.
+
+    loss = sum over pairs [ -log σ(r_w - r_l - m) + λ · (r_w + r_l)² ] / (pairs in the step)
+
+r_w, r_l: rewards of the chosen and rejected response (`alignlab.models.reward`, read at the
+last real token); m: an optional per-pair margin from a data column (`reward.margin`, times
+`reward.margin_scale`); λ: `reward.center_rewards_coef`, the reward-centring term of
+Eisenstein et al. 2023 that pins the mean reward near 0 (BT alone is invariant to a shift).
+Chosen and rejected go through one forward as a (2B, T) batch. Normalising by the pair count
+of the whole optimizer step (all micro-batches, all processes) makes gradient accumulation and
+data parallelism exact, as in SFT.
+
+Ensembles: `reward.bootstrap=true` trains on a bootstrap resample of the training pairs
+(seeded by train.seed); `reward.ensemble_size=K` (or `train_ensemble`) trains K members with
+seeds train.seed + i into output_dir/member-i.
+
+Run: `alignlab rm --config rm_lab model.path=... data.path=preference.jsonl`, or under
+`torchrun --nproc_per_node N -m alignlab.cli rm ...` for FSDP2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from alignlab.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    option,
+    section,
+    to_dict,
+)
+from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.report import DataReport
+from alignlab.data.schema import DataError
+from alignlab.data.sources import load_records
+from alignlab.eval.reward_eval import expected_calibration_error
+from alignlab.fileio import atomic_write_text
+from alignlab.losses.reward import bradley_terry_loss
+from alignlab.models.loading import load_tokenizer, unwrap_peft
+from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
+from alignlab.recipes.sft import autocast
+from alignlab.training import distributed
+from alignlab.training.batches import BatchSchedule, micro_batches
+from alignlab.training.checkpoint import (
+    crash_point,
+    latest_checkpoint,
+    load_checkpoint_state,
+    save_checkpoint,
+)
+from alignlab.training.metrics import MetricsLogger
+from alignlab.training.optim import build_optimizer, build_scheduler
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    """The reward-model objective and ensembles."""
+
+    margin: str = option(
+        "",
+        "per-pair margin m in -log σ(r_w - r_l - m): empty = none; a data column (e.g. "
+        "'margin'), or 'a-b' the difference of two columns (e.g. 'gold_chosen-gold_rejected')",
+    )
+    margin_scale: float = option(1.0, "the margin column is multiplied by this", min=0)
+    center_rewards_coef: float = option(
+        0.0,
+        "λ of the centring term λ·(r_w + r_l)² (Eisenstein et al. 2023); 0.01 is typical",
+        min=0,
+    )
+    bootstrap: bool = option(
+        False, "train on a bootstrap resample of the training pairs (seeded by train.seed)"
+    )
+    ensemble_size: int = option(
+        1, "train this many members (seeds train.seed + i) into output_dir/member-i", min=1
+    )
+    eval_bins: int = option(10, "bins of the eval ECE (top-label, over [0.5, 1])", min=1)
+
+
+@dataclasses.dataclass
+class RMConfig:
+    """Reward model on preference pairs: Bradley-Terry loss, optional margin and centring."""
+
+    model: ModelConfig = section(ModelConfig, "the causal LM the reward model starts from")
+    data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
+    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    reward: RewardConfig = section(RewardConfig, "reward-model objective and ensembles")
+    final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
+
+    def check(self) -> None:
+        if self.reward.margin and (
+            self.data.on_bad_example == "skip" or self.data.truncation == "skip"
+        ):
+            raise ConfigError(
+                "reward.margin reads a column per pair, so every pair must be kept: set "
+                "data.on_bad_example=error and data.truncation to keep_start or keep_end"
+            )
+        if self.data.packing:
+            raise ConfigError("data.packing: reward models do not train on packed sequences")
+
+
+def margin_values(records: list[Any], spec: str, scale: float) -> list[float]:
+    """m per record from `spec`: a column, or 'a-b' the difference of two columns."""
+    values = []
+    for record in records:
+        data = record.data
+        if spec in data:
+            parts = [spec]
+        else:
+            left, sep, right = spec.partition("-")
+            parts = [left, right] if sep else [spec]
+        numbers = []
+        for name in parts:
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(
+                    f"reward.margin={spec!r} needs a number here, got {value!r}",
+                    record.source,
+                    record.line,
+                    name,
+                )
+            numbers.append(float(value))
+        values.append(scale * (numbers[0] - numbers[1] if len(numbers) == 2 else numbers[0]))
+    return values
+
+
+def load_pairs(
+    cfg: RMConfig, tokenizer: Any, path: str | None = None
+) -> tuple[list[dict[str, Any]], DataReport]:
+    """Tokenized pairs (`build_preference_dataset`, kind pairs), each with its "margin", and
+    the data report."""
+    data = cfg.data
+    rows, report = build_preference_dataset(data, tokenizer, path=path, kind="pairs")
+    if cfg.reward.margin:
+        records = load_records(str(path or data.path), data.split, data.max_examples)
+        margins = margin_values(records, cfg.reward.margin, cfg.reward.margin_scale)
+        if len(margins) != len(rows):  # cannot happen with on_bad_example=error (check())
+            raise DataError(f"{len(rows)} pairs but {len(margins)} margins", path or data.path)
+    else:
+        margins = [0.0] * len(rows)
+    for row, margin in zip(rows, margins):
+        row["margin"] = margin
+    return rows, report
+
+
+def bootstrap_resample(rows: list[Any], seed: int) -> list[Any]:
+    """len(rows) rows drawn with replacement (a bootstrap replicate), deterministic in seed."""
+    rng = random.Random(f"alignlab-rm-bootstrap/{seed}")
+    return [rows[rng.randrange(len(rows))] for _ in range(len(rows))]
+
+
+def pair_losses(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None, center: float
+) -> torch.Tensor:
+    """(B,) per-pair loss: Bradley-Terry with margin plus λ·(r_w + r_l)²."""
+    loss = bradley_terry_loss(chosen, rejected, margin)
+    if center > 0:
+        loss = loss + center * (chosen + rejected) ** 2
+    return loss
+
+
+def run(cfg: RMConfig) -> Path:
+    """Train; return the folder of the final reward model (a plain HF sequence-classification
+    folder), or with reward.ensemble_size > 1 the output_dir holding member-i/final."""
+    if cfg.reward.ensemble_size > 1:
+        train_ensemble(cfg, cfg.reward.ensemble_size, cfg.reward.bootstrap)
+        return Path(cfg.train.output_dir)
+
+    # --- setup ---
+    runtime = distributed.init_runtime()
+    train_cfg, reward_cfg = cfg.train, cfg.reward
+    output_dir = Path(train_cfg.output_dir)
+    torch.manual_seed(train_cfg.seed)
+    resume_from = latest_checkpoint(output_dir) if train_cfg.resume else None
+    if runtime.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if train_cfg.resume:
+            print(f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet")
+
+    # --- data ---
+    tokenizer = load_tokenizer(cfg.model)
+    train_set, report = load_pairs(cfg, tokenizer)
+    eval_set: list[dict[str, Any]] = []
+    if cfg.data.eval_path:
+        eval_set, _ = load_pairs(cfg, tokenizer, path=cfg.data.eval_path)
+    elif cfg.data.eval_fraction > 0:
+        split = int(len(train_set) * (1 - cfg.data.eval_fraction))
+        train_set, eval_set = train_set[:split], train_set[split:]
+    if reward_cfg.bootstrap:
+        train_set = bootstrap_resample(train_set, train_cfg.seed)
+    if runtime.is_main:
+        print(report.summary())
+    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * runtime.world_size
+    schedule = BatchSchedule(len(train_set), global_batch, train_cfg.seed)
+    total_steps = schedule.total_steps(train_cfg.epochs, train_cfg.max_steps)
+
+    # --- model ---
+    model = load_reward_model(
+        cfg.model, tokenizer, weights_from=resume_from, device=runtime.device, seed=train_cfg.seed
+    )
+    rewards = SequenceRewards(model)
+    if runtime.distributed:
+        distributed.shard_model(rewards, unwrap_peft(model), runtime)
+    optimizer = build_optimizer(rewards, train_cfg)
+    scheduler = build_scheduler(optimizer, total_steps, train_cfg)
+    scaler = (
+        torch.amp.GradScaler(runtime.device.type) if train_cfg.mixed_precision == "fp16" else None
+    )
+    start_step, pairs_seen = 0, 0
+    if resume_from is not None:
+        state = load_checkpoint_state(
+            resume_from, optimizer, scheduler, runtime, scaler, root=rewards
+        )
+        start_step, pairs_seen = state["step"], state["pairs_seen"]
+    metrics = MetricsLogger(
+        output_dir,
+        enabled=runtime.is_main,
+        tensorboard=train_cfg.tensorboard,
+        resume_step=start_step if resume_from is not None else None,
+    )
+    # LoRA step checkpoints keep the adapter (head included) for resuming; the final folder
+    # gets the merged weights (`save_reward_folder` names the head as plain HF does)
+    checkpoint_lora = (
+        dataclasses.replace(cfg.model.lora, save_merged=False) if cfg.model.lora.enabled else None
+    )
+
+    def forward_pairs(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
+        """(r_w, r_l, margin) of rows, one (2B, T) forward."""
+        batch = collate_pairs(rows, tokenizer.pad_token_id)
+        batch = {k: batch[k].to(runtime.device) for k in ("input_ids", "attention_mask")}
+        margin = torch.tensor([r["margin"] for r in rows], device=runtime.device)
+        with autocast(runtime.device, train_cfg.mixed_precision):
+            r = rewards(batch)  # (2B,)
+        chosen, rejected = split_pairs(r)
+        return chosen, rejected, margin
+
+    def sums(chosen: torch.Tensor, rejected: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """[loss, correct, margin, chosen, rejected, pairs] sums over this micro-batch."""
+        c, r = chosen.detach().double(), rejected.detach().double()
+        correct = (c > r).double() + 0.5 * (c == r).double()
+        return torch.stack(
+            [
+                loss.detach().double().sum(),
+                correct.sum(),
+                (c - r).sum(),
+                c.sum(),
+                r.sum(),
+                torch.tensor(float(c.numel()), dtype=torch.float64, device=c.device),
+            ]
+        )
+
+    def as_metrics(totals: torch.Tensor) -> dict[str, float]:
+        n = max(totals[5].item(), 1.0)
+        names = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward")
+        return {name: totals[i].item() / n for i, name in enumerate(names)}
+
+    def evaluate() -> dict[str, float]:
+        """Held-out pair metrics, each process taking every world_size-th batch."""
+        rewards.eval()
+        totals = torch.zeros(6, dtype=torch.float64, device=runtime.device)
+        pairs: list[tuple[float, float]] = []
+        size = train_cfg.micro_batch_size
+        batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
+        # every process runs the same number of forwards (FSDP2 forwards are collective):
+        # ceil(len / world_size) rounds, the last one padded with repeats that are not counted
+        rounds = -(-len(batches) // runtime.world_size)
+        for i in range(runtime.rank, rounds * runtime.world_size, runtime.world_size):
+            with torch.no_grad():
+                chosen, rejected, margin = forward_pairs(batches[i % len(batches)])
+            if i < len(batches):
+                loss = pair_losses(
+                    chosen, rejected, margin if reward_cfg.margin else None,
+                    reward_cfg.center_rewards_coef,
+                )  # fmt: skip
+                totals += sums(chosen, rejected, loss)
+                pairs.extend(zip(chosen.double().tolist(), rejected.double().tolist()))
+        totals = distributed.all_reduce_sum(totals, runtime)
+        gathered = [p for part in distributed.all_gather_objects(pairs, runtime) for p in part]
+        distributed.reshard(rewards)
+        rewards.train()
+        result = as_metrics(totals)
+        result["ece"] = expected_calibration_error(
+            [w for w, _ in gathered], [r for _, r in gathered], reward_cfg.eval_bins
+        )
+        return result
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            output_dir, step, model, tokenizer, optimizer, scheduler, runtime,
+            lora=checkpoint_lora, scaler=scaler, keep=train_cfg.keep_checkpoints, root=rewards,
+            trainer_state={"pairs_seen": pairs_seen, "total_steps": total_steps},
+        )  # fmt: skip
+
+    # --- loop ---
+    rewards.train()
+    progress = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="rm",
+        disable=not (runtime.is_main and train_cfg.progress),
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
+    )
+    window_start, window_pairs = time.perf_counter(), 0
+    for step in range(start_step, total_steps):
+        batches = [
+            [train_set[i] for i in ids]
+            for ids in micro_batches(
+                schedule.step_indices(step),
+                runtime,
+                train_cfg.micro_batch_size,
+                train_cfg.grad_accum,
+            )
+        ]
+        step_pairs = float(global_batch)  # every pair weighs the same in the step's mean
+        totals = torch.zeros(6, dtype=torch.float64, device=runtime.device)
+        for rows in batches:
+            chosen, rejected, margin = forward_pairs(rows)
+            per_pair = pair_losses(
+                chosen, rejected, margin if reward_cfg.margin else None,
+                reward_cfg.center_rewards_coef,
+            )  # fmt: skip
+            totals += sums(chosen, rejected, per_pair)
+            # x world_size because FSDP averages gradients over processes while we want the sum
+            loss = per_pair.sum() / step_pairs * runtime.world_size
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(rewards.parameters(), train_cfg.max_grad_norm)
+            if train_cfg.max_grad_norm > 0
+            else torch.tensor(0.0)
+        )
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        elif torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        totals = distributed.all_reduce_sum(totals, runtime)
+        pairs_seen += global_batch
+        window_pairs += global_batch
+        done = step + 1
+
+        # --- metrics and checkpoints ---
+        if done % train_cfg.log_every == 0 or done == total_steps:
+            elapsed = time.perf_counter() - window_start
+            pairs_per_s = window_pairs / max(elapsed, 1e-9)
+            step_metrics = as_metrics(totals)
+            metrics.log(
+                done,
+                {
+                    **step_metrics,
+                    "grad_norm": float(grad_norm),
+                    "lr": scheduler.get_last_lr()[0],
+                    "pairs_per_s": pairs_per_s,
+                    "pairs_seen": pairs_seen,
+                    "epoch": schedule.epoch_at(done),
+                },
+                prefix="train/",
+            )
+            progress.set_postfix(
+                loss=f"{step_metrics['loss']:.4f}",
+                acc=f"{step_metrics['accuracy']:.3f}",
+                refresh=False,
+            )
+            window_start, window_pairs = time.perf_counter(), 0
+        progress.update(1)
+        if eval_set and train_cfg.eval_every and done % train_cfg.eval_every == 0:
+            metrics.log(done, evaluate(), prefix="eval/")
+        if train_cfg.save_every and done % train_cfg.save_every == 0 and done < total_steps:
+            save(done)
+        crash_point("step", done)
+    progress.close()
+
+    # --- final model ---
+    if eval_set and (not train_cfg.eval_every or total_steps % train_cfg.eval_every):
+        metrics.log(total_steps, evaluate(), prefix="eval/")
+    final_dir = Path(cfg.final_dir or output_dir / "final")
+    save_reward_folder(
+        final_dir,
+        model,
+        tokenizer,
+        runtime,
+        lora=cfg.model.lora,
+        adapter=cfg.model.lora.save_adapter,
+    )
+    metrics.close()
+    if runtime.is_main:
+        print(f"final reward model: {final_dir}\nmetrics: {metrics.path}")
+    distributed.shutdown(runtime)
+    return final_dir
+
+
+def train_ensemble(cfg: RMConfig, k: int, bootstrap: bool = True) -> list[Path]:
+    """Train K reward models one after the other: member i uses seed train.seed + i (head
+    initialisation and data order) and, with `bootstrap`, its own bootstrap resample; it
+    writes to output_dir/member-i (final model in member-i/final, or final_dir/member-i).
+    Returns the K final folders, for `RewardScorer`."""
+    finals = []
+    for i in range(k):
+        member = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(
+                cfg.train,
+                seed=cfg.train.seed + i,
+                output_dir=str(Path(cfg.train.output_dir) / f"member-{i}"),
+            ),
+            reward=dataclasses.replace(cfg.reward, bootstrap=bootstrap, ensemble_size=1),
+            final_dir=str(Path(cfg.final_dir) / f"member-{i}") if cfg.final_dir else "",
+        )
+        finals.append(run(member))
+    return finals
