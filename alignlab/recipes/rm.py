@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from tqdm.auto import tqdm
 
 from alignlab.config import (
     ConfigError,
@@ -38,27 +35,22 @@ from alignlab.config import (
     TrainConfig,
     option,
     section,
-    to_dict,
 )
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
-from alignlab.fileio import atomic_write_text
 from alignlab.losses.reward import bradley_terry_loss
 from alignlab.models.loading import load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
-from alignlab.recipes.sft import autocast
-from alignlab.training import distributed
+from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.checkpoint import (
     crash_point,
-    latest_checkpoint,
     load_checkpoint_state,
     save_checkpoint,
 )
-from alignlab.training.metrics import MetricsLogger
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 
@@ -179,13 +171,7 @@ def run(cfg: RMConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg, reward_cfg = cfg.train, cfg.reward
     output_dir = Path(train_cfg.output_dir)
-    torch.manual_seed(train_cfg.seed)
-    resume_from = latest_checkpoint(output_dir) if train_cfg.resume else None
-    if runtime.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if train_cfg.resume:
-            print(f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet")
+    resume_from = loop.start_run(cfg, train_cfg, runtime)
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -213,21 +199,14 @@ def run(cfg: RMConfig) -> Path:
         distributed.shard_model(rewards, unwrap_peft(model), runtime)
     optimizer = build_optimizer(rewards, train_cfg)
     scheduler = build_scheduler(optimizer, total_steps, train_cfg)
-    scaler = (
-        torch.amp.GradScaler(runtime.device.type) if train_cfg.mixed_precision == "fp16" else None
-    )
+    scaler = loop.grad_scaler(train_cfg, runtime)
     start_step, pairs_seen = 0, 0
     if resume_from is not None:
         state = load_checkpoint_state(
             resume_from, optimizer, scheduler, runtime, scaler, root=rewards
         )
         start_step, pairs_seen = state["step"], state["pairs_seen"]
-    metrics = MetricsLogger(
-        output_dir,
-        enabled=runtime.is_main,
-        tensorboard=train_cfg.tensorboard,
-        resume_step=start_step if resume_from is not None else None,
-    )
+    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
     # LoRA step checkpoints keep the adapter (head included) for resuming; the final folder
     # gets the merged weights (`save_reward_folder` names the head as plain HF does)
     checkpoint_lora = (
@@ -239,7 +218,7 @@ def run(cfg: RMConfig) -> Path:
         batch = collate_pairs(rows, tokenizer.pad_token_id)
         batch = {k: batch[k].to(runtime.device) for k in ("input_ids", "attention_mask")}
         margin = torch.tensor([r["margin"] for r in rows], device=runtime.device)
-        with autocast(runtime.device, train_cfg.mixed_precision):
+        with loop.autocast(runtime.device, train_cfg.mixed_precision):
             r = rewards(batch)  # (2B,)
         chosen, rejected = split_pairs(r)
         return chosen, rejected, margin
@@ -303,13 +282,8 @@ def run(cfg: RMConfig) -> Path:
 
     # --- loop ---
     rewards.train()
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="rm",
-        disable=not (runtime.is_main and train_cfg.progress),
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
+    progress = loop.progress_bar(
+        total_steps, start_step, "rm", enabled=runtime.is_main and train_cfg.progress
     )
     window_start, window_pairs = time.perf_counter(), 0
     for step in range(start_step, total_steps):
@@ -333,21 +307,10 @@ def run(cfg: RMConfig) -> Path:
             totals += sums(chosen, rejected, per_pair)
             # x world_size because FSDP averages gradients over processes while we want the sum
             loss = per_pair.sum() / step_pairs * runtime.world_size
-            (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(rewards.parameters(), train_cfg.max_grad_norm)
-            if train_cfg.max_grad_norm > 0
-            else torch.tensor(0.0)
+            loop.backward(loss, scaler)
+        grad_norm = loop.optimizer_step(
+            rewards, optimizer, scheduler, scaler, train_cfg.max_grad_norm
         )
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        elif torch.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         totals = distributed.all_reduce_sum(totals, runtime)
         pairs_seen += global_batch
         window_pairs += global_batch
@@ -362,7 +325,7 @@ def run(cfg: RMConfig) -> Path:
                 done,
                 {
                     **step_metrics,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0],
                     "pairs_per_s": pairs_per_s,
                     "pairs_seen": pairs_seen,

@@ -6,38 +6,32 @@ Normalising by the token count of the whole optimizer step (all micro-batches, a
 processes) makes gradient accumulation and data parallelism exact: 4 x 2 equals 8, and
 2 processes x b equals 1 process x 2b, up to float summation order.
 
-Run: `alignlab sft --config sft_tiny.yaml train.lr=1e-4`, or under
+Run: `alignlab sft --config sft_lab train.lr=1e-4`, or under
 `torchrun --nproc_per_node N -m alignlab.cli sft ...` for FSDP2.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
-from tqdm.auto import tqdm
 
-from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section, to_dict
+from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
 from alignlab.data.tokenize import build_sft_dataset
-from alignlab.fileio import atomic_write_text
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.training import distributed
+from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.checkpoint import (
     crash_point,
-    latest_checkpoint,
     load_checkpoint_state,
     save_checkpoint,
     save_hf_folder,
 )
-from alignlab.training.metrics import MetricsLogger
+from alignlab.training.loop import autocast  # noqa: F401  (TODO: drop once no recipe imports it from here)
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 
@@ -51,26 +45,13 @@ class SFTConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
-def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def run(cfg: SFTConfig) -> Path:
     """Train; return the folder of the final model (a plain HF folder)."""
     # --- setup ---
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    torch.manual_seed(train_cfg.seed)
-    resume_from = latest_checkpoint(output_dir) if train_cfg.resume else None
-    if runtime.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if train_cfg.resume:
-            print(f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet")
+    resume_from = loop.start_run(cfg, train_cfg, runtime)
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -94,21 +75,14 @@ def run(cfg: SFTConfig) -> Path:
         distributed.shard_model(policy, model, runtime)
     optimizer = build_optimizer(policy, train_cfg)
     scheduler = build_scheduler(optimizer, total_steps, train_cfg)
-    scaler = (
-        torch.amp.GradScaler(runtime.device.type) if train_cfg.mixed_precision == "fp16" else None
-    )
+    scaler = loop.grad_scaler(train_cfg, runtime)
     start_step, tokens_seen = 0, 0
     if resume_from is not None:
         state = load_checkpoint_state(
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, tokens_seen = state["step"], state["tokens_seen"]
-    metrics = MetricsLogger(
-        output_dir,
-        enabled=runtime.is_main,
-        tensorboard=train_cfg.tensorboard,
-        resume_step=start_step if resume_from is not None else None,
-    )
+    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}
@@ -123,7 +97,7 @@ def run(cfg: SFTConfig) -> Path:
         rounds = -(-len(batches) // runtime.world_size)
         for i in range(runtime.rank, rounds * runtime.world_size, runtime.world_size):
             batch = to_device(collate(batches[i % len(batches)], tokenizer.pad_token_id))
-            with torch.no_grad(), autocast(runtime.device, train_cfg.mixed_precision):
+            with torch.no_grad(), loop.autocast(runtime.device, train_cfg.mixed_precision):
                 token_logps = policy(batch)
             if i < len(batches):
                 totals[0] -= token_logps.double().sum()
@@ -142,13 +116,8 @@ def run(cfg: SFTConfig) -> Path:
 
     # --- loop ---
     policy.train()
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="sft",
-        disable=not (runtime.is_main and train_cfg.progress),
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
+    progress = loop.progress_bar(
+        total_steps, start_step, "sft", enabled=runtime.is_main and train_cfg.progress
     )
     window_start, window_tokens = time.perf_counter(), 0
     for step in range(start_step, total_steps):
@@ -167,28 +136,17 @@ def run(cfg: SFTConfig) -> Path:
         ).item()
         step_loss = torch.zeros((), dtype=torch.float64, device=runtime.device)
         for batch in batches:
-            with autocast(runtime.device, train_cfg.mixed_precision):
+            with loop.autocast(runtime.device, train_cfg.mixed_precision):
                 token_logps = policy(batch)  # (B, T), 0 where not trained
             # sum over this micro-batch / tokens of the whole step; x world_size because FSDP
             # averages gradients over processes while we want their sum
             loss = -token_logps.sum() / max(step_tokens, 1.0)
             step_loss += loss.detach().double()
             loss = loss * runtime.world_size
-            (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), train_cfg.max_grad_norm)
-            if train_cfg.max_grad_norm > 0
-            else torch.tensor(0.0)
+            loop.backward(loss, scaler)
+        grad_norm = loop.optimizer_step(
+            policy, optimizer, scheduler, scaler, train_cfg.max_grad_norm
         )
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        elif torch.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         step_loss = distributed.all_reduce_sum(step_loss, runtime).item()
         tokens_seen += int(step_tokens)
         window_tokens += int(step_tokens)
@@ -202,7 +160,7 @@ def run(cfg: SFTConfig) -> Path:
                 done,
                 {
                     "loss": step_loss,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens_per_s,
                     "tokens_seen": tokens_seen,

@@ -1,0 +1,103 @@
+"""The pieces of a training step every recipe shares: set-up, autocast, the optimizer step,
+the progress bar. Recipes stay linear scripts; what they would otherwise repeat lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from alignlab.config import TrainConfig, to_dict
+from alignlab.fileio import atomic_write_text
+from alignlab.training.checkpoint import latest_checkpoint
+from alignlab.training.distributed import Runtime
+from alignlab.training.metrics import MetricsLogger
+
+
+def start_run(config: Any, train_cfg: TrainConfig, runtime: Runtime) -> Path | None:
+    """Seed, create output_dir with the resolved config.yaml (rank 0), and return the
+    checkpoint to resume from (None for a fresh run)."""
+    output_dir = Path(train_cfg.output_dir)
+    torch.manual_seed(train_cfg.seed)
+    resume_from = latest_checkpoint(output_dir) if train_cfg.resume else None
+    if runtime.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False)
+        )
+        if train_cfg.resume:
+            print(f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet")
+    return resume_from
+
+
+def open_metrics(
+    train_cfg: TrainConfig, runtime: Runtime, start_step: int, resumed: bool
+) -> MetricsLogger:
+    return MetricsLogger(
+        train_cfg.output_dir,
+        enabled=runtime.is_main,
+        tensorboard=train_cfg.tensorboard,
+        resume_step=start_step if resumed else None,
+    )
+
+
+def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(train_cfg: TrainConfig, runtime: Runtime) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling; bf16 and fp32 do not."""
+    if train_cfg.mixed_precision != "fp16":
+        return None
+    return torch.amp.GradScaler(runtime.device.type)
+
+
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def optimizer_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    max_grad_norm: float,
+) -> float:
+    """Unscale (fp16), clip, step, zero the gradients, advance the schedule; return the
+    gradient norm before clipping. A step with a non-finite gradient is skipped (the
+    GradScaler skips it itself under fp16)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    else:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif torch.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return float(grad_norm)
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
+    )
