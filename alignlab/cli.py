@@ -17,6 +17,10 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 RECIPES = {
     "sft": ("alignlab.recipes.sft", "SFTConfig"),
     "rm": ("alignlab.recipes.rm", "RMConfig"),
+    "dpo": ("alignlab.recipes.dpo", "DPOConfig"),
+    "kto": ("alignlab.recipes.kto", "KTOConfig"),
+    "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
+    "coh": ("alignlab.recipes.coh", "CoHConfig"),
 }
 
 

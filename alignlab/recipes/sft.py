@@ -31,7 +31,6 @@ from alignlab.training.checkpoint import (
     save_checkpoint,
     save_hf_folder,
 )
-from alignlab.training.loop import autocast  # noqa: F401  (TODO: drop once no recipe imports it from here)
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 
