@@ -21,6 +21,9 @@ RECIPES = {
     "kto": ("alignlab.recipes.kto", "KTOConfig"),
     "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
     "coh": ("alignlab.recipes.coh", "CoHConfig"),
+    "grpo": ("alignlab.recipes.grpo", "GRPOConfig"),
+    "rloo": ("alignlab.recipes.rloo", "RLOOConfig"),
+    "reinforce_pp": ("alignlab.recipes.reinforce_pp", "ReinforcePPConfig"),
 }
 
 

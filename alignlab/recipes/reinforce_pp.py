@@ -1,0 +1,69 @@
+"""REINFORCE++: critic-free PPO with token-level KL in the reward and global advantage
+normalisation (Hu 2025, arXiv:2501.03262).
+
+For each sampled response y to prompt x (K >= 1 per prompt), with the KL per token
+k1_t = log π_old(y_t) - log π_ref(y_t) and β = `rl.beta`:
+
+    r_t = 1[t = last token] r(x, y) - β k1_t
+    G_t = Σ_{s ≥ t} r_s                               (γ = 1)
+    A_t = (G_t - mean(G)) / sqrt(var(G) + 1e-8)       over every response token of the batch
+    ℓ_t = max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))
+    L   = Σ_{i,t} ℓ_{i,t} / Σ_i |y_i|                 (token mean)
+
+`alignlab.rl.advantages.reinforce_pp_advantages` computes A. Under torchrun the rollout of all
+processes is gathered first, so the normalisation is over the global batch here too.
+
+Run: `alignlab reinforce_pp model.path=... data.path=prompts.jsonl rl.reward=...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from alignlab.config import ModelConfig, TrainConfig, option, section
+from alignlab.rl.advantages import reinforce_pp_advantages
+from alignlab.rl.policy_update import (
+    PromptDataConfig,
+    RLConfig,
+    RLReferenceConfig,
+    RLSession,
+    check_rl,
+    gather_rows,
+)
+
+
+@dataclasses.dataclass
+class ReinforcePPConfig:
+    """REINFORCE++: per-token KL in the reward, batch-normalised returns, PPO-clip, no critic."""
+
+    model: ModelConfig = section(ModelConfig, "the policy to train")
+    data: PromptDataConfig = section(PromptDataConfig, "prompts")
+    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
+    reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
+    final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
+
+    def check(self) -> None:
+        check_rl(self.rl, self.reference, self.model)
+
+
+def run(cfg: ReinforcePPConfig) -> Path:
+    """Train; return the folder of the final model (a plain HF folder)."""
+    # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
+    session = RLSession(cfg, "reinforce_pp")
+
+    # --- loop ---
+    for step in session.steps():
+        exp = session.collect(step)  # samples, rewards, reference log-probs
+
+        # --- advantages: KL-penalised token returns, whitened over the global batch ---
+        scores, kl, mask, mine = gather_rows(session.runtime, exp.scores, exp.token_kl, exp.mask)
+        advantages = reinforce_pp_advantages(scores, kl, mask, kl_coef=exp.beta)[mine]  # (N, T)
+
+        # --- PPO clipped surrogate, token mean ---
+        stats = session.update(step, exp, advantages, aggregation="token_mean")
+        session.end_step(step, exp, stats)
+
+    # --- final model ---
+    return session.finish()

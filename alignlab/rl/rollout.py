@@ -1,0 +1,213 @@
+"""Rollouts for RL fine-tuning: K sampled responses per prompt, as a training batch.
+
+    roll = rollout(model, tokenizer, prompts, samples_per_prompt=4, max_new_tokens=64,
+                   temperature=1.0, top_p=1.0, seed=..., batch_size=32, scorer=policy)
+
+Sampling is `alignlab.eval.generation.generate` (batched, left-padded, KV cache, stop tokens,
+per-batch seeds). Prompt i is repeated K times in a row, so sample n belongs to prompt
+`n // K` (`group_ids`) and a (P·K,) reward vector reshapes to (P, K).
+
+The responses then become one right-padded training batch (`alignlab.eval.logprobs
+.response_rows` + `collate`): prompt + response tokens, only the response (stop token
+included) labelled. `old_logps` are the per-token log-probs of the sampled tokens under the
+sampling policy, computed once by a teacher-forced `TokenLogProbs` pass (no grad, eval mode,
+the training chunking and autocast), i.e. by exactly the code the loss later differentiates,
+so at the first PPO iteration the ratio π_θ / π_old is 1 up to float summation order. They are
+the log-probs of the untempered policy (temperature 1): with temperature != 1 the samples come
+from softmax(logits / T) while the ratio, KL and entropy estimates use softmax(logits).
+
+Stop strings are applied after sampling (`apply_stop_strings`): the text is cut before the
+first stop string and the tokens after the one that completes it, and the response counts as
+finished. Sampling itself still runs to a stop token or max_new_tokens (the time spent on
+the cut tokens is wasted, the result is the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignlab.data.collate import collate
+from alignlab.data.templates import Messages
+from alignlab.eval.generation import (
+    Generation,
+    generate,
+    inference_mode,
+    model_device,
+    pad_token_id,
+    stop_token_ids,
+)
+from alignlab.eval.logprobs import response_rows
+from alignlab.models.lm import TokenLogProbs
+from alignlab.training import distributed
+from alignlab.training.loop import autocast
+
+
+@dataclasses.dataclass
+class Rollout:
+    """N = P·K samples as a right-padded training batch (tensors on the CPU).
+
+    Token tensors are (N, T) in the layout of `TokenLogProbs`: position t scores token t + 1,
+    `mask` marks the response tokens (stop token included).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    old_logps: torch.Tensor
+    """(N, T) float32 log π_old of each sampled response token, 0 elsewhere."""
+    group_ids: torch.Tensor
+    """(N,) index of the prompt each sample answers (n // K)."""
+    finished: torch.Tensor
+    """(N,) bool: ended by a stop token or stop string, not by max_new_tokens."""
+    prompts: list[str | Messages]
+    """The prompt of each sample (as given, not rendered)."""
+    texts: list[str]
+    """Decoded responses (without the stop token / stop string)."""
+    generations: list[Generation]
+    samples_per_prompt: int
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(N, T) bool: response-token positions."""
+        return TokenLogProbs.mask({"labels": self.labels})
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(N,) number of response tokens (stop token included)."""
+        return self.mask.sum(1)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batch(self, rows: Sequence[int] | torch.Tensor, device: torch.device) -> dict:
+        """The model inputs of `rows`, trimmed to their longest sequence, on `device`."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        width = int(self.attention_mask[index].sum(1).max())
+        return {
+            key: getattr(self, key)[index, :width].to(device)
+            for key in ("input_ids", "attention_mask", "labels", "position_ids")
+        }
+
+
+def apply_stop_strings(
+    generation: Generation, tokenizer: Any, stop_strings: Sequence[str]
+) -> Generation:
+    """`generation` cut at the first stop string of its text (see the module docstring)."""
+    hits = [(generation.text.find(s), s) for s in stop_strings if s]
+    hits = [(position, s) for position, s in hits if position >= 0]
+    if not hits:
+        return generation
+    position, stop = min(hits)
+    ids = generation.response_ids
+
+    def contains(n: int) -> bool:
+        return stop in tokenizer.decode(ids[:n], skip_special_tokens=False)
+
+    low, high = 1, len(ids)  # smallest prefix whose text contains the stop string
+    while low < high:
+        middle = (low + high) // 2
+        if contains(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return dataclasses.replace(
+        generation, response_ids=list(ids[:low]), text=generation.text[:position], finished=True
+    )
+
+
+def token_logps(
+    scorer: nn.Module,
+    batch: dict[str, torch.Tensor],
+    batch_size: int,
+    mixed_precision: str = "no",
+) -> torch.Tensor:
+    """(N, T) float32 CPU log-probs of the labelled tokens of `batch` under `scorer` (a
+    `TokenLogProbs`), teacher-forced in chunks of `batch_size` rows, eval mode, no grad.
+
+    Under FSDP2 this is a collective: every rank must call it with the same number of chunks.
+    """
+    device = model_device(scorer)
+    rows = batch["input_ids"].shape[0]
+    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    with inference_mode(scorer):
+        for start in range(0, rows, batch_size):
+            part = {k: v[start : start + batch_size] for k, v in batch.items()}
+            width = int(part["attention_mask"].sum(1).max())
+            part = {k: v[:, :width].to(device) for k, v in part.items()}
+            with autocast(device, mixed_precision):
+                values = scorer(part)
+            out[start : start + batch_size, :width] = values.float().cpu()
+    distributed.reshard(scorer)
+    return out
+
+
+def rollout(
+    policy_model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str | Messages],
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    *,
+    stop_strings: Sequence[str] = (),
+    scorer: nn.Module | None = None,
+    mixed_precision: str = "no",
+    generation_model: nn.Module | None = None,
+) -> Rollout:
+    """Sample `samples_per_prompt` responses per prompt and score them (module docstring).
+
+    Args:
+        policy_model: the HF causal LM (or peft model) being trained.
+        prompts: strings or message lists (rendered with the chat template).
+        seed: generation seed (batch b of `generate` uses seed + b); derive it from
+            (run seed, step) for resumable runs.
+        batch_size: sequences per generation batch and per log-prob forward.
+        stop_strings: cut each response at the first of these (after sampling).
+        scorer: the `TokenLogProbs` the loss trains through (its chunk size; under FSDP2 the
+            sharded root); default a fresh `TokenLogProbs(policy_model)`.
+        mixed_precision: the training autocast ("no", "bf16", "fp16") for the log-prob pass.
+        generation_model: the model that samples, when not `policy_model` itself (an unsharded
+            copy under FSDP2); it must hold the same weights.
+    """
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    sampler = generation_model if generation_model is not None else policy_model
+    generations = generate(
+        sampler,
+        tokenizer,
+        repeated,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    if stop_strings:
+        generations = [apply_stop_strings(g, tokenizer, stop_strings) for g in generations]
+    pad_id = pad_token_id(tokenizer, stop_token_ids(policy_model, tokenizer))
+    batch = collate(response_rows(generations), pad_id)
+    scorer = scorer if scorer is not None else TokenLogProbs(policy_model)
+    old_logps = token_logps(scorer, batch, batch_size, mixed_precision)
+    return Rollout(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        position_ids=batch["position_ids"],
+        old_logps=old_logps,
+        group_ids=torch.arange(len(prompts)).repeat_interleave(samples_per_prompt),
+        finished=torch.tensor([g.finished for g in generations], dtype=torch.bool),
+        prompts=repeated,
+        texts=[g.text for g in generations],
+        generations=generations,
+        samples_per_prompt=samples_per_prompt,
+    )

@@ -1,0 +1,243 @@
+"""GRPO speed and memory: alignlab's GRPO recipe against TRL's GRPOTrainer (no vLLM), in one run.
+
+Same model (the ~3M-parameter Llama body of `sft_speed.py`, built by its asset builder), same
+prompts (random word sequences of 16 tokens), 8 prompts x 4 samples per step, one optimizer
+step per rollout, β = 0.04 with a frozen reference on both sides, GRPO loss (sequence mean),
+fp32 set explicitly on both sides (TRL's config would otherwise pick bf16 where it can). Two
+shapes:
+  tiny:      vocabulary ~300,    48 new tokens
+  realistic: vocabulary 32,000,  96 new tokens
+Responses rarely hit EOS with a random model, so nearly every response has the full length on
+both sides. Each (framework, shape) runs in a fresh subprocess; peak memory is that process's
+max RSS. Seconds/step are medians over the steps after the first (warm-up), split into
+generation (sampling plus scoring: reward, old/reference log-probs) and update (the rest).
+TRL's generation time is measured around `_generate_and_score_completions`, ours from the
+recipe's metrics (generation_s + reward_s + reference_s, the old log-prob pass is inside
+generation_s).
+
+    python benchmarks/rl_speed.py --shapes tiny
+    python benchmarks/rl_speed.py --shapes realistic --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sft_speed import make_assets  # noqa: E402 - benchmarks/ is not a package
+
+SHAPES = {
+    "tiny": {"vocab": 300, "seq": 17, "new": 48},  # seq = prompt words + 1
+    "realistic": {"vocab": 32000, "seq": 17, "new": 96},
+}
+PROMPTS, SAMPLES, BETA, LR = 8, 4, 0.04, 1e-5
+
+
+def length_reward(prompt: object, response: str) -> float:
+    """A cheap deterministic reward: the fraction of response words that are 'w1'."""
+    words = response.split()
+    return sum(w == "w1" for w in words) / max(len(words), 1)
+
+
+def assets(shape: dict, folder: Path, steps: int) -> tuple[Path, Path]:
+    model_dir, data = make_assets(shape, folder, PROMPTS * steps)
+    prompts = folder / "prompts.jsonl"
+    with prompts.open("w") as handle:
+        for line in data.read_text().splitlines():
+            handle.write(json.dumps({"prompt": json.loads(line)["text"]}) + "\n")
+    return model_dir, prompts
+
+
+def worker_alignlab(shape: dict, steps: int, folder: Path) -> dict:
+    from alignlab.config import load_config
+    from alignlab.recipes import grpo
+
+    model_dir, prompts = assets(shape, folder, steps)
+    cfg = load_config(
+        grpo.GRPOConfig,
+        None,
+        [
+            f"model.path={model_dir}",
+            f"data.path={prompts}",
+            f"rl.reward={Path(__file__).resolve()}:length_reward",
+            f"rl.prompts_per_step={PROMPTS}",
+            f"rl.samples_per_prompt={SAMPLES}",
+            f"rl.max_new_tokens={shape['new']}",
+            f"rl.generation_batch_size={PROMPTS * SAMPLES}",
+            f"rl.beta={BETA}",
+            f"train.micro_batch_size={PROMPTS * SAMPLES}",
+            f"train.output_dir={folder / 'run'}",
+            f"train.max_steps={steps}",
+            f"train.lr={LR}",
+            "train.mixed_precision=no",
+            "model.dtype=fp32",
+            "train.tensorboard=false",
+            "train.progress=false",
+        ],
+    )
+    grpo.run(cfg)
+    rows = [
+        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    stamps = [r["time"] for r in rows]
+    steps_s = [b - a for a, b in zip(stamps, stamps[1:])]
+    gen = [r["train/generation_s"] + r["train/reward_s"] + r["train/reference_s"] for r in rows]
+    lengths = [r["train/response_length"] for r in rows]
+    return {"step": steps_s, "generation": gen[1:], "length": statistics.mean(lengths)}
+
+
+def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    model_dir, prompts = assets(shape, folder, steps)
+    stamps: list[float] = []
+    generation: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            stamps.append(time.perf_counter())
+
+    def reward(prompts, completions, **kwargs):  # noqa: ANN001, ANN202
+        return [length_reward(p, c) for p, c in zip(prompts, completions)]
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        reward_funcs=reward,
+        processing_class=tokenizer,
+        train_dataset=load_dataset("json", data_files=str(prompts), split="train"),
+        args=GRPOConfig(
+            output_dir=str(folder / "trl"),
+            per_device_train_batch_size=PROMPTS * SAMPLES,
+            num_generations=SAMPLES,
+            max_completion_length=shape["new"],
+            max_steps=steps,
+            learning_rate=LR,
+            beta=BETA,
+            loss_type="grpo",
+            temperature=1.0,
+            top_p=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,  # explicit fp32 on both sides
+            fp16=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            use_vllm=False,
+        ),
+        callbacks=[Clock()],
+    )
+    original = trainer._generate_and_score_completions
+
+    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        generation.append(time.perf_counter() - start)
+        return result
+
+    trainer._generate_and_score_completions = timed
+    trainer.train()
+    lengths = [
+        r["completions/mean_length"]
+        for r in trainer.state.log_history
+        if "completions/mean_length" in r
+    ]
+    return {
+        "step": [b - a for a, b in zip(stamps, stamps[1:])],
+        "generation": generation[1:],
+        "length": statistics.mean(lengths) if lengths else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=6, help="steps per run (first is warm-up)")
+    parser.add_argument("--shapes", default="tiny,realistic")
+    parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        with tempfile.TemporaryDirectory() as tmp:
+            fn = worker_alignlab if args.worker == "alignlab" else worker_trl
+            times = fn(SHAPES[args.shapes], args.steps, Path(tmp))
+        step = statistics.median(times["step"])
+        generation = statistics.median(times["generation"])
+        print(
+            json.dumps(
+                {
+                    "s_per_step": step,
+                    "generation_s": generation,
+                    "update_s": step - generation,
+                    "mean_response_tokens": times["length"],
+                    "steps_timed": len(times["step"]),
+                }
+            )
+        )
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
+          f"{PROMPTS} prompts x {SAMPLES} samples per step")  # fmt: skip
+    rows = []
+    for shape_name in args.shapes.split(","):
+        results = {}
+        for framework in ("trl", "alignlab"):
+            probe = subprocess.run(
+                [sys.executable, "-c", "import json,sys,subprocess,resource;"
+                 "subprocess.run(sys.argv[1:]);"
+                 "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
+                 sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
+                 "--steps", str(args.steps)],
+                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            )  # fmt: skip
+            lines = probe.stdout.strip().splitlines()
+            try:
+                payload = json.loads(lines[-2])
+                payload["peak_gb"] = json.loads(lines[-1]) / 2**20
+            except (IndexError, json.JSONDecodeError):
+                payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
+            results[framework] = payload
+            print(f"  {shape_name:9s} {framework:8s} {payload}", flush=True)
+        rows.append((shape_name, results))
+
+    print("\n| shape | framework | s/step | generation s | update s | peak GB | response tokens |")
+    print("|---|---|---|---|---|---|---|")
+    for shape_name, results in rows:
+        for framework, r in results.items():
+            if "error" in r:
+                print(f"| {shape_name} | {framework} | error: {r['error']} | | | | |")
+                continue
+            print(
+                f"| {shape_name} | {framework} | {r['s_per_step']:.2f} | {r['generation_s']:.2f} "
+                f"| {r['update_s']:.2f} | {r['peak_gb']:.2f} | {r['mean_response_tokens']:.1f} |"
+            )
+        if all("error" not in r for r in results.values()):
+            trl, ours = results["trl"], results["alignlab"]
+            print(
+                f"| {shape_name} | **alignlab vs TRL** | **{trl['s_per_step'] / ours['s_per_step']:.2f}x** "
+                f"| {trl['generation_s'] / ours['generation_s']:.2f}x "
+                f"| {trl['update_s'] / max(ours['update_s'], 1e-9):.2f}x "
+                f"| {ours['peak_gb'] / trl['peak_gb']:.2f}x memory | |"
+            )
+
+
+if __name__ == "__main__":
+    main()
