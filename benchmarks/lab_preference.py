@@ -37,7 +37,7 @@ PAIRED = {  # name -> overrides of the dpo recipe (preset dpo_lab)
     "simpo": ["loss=simpo", "beta=2.0", "simpo_gamma=0.5"],
 }
 OTHERS = ("kto", "rrhf", "coh")
-COMMON = ["train.epochs=2", "train.micro_batch_size=16", "train.progress=false"]
+COMMON = ["train.micro_batch_size=16", "train.progress=false"]
 
 
 def sample_and_label(world, sft_dir: Path, out: Path, n_prompts: int, k: int = 4) -> dict:  # noqa: ANN001
@@ -87,6 +87,10 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=1500)
     parser.add_argument("--eval-prompts", type=int, default=500)
     parser.add_argument("--methods", default=",".join([*PAIRED, *OTHERS]))
+    parser.add_argument("--epochs", type=float, default=2.0, help="epochs of every method")
+    parser.add_argument(
+        "--lr", type=float, default=0.0, help="lr of every method; 0: each one's default"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     start = time.perf_counter()
@@ -140,22 +144,28 @@ def main() -> None:
     # --- every method from the SFT model ---
     methods = [m for m in args.methods.split(",") if m]
     finals: dict[str, Path] = {}
+    lr = [f"train.lr={args.lr}"] if args.lr else []  # last, so it wins over the defaults
     for method in methods:
         t = time.perf_counter()
         run_dir = out / method
-        base = [f"model.path={sft_dir}", f"train.output_dir={run_dir}", *COMMON]
+        base = [
+            f"model.path={sft_dir}",
+            f"train.output_dir={run_dir}",
+            f"train.epochs={args.epochs}",
+            *COMMON,
+        ]
         if method in PAIRED:
             cfg = load_config(
                 dpo.DPOConfig,
                 resolve_preset("dpo_lab"),
-                [*base, f"data.path={pairs}", *PAIRED[method]],
+                [*base, f"data.path={pairs}", *PAIRED[method], *lr],
             )
             finals[method] = dpo.run(cfg)
         elif method == "kto":
             cfg = load_config(
                 kto.KTOConfig,
                 None,
-                [*base, f"data.path={pairs}", "train.lr=5e-5", "data.max_length=256"],
+                [*base, f"data.path={pairs}", "train.lr=5e-5", "data.max_length=256", *lr],
             )
             finals[method] = kto.run(cfg)
         elif method == "rrhf":
@@ -167,6 +177,7 @@ def main() -> None:
                     f"data.path={out / 'ranked.jsonl'}",
                     "train.lr=5e-5",
                     "data.max_length=256",
+                    *lr,
                 ],
             )
             finals[method] = rrhf.run(cfg)
@@ -174,7 +185,7 @@ def main() -> None:
             cfg = load_config(
                 coh.CoHConfig,
                 None,
-                [*base, f"data.path={pairs}", "train.lr=1e-4", "data.max_length=384"],
+                [*base, f"data.path={pairs}", "train.lr=1e-4", "data.max_length=384", *lr],
             )
             finals[method] = coh.run(cfg)
         else:
