@@ -33,7 +33,6 @@ from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.checkpoint import (
-    crash_point,
     load_checkpoint_state,
     save_checkpoint,
     save_hf_folder,
@@ -236,16 +235,13 @@ def run(cfg: RRHFConfig) -> Path:
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             window_start, window_tokens = time.perf_counter(), 0
         progress.update(1)
-        if eval_set and train_cfg.eval_every and done % train_cfg.eval_every == 0:
-            metrics.log(done, evaluate(), prefix="eval/")
-        if train_cfg.save_every and done % train_cfg.save_every == 0 and done < total_steps:
-            save(done)
-        crash_point("step", done)
+        loop.end_of_step(
+            done, total_steps, train_cfg, metrics, evaluate if eval_set else None, save
+        )
     progress.close()
 
     # --- final model ---
-    if eval_set and (not train_cfg.eval_every or total_steps % train_cfg.eval_every):
-        metrics.log(total_steps, evaluate(), prefix="eval/")
+    loop.final_eval(total_steps, train_cfg, metrics, evaluate if eval_set else None)
     final_dir = Path(cfg.final_dir or output_dir / "final")
     save_hf_folder(
         final_dir,

@@ -26,7 +26,6 @@ from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.checkpoint import (
-    crash_point,
     load_checkpoint_state,
     save_checkpoint,
     save_hf_folder,
@@ -86,7 +85,7 @@ def run(cfg: SFTConfig) -> Path:
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}
 
-    def evaluate() -> float:
+    def evaluate() -> dict[str, float]:
         """Mean token NLL over the eval set, each process taking every world_size-th batch."""
         policy.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=runtime.device)
@@ -104,7 +103,7 @@ def run(cfg: SFTConfig) -> Path:
         totals = distributed.all_reduce_sum(totals, runtime)
         distributed.reshard(policy)
         policy.train()
-        return (totals[0] / totals[1].clamp(min=1)).item()
+        return {"loss": (totals[0] / totals[1].clamp(min=1)).item()}
 
     def save(step: int) -> None:
         save_checkpoint(
@@ -172,16 +171,13 @@ def run(cfg: SFTConfig) -> Path:
             )
             window_start, window_tokens = time.perf_counter(), 0
         progress.update(1)
-        if eval_set and train_cfg.eval_every and done % train_cfg.eval_every == 0:
-            metrics.log(done, {"loss": evaluate()}, prefix="eval/")
-        if train_cfg.save_every and done % train_cfg.save_every == 0 and done < total_steps:
-            save(done)
-        crash_point("step", done)
+        loop.end_of_step(
+            done, total_steps, train_cfg, metrics, evaluate if eval_set else None, save
+        )
     progress.close()
 
     # --- final model ---
-    if eval_set and (not train_cfg.eval_every or total_steps % train_cfg.eval_every):
-        metrics.log(total_steps, {"loss": evaluate()}, prefix="eval/")
+    loop.final_eval(total_steps, train_cfg, metrics, evaluate if eval_set else None)
     final_dir = Path(cfg.final_dir or output_dir / "final")
     save_hf_folder(
         final_dir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from alignlab.config import TrainConfig, to_dict
 from alignlab.fileio import atomic_write_text
-from alignlab.training.checkpoint import latest_checkpoint
+from alignlab.training.checkpoint import crash_point, latest_checkpoint
 from alignlab.training.distributed import Runtime
 from alignlab.training.metrics import MetricsLogger
 
@@ -101,3 +102,31 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
         dynamic_ncols=True,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
     )
+
+
+def end_of_step(
+    done: int,
+    total_steps: int,
+    train_cfg: TrainConfig,
+    metrics: MetricsLogger,
+    evaluate: Callable[[], dict[str, float]] | None,
+    save: Callable[[int], None],
+) -> None:
+    """After optimizer step `done`: eval and checkpoint on their cadence (the final model is
+    saved separately), then the crash point the resume tests use."""
+    if evaluate is not None and train_cfg.eval_every and done % train_cfg.eval_every == 0:
+        metrics.log(done, evaluate(), prefix="eval/")
+    if train_cfg.save_every and done % train_cfg.save_every == 0 and done < total_steps:
+        save(done)
+    crash_point("step", done)
+
+
+def final_eval(
+    total_steps: int,
+    train_cfg: TrainConfig,
+    metrics: MetricsLogger,
+    evaluate: Callable[[], dict[str, float]] | None,
+) -> None:
+    """The closing eval, unless the cadence already ran one at the last step."""
+    if evaluate is not None and (not train_cfg.eval_every or total_steps % train_cfg.eval_every):
+        metrics.log(total_steps, evaluate(), prefix="eval/")
