@@ -30,7 +30,7 @@ RECIPES = {
 def presets(recipe: str | None = None) -> list[Path]:
     """Shipped YAML presets, named `<recipe>_<variant>.yaml` next to the recipes."""
     found = sorted(RECIPE_DIR.glob("*.yaml"))
-    return [p for p in found if recipe is None or p.stem.split("_")[0] == recipe]
+    return [p for p in found if recipe is None or p.stem.startswith(f"{recipe}_")]
 
 
 def resolve_preset(name: str) -> Path:

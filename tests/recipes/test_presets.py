@@ -1,0 +1,22 @@
+"""Every shipped preset loads and validates for its recipe (given the paths a user adds)."""
+
+import pytest
+
+from alignlab.cli import RECIPES, presets
+from alignlab.config import load_config
+
+
+@pytest.mark.parametrize("preset", presets(), ids=lambda p: p.stem)
+def test_shipped_preset_loads(preset):
+    names = [name for name in RECIPES if preset in presets(name)]
+    assert len(names) == 1, f"{preset.name} must belong to exactly one recipe, got {names}"
+    recipe = names[0]
+    module_name, config_name = RECIPES[recipe]
+    import importlib
+
+    config_cls = getattr(importlib.import_module(module_name), config_name)
+    overrides = ["model.path=some/model", "data.path=data.jsonl"]
+    if recipe in ("grpo", "rloo", "reinforce_pp"):
+        overrides.append("rl.reward=reward.py:score")
+    config = load_config(config_cls, preset, overrides)
+    assert config.model.path == "some/model"
