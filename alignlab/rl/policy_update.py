@@ -443,6 +443,11 @@ class RLSession:
         self.schedule = BatchSchedule(len(self.rows), rl.prompts_per_step, train.seed)
         self.total_steps = self.schedule.total_steps(train.epochs, train.max_steps)
         updates = rl.num_iterations * (self.local_samples // self.local_mini)
+        # One optimizer step per rollout: the update's forward sees the sampling weights, so
+        # its detached log-probs are the old ones and the separate scoring pass is skipped
+        # (TRL does the same). RLOO and REINFORCE++ need old log-probs for their KL-shaped
+        # advantages before the update, so they always score.
+        self.old_logps_from_update = updates == 1 and name == "grpo"
         if runtime.is_main:
             print(
                 f"{name}: {len(self.rows)} prompts, {self.total_steps} steps of "
@@ -548,6 +553,7 @@ class RLSession:
             scorer=self.policy,
             mixed_precision=self.train_cfg.mixed_precision,
             generation_model=self.generation_model,
+            score=not self.old_logps_from_update,
         )
         generated = time.perf_counter()
         extras = [row.extras for row in rows for _ in range(rl.samples_per_prompt)]
@@ -623,12 +629,14 @@ class RLSession:
                     batch = roll.batch(chunk, device)
                     width = batch["input_ids"].shape[1]
                     mask = policy.mask(batch)
-                    old = roll.old_logps[chunk, :width].to(device)
                     adv = advantages[chunk]
                     adv = (adv if adv.shape[1] == 1 else adv[:, :width]).to(device)
                     with autocast(device, self.train_cfg.mixed_precision):
                         logps = policy(batch)
                     logps = logps.float()
+                    if self.old_logps_from_update:
+                        roll.old_logps[chunk, :width] = logps.detach().cpu()
+                    old = roll.old_logps[chunk, :width].to(device)
                     pg_losses = ppo_clip_token_losses(logps, old, adv, clip_eps)
                     losses = pg_losses
                     if kl_loss_coef:

@@ -162,6 +162,7 @@ def rollout(
     scorer: nn.Module | None = None,
     mixed_precision: str = "no",
     generation_model: nn.Module | None = None,
+    score: bool = True,
 ) -> Rollout:
     """Sample `samples_per_prompt` responses per prompt and score them (module docstring).
 
@@ -177,6 +178,8 @@ def rollout(
         mixed_precision: the training autocast ("no", "bf16", "fp16") for the log-prob pass.
         generation_model: the model that samples, when not `policy_model` itself (an unsharded
             copy under FSDP2); it must hold the same weights.
+        score: compute `old_logps` now. A caller whose single update forward sees the same
+            weights may pass False and fill them from that forward (zeros until then).
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
@@ -196,8 +199,11 @@ def rollout(
         generations = [apply_stop_strings(g, tokenizer, stop_strings) for g in generations]
     pad_id = pad_token_id(tokenizer, stop_token_ids(policy_model, tokenizer))
     batch = collate(response_rows(generations), pad_id)
-    scorer = scorer if scorer is not None else TokenLogProbs(policy_model)
-    old_logps = token_logps(scorer, batch, batch_size, mixed_precision)
+    if score:
+        scorer = scorer if scorer is not None else TokenLogProbs(policy_model)
+        old_logps = token_logps(scorer, batch, batch_size, mixed_precision)
+    else:
+        old_logps = torch.zeros(batch["labels"].shape, dtype=torch.float32)
     return Rollout(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],

@@ -4,6 +4,7 @@ killed run resumes to the same result."""
 
 import pytest
 import rl_common
+import torch
 from rl_common import assert_same_weights, launch, metric, reward_rises, rl_overrides
 from transformers import AutoModelForCausalLM
 
@@ -124,3 +125,27 @@ def test_torchrun_two_processes_fsdp2(rl_assets, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert [s for s, _ in metric(out, "train/reward_mean")] == [1, 2]
     assert (out / "final" / "model.safetensors").exists()
+
+
+def test_single_update_takes_old_logps_from_its_own_forward(rl_assets, tmp_path):
+    """With one optimizer step per rollout the separate scoring pass is skipped; the old
+    log-probs filled in by the update's forward equal an independent pass of the sampling
+    weights."""
+    from alignlab.models.lm import TokenLogProbs
+    from alignlab.rl.policy_update import RLSession
+    from alignlab.rl.rollout import token_logps
+
+    cfg = load_config(grpo.GRPOConfig, None, rl_overrides(rl_assets, tmp_path / "one"))
+    session = RLSession(cfg, "grpo")
+    assert session.old_logps_from_update
+    exp = session.collect(0)
+    assert not exp.rollout.old_logps.any()  # not scored yet
+    model_dir = rl_assets[0]
+    before = TokenLogProbs(AutoModelForCausalLM.from_pretrained(model_dir))
+    expected = token_logps(before, exp.rollout.batch(range(len(exp.rollout)), "cpu"), 64)
+    advantages = exp.grouped(exp.scores).reshape(-1, 1) * 0 + 1.0
+    stats = session.update(0, exp, advantages, aggregation="sequence_mean", kl_loss_coef=exp.beta)
+    got = exp.rollout.old_logps
+    width = expected.shape[1]
+    torch.testing.assert_close(got[:, :width], expected, atol=1e-5, rtol=0)
+    assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-9
