@@ -30,6 +30,8 @@ test: lint
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/sft_speed.py
+	$(BIN)/python benchmarks/dpo_speed.py
+	$(BIN)/python benchmarks/rl_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
