@@ -25,6 +25,10 @@ from alignlab.lab.corpus import pretraining_corpus
 from alignlab.lab.export import export_datasets
 from alignlab.lab.world import LabWorld
 
+BUILD_VERSION = 1
+"""Bump when a change to the world, the corpora or the build recipe changes what a build
+produces, so that cached builds made by older code are rebuilt instead of reused."""
+
 
 @dataclasses.dataclass
 class LabBuildConfig:
@@ -51,6 +55,7 @@ class LabBuildConfig:
     def key(self) -> str:
         """Hash of everything that changes the build (not the output folder)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        fields["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
