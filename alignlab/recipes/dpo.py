@@ -48,7 +48,7 @@ from alignlab.losses.preference import (
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import BatchSchedule, micro_batches
+from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -175,13 +175,10 @@ def run(cfg: DPOConfig) -> Path:
     if cfg.data.eval_path:
         eval_set, _ = build_preference_dataset(cfg.data, tokenizer, cfg.data.eval_path, "pairs")
     elif cfg.data.eval_fraction > 0:
-        split = int(len(train_set) * (1 - cfg.data.eval_fraction))
-        train_set, eval_set = train_set[:split], train_set[split:]
+        train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
-    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * runtime.world_size
-    schedule = BatchSchedule(len(train_set), global_batch, train_cfg.seed)
-    total_steps = schedule.total_steps(train_cfg.epochs, train_cfg.max_steps)
+    schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- reference (before the policy: a precomputed reference is freed before it loads) ---
     reference = None
@@ -334,8 +331,5 @@ def run(cfg: DPOConfig) -> Path:
         lora=cfg.model.lora,
         adapter=cfg.model.lora.save_adapter,
     )
-    metrics.close()
-    if runtime.is_main:
-        print(f"final model: {final_dir}\nmetrics: {metrics.path}")
-    distributed.shutdown(runtime)
+    loop.finish(metrics, runtime, final_dir)
     return final_dir

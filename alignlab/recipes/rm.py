@@ -45,7 +45,7 @@ from alignlab.losses.reward import bradley_terry_loss
 from alignlab.models.loading import load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
 from alignlab.training import distributed, loop
-from alignlab.training.batches import BatchSchedule, micro_batches
+from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -179,15 +179,12 @@ def run(cfg: RMConfig) -> Path:
     if cfg.data.eval_path:
         eval_set, _ = load_pairs(cfg, tokenizer, path=cfg.data.eval_path)
     elif cfg.data.eval_fraction > 0:
-        split = int(len(train_set) * (1 - cfg.data.eval_fraction))
-        train_set, eval_set = train_set[:split], train_set[split:]
+        train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if reward_cfg.bootstrap:
         train_set = bootstrap_resample(train_set, train_cfg.seed)
     if runtime.is_main:
         print(report.summary())
-    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * runtime.world_size
-    schedule = BatchSchedule(len(train_set), global_batch, train_cfg.seed)
-    total_steps = schedule.total_steps(train_cfg.epochs, train_cfg.max_steps)
+    schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---
     model = load_reward_model(
@@ -355,10 +352,7 @@ def run(cfg: RMConfig) -> Path:
         lora=cfg.model.lora,
         adapter=cfg.model.lora.save_adapter,
     )
-    metrics.close()
-    if runtime.is_main:
-        print(f"final reward model: {final_dir}\nmetrics: {metrics.path}")
-    distributed.shutdown(runtime)
+    loop.finish(metrics, runtime, final_dir, "reward model")
     return final_dir
 
 

@@ -83,7 +83,7 @@ from alignlab.ops import masked_sum
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from alignlab.rl.rewards import build_reward_fn
 from alignlab.rl.rollout import Rollout, rollout, token_logps
-from alignlab.training import distributed
+from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.checkpoint import (
     crash_point,
@@ -775,8 +775,5 @@ class RLSession:
             final_dir, self.model, self.tokenizer, self.runtime, lora=self.cfg.model.lora,
             adapter=self.cfg.model.lora.save_adapter,
         )  # fmt: skip
-        self.metrics.close()
-        if self.runtime.is_main:
-            print(f"final model: {final_dir}\nmetrics: {self.metrics.path}")
-        distributed.shutdown(self.runtime)
+        loop.finish(self.metrics, self.runtime, final_dir)
         return final_dir

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from alignlab.config import TrainConfig, to_dict
 from alignlab.fileio import atomic_write_text
+from alignlab.training import distributed
+from alignlab.training.batches import BatchSchedule
 from alignlab.training.checkpoint import crash_point, latest_checkpoint
 from alignlab.training.distributed import Runtime
 from alignlab.training.metrics import MetricsLogger
@@ -130,3 +132,26 @@ def final_eval(
     """The closing eval, unless the cadence already ran one at the last step."""
     if evaluate is not None and (not train_cfg.eval_every or total_steps % train_cfg.eval_every):
         metrics.log(total_steps, evaluate(), prefix="eval/")
+
+
+def hold_out(rows: list, fraction: float) -> tuple[list, list]:
+    """The last `fraction` of `rows` as an eval set (rows keep the data file's order)."""
+    split = int(len(rows) * (1 - fraction))
+    return rows[:split], rows[split:]
+
+
+def training_schedule(
+    num_examples: int, train_cfg: TrainConfig, runtime: Runtime
+) -> tuple[BatchSchedule, int, int]:
+    """(schedule, total optimizer steps, global batch = micro-batch x accumulation x processes)."""
+    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * runtime.world_size
+    schedule = BatchSchedule(num_examples, global_batch, train_cfg.seed)
+    return schedule, schedule.total_steps(train_cfg.epochs, train_cfg.max_steps), global_batch
+
+
+def finish(metrics: MetricsLogger, runtime: Runtime, final_dir: Path, what: str = "model") -> None:
+    """Close the metrics, say where the results are (rank 0), leave the process group."""
+    metrics.close()
+    if runtime.is_main:
+        print(f"final {what}: {final_dir}\nmetrics: {metrics.path}")
+    distributed.shutdown(runtime)
