@@ -26,11 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_speed import make_assets  # noqa: E402  (the tokenizer + model builder)
+from sft_speed import make_assets, step_gaps, trl_clock  # noqa: E402  (shared with the SFT benchmark)
 
 SHAPES = {
     "tiny": {"vocab": 300, "batch": 16, "prompt": 16, "response": 48},
@@ -86,24 +85,16 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> li
         ],
     )
     dpo.run(cfg)
-    rows = [
-        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    stamps = [r["time"] for r in rows if "train/loss" in r]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return step_gaps(folder / "run")
 
 
 def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     model_dir, data = make_pairs(shape, folder, shape["batch"] * steps)
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            stamps.append(time.perf_counter())
+    clock, stamps = trl_clock()
 
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -124,7 +115,7 @@ def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[fl
             dataloader_num_workers=0,
             disable_tqdm=True,
         ),
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
     trainer.train()
     return [b - a for a, b in zip(stamps, stamps[1:])]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sft_speed import make_assets  # noqa: E402 - benchmarks/ is not a package
+from sft_speed import make_assets, trl_clock  # noqa: E402 - benchmarks/ is not a package
 
 SHAPES = {
     "tiny": {"vocab": 300, "seq": 17, "new": 48},  # seq = prompt words + 1
@@ -98,16 +98,12 @@ def worker_alignlab(shape: dict, steps: int, folder: Path) -> dict:
 def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     model_dir, prompts = assets(shape, folder, steps)
-    stamps: list[float] = []
+    clock, stamps = trl_clock()
     generation: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            stamps.append(time.perf_counter())
 
     def reward(prompts, completions, **kwargs):  # noqa: ANN001, ANN202
         return [length_reward(p, c) for p, c in zip(prompts, completions)]
@@ -140,7 +136,7 @@ def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
             disable_tqdm=True,
             use_vllm=False,
         ),
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
     original = trainer._generate_and_score_completions
 

@@ -72,6 +72,26 @@ def make_assets(
     return model_dir, data
 
 
+def step_gaps(run_dir: Path) -> list[float]:
+    """Seconds between consecutive optimizer steps, from an alignlab run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    stamps = [r["time"] for r in rows if "train/loss" in r]
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def trl_clock() -> tuple[object, list[float]]:
+    """A TRL/transformers callback that stamps the end of every optimizer step."""
+    from transformers import TrainerCallback
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            stamps.append(time.perf_counter())
+
+    return Clock(), stamps
+
+
 def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import sft
@@ -94,24 +114,16 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> li
         ],
     )
     sft.run(cfg)
-    rows = [
-        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    stamps = [r["time"] for r in rows if "train/loss" in r]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return step_gaps(folder / "run")
 
 
 def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     model_dir, data = make_assets(shape, folder, shape["batch"] * steps)
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            stamps.append(time.perf_counter())
+    clock, stamps = trl_clock()
 
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -131,7 +143,7 @@ def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[fl
             dataloader_num_workers=0,
             disable_tqdm=True,
         ),
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
     trainer.train()
     return [b - a for a, b in zip(stamps, stamps[1:])]
