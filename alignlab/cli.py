@@ -24,6 +24,10 @@ RECIPES = {
     "grpo": ("alignlab.recipes.grpo", "GRPOConfig"),
     "rloo": ("alignlab.recipes.rloo", "RLOOConfig"),
     "reinforce_pp": ("alignlab.recipes.reinforce_pp", "ReinforcePPConfig"),
+    "ppo": ("alignlab.recipes.ppo", "PPOConfig"),
+    "rest": ("alignlab.recipes.rest", "ReSTConfig"),
+    "raft": ("alignlab.recipes.raft", "RAFTConfig"),
+    "bon": ("alignlab.eval.best_of_n", "BestOfNConfig"),
 }
 
 

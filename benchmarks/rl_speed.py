@@ -1,4 +1,4 @@
-"""GRPO speed and memory: alignlab's GRPO recipe against TRL's GRPOTrainer (no vLLM), in one run.
+"""RL speed and memory: alignlab's GRPO and PPO recipes against TRL's trainers (no vLLM).
 
 Same model (the ~3M-parameter Llama body of `sft_speed.py`, built by its asset builder), same
 prompts (random word sequences of 16 tokens), 8 prompts x 4 samples per step, one optimizer
@@ -15,8 +15,16 @@ TRL's generation time is measured around `_generate_and_score_completions`, ours
 recipe's metrics (generation_s + reward_s + reference_s, the old log-prob pass is inside
 generation_s).
 
+PPO (`--algos ppo`): the same 32 samples per step (TRL's PPO samples one response per prompt,
+so it gets 32 prompts per step; alignlab 8 x 4), a reward model on both sides (the model's
+body with a random head, saved with `save_reward_folder`) that also initialises the critic,
+one PPO epoch over one mini-batch, β = 0.04 in the reward (k1), GAE γ = 1, λ = 0.95. alignlab's
+update time holds the critic's value pass and its update. TRL removed `PPOTrainer` in 1.x
+(neither `trl` nor `trl.experimental` has it in 1.16): the TRL PPO row then says so instead of
+timing anything. The TRL PPO worker is written for the 0.12-0.2x API and untested here.
+
     python benchmarks/rl_speed.py --shapes tiny
-    python benchmarks/rl_speed.py --shapes realistic --steps 5
+    python benchmarks/rl_speed.py --shapes realistic --steps 5 --algos grpo
 """
 
 from __future__ import annotations
@@ -57,18 +65,40 @@ def assets(shape: dict, folder: Path, steps: int) -> tuple[Path, Path]:
     return model_dir, prompts
 
 
-def worker_alignlab(shape: dict, steps: int, folder: Path) -> dict:
+def reward_model(model_dir: Path, folder: Path) -> Path:
+    """The policy's body with a seeded random head, as a reward-model folder (PPO runs)."""
+    import torch
+
+    from alignlab.config import ModelConfig
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.models.reward import load_reward_model, save_reward_folder
+    from alignlab.training.distributed import Runtime
+
+    cfg = ModelConfig(path=str(model_dir))
+    tokenizer = load_tokenizer(cfg)
+    cpu = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    model = load_reward_model(cfg, tokenizer, seed=1)
+    return save_reward_folder(folder / "rm", model, tokenizer, cpu)
+
+
+def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
     from alignlab.config import load_config
-    from alignlab.recipes import grpo
+    from alignlab.recipes import grpo, ppo
 
     model_dir, prompts = assets(shape, folder, steps)
+    if algo == "ppo":
+        recipe, config = ppo, ppo.PPOConfig
+        reward = str(reward_model(model_dir, folder))  # the critic starts from it too
+    else:
+        recipe, config = grpo, grpo.GRPOConfig
+        reward = f"{Path(__file__).resolve()}:length_reward"
     cfg = load_config(
-        grpo.GRPOConfig,
+        config,
         None,
         [
             f"model.path={model_dir}",
             f"data.path={prompts}",
-            f"rl.reward={Path(__file__).resolve()}:length_reward",
+            f"rl.reward={reward}",
             f"rl.prompts_per_step={PROMPTS}",
             f"rl.samples_per_prompt={SAMPLES}",
             f"rl.max_new_tokens={shape['new']}",
@@ -84,7 +114,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path) -> dict:
             "train.progress=false",
         ],
     )
-    grpo.run(cfg)
+    recipe.run(cfg)
     rows = [
         json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -93,6 +123,82 @@ def worker_alignlab(shape: dict, steps: int, folder: Path) -> dict:
     gen = [r["train/generation_s"] + r["train/reward_s"] + r["train/reference_s"] for r in rows]
     lengths = [r["train/response_length"] for r in rows]
     return {"step": steps_s, "generation": gen[1:], "length": statistics.mean(lengths)}
+
+
+def worker_trl_ppo(shape: dict, steps: int, folder: Path) -> dict:
+    """TRL's PPOTrainer (0.12-0.2x API, untested here); raises when this TRL has none."""
+    import importlib
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    for name in ("trl", "trl.experimental.ppo"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "PPOTrainer"):
+            break
+    else:
+        raise RuntimeError(
+            f"TRL {trl.__version__} has no PPOTrainer (not in trl, nor trl.experimental): "
+            "no TRL PPO to compare against"
+        )
+    model_dir, prompts = assets(shape, folder, steps * SAMPLES)
+    rm_dir = reward_model(model_dir, folder)
+    clock, stamps = trl_clock()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    rows = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(r)["input_ids"] for r in rows]})
+
+    def causal_lm():  # noqa: ANN202
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    def scorer():  # noqa: ANN202
+        return AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1)
+
+    batch = PROMPTS * SAMPLES  # one response per prompt in TRL's PPO
+    trainer = module.PPOTrainer(
+        args=module.PPOConfig(
+            output_dir=str(folder / "trl"),
+            per_device_train_batch_size=batch,
+            num_mini_batches=1,
+            num_ppo_epochs=1,
+            total_episodes=batch * steps,
+            response_length=shape["new"],
+            kl_coef=BETA,
+            gamma=1.0,
+            lam=0.95,
+            learning_rate=LR,
+            temperature=1.0,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            save_strategy="no",
+            logging_steps=1,
+        ),
+        processing_class=tokenizer,
+        model=causal_lm(),
+        ref_model=causal_lm(),
+        reward_model=scorer(),
+        value_model=scorer(),
+        train_dataset=dataset,
+        callbacks=[clock],
+    )
+    trainer.train()
+    return {
+        "step": [b - a for a, b in zip(stamps, stamps[1:])],
+        "generation": [float("nan")],  # not separable from outside its loop
+        "length": float("nan"),
+    }
 
 
 def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
@@ -166,13 +272,19 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=6, help="steps per run (first is warm-up)")
     parser.add_argument("--shapes", default="tiny,realistic")
+    parser.add_argument("--algos", default="grpo,ppo", help="grpo, ppo or both")
     parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
+        shape, algo = SHAPES[args.shapes], args.algos
         with tempfile.TemporaryDirectory() as tmp:
-            fn = worker_alignlab if args.worker == "alignlab" else worker_trl
-            times = fn(SHAPES[args.shapes], args.steps, Path(tmp))
+            if args.worker == "alignlab":
+                times = worker_alignlab(shape, args.steps, Path(tmp), algo)
+            elif algo == "ppo":
+                times = worker_trl_ppo(shape, args.steps, Path(tmp))
+            else:
+                times = worker_trl(shape, args.steps, Path(tmp))
         step = statistics.median(times["step"])
         generation = statistics.median(times["generation"])
         print(
@@ -194,41 +306,48 @@ def main() -> None:
           f"{PROMPTS} prompts x {SAMPLES} samples per step")  # fmt: skip
     rows = []
     for shape_name in args.shapes.split(","):
-        results = {}
-        for framework in ("trl", "alignlab"):
-            probe = subprocess.run(
-                [sys.executable, "-c", "import json,sys,subprocess,resource;"
-                 "subprocess.run(sys.argv[1:]);"
-                 "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
-                 sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
-                 "--steps", str(args.steps)],
-                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-            )  # fmt: skip
-            lines = probe.stdout.strip().splitlines()
-            try:
-                payload = json.loads(lines[-2])
-                payload["peak_gb"] = json.loads(lines[-1]) / 2**20
-            except (IndexError, json.JSONDecodeError):
-                payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
-            results[framework] = payload
-            print(f"  {shape_name:9s} {framework:8s} {payload}", flush=True)
-        rows.append((shape_name, results))
+        for algo in args.algos.split(","):
+            results = {}
+            for framework in ("trl", "alignlab"):
+                probe = subprocess.run(
+                    [sys.executable, "-c", "import json,sys,subprocess,resource;"
+                     "subprocess.run(sys.argv[1:]);"
+                     "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
+                     sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
+                     "--algos", algo, "--steps", str(args.steps)],
+                    capture_output=True, text=True,
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                )  # fmt: skip
+                lines = probe.stdout.strip().splitlines()
+                try:
+                    payload = json.loads(lines[-2])
+                    payload["peak_gb"] = json.loads(lines[-1]) / 2**20
+                except (IndexError, json.JSONDecodeError):
+                    payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
+                results[framework] = payload
+                print(f"  {shape_name:9s} {algo:4s} {framework:8s} {payload}", flush=True)
+            rows.append((shape_name, algo, results))
 
-    print("\n| shape | framework | s/step | generation s | update s | peak GB | response tokens |")
-    print("|---|---|---|---|---|---|---|")
-    for shape_name, results in rows:
+    print(
+        "\n| shape | algo | framework | s/step | generation s | update s | peak GB "
+        "| response tokens |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for shape_name, algo, results in rows:
         for framework, r in results.items():
             if "error" in r:
-                print(f"| {shape_name} | {framework} | error: {r['error']} | | | | |")
+                print(f"| {shape_name} | {algo} | {framework} | error: {r['error']} | | | | |")
                 continue
             print(
-                f"| {shape_name} | {framework} | {r['s_per_step']:.2f} | {r['generation_s']:.2f} "
-                f"| {r['update_s']:.2f} | {r['peak_gb']:.2f} | {r['mean_response_tokens']:.1f} |"
+                f"| {shape_name} | {algo} | {framework} | {r['s_per_step']:.2f} "
+                f"| {r['generation_s']:.2f} | {r['update_s']:.2f} | {r['peak_gb']:.2f} "
+                f"| {r['mean_response_tokens']:.1f} |"
             )
         if all("error" not in r for r in results.values()):
             trl, ours = results["trl"], results["alignlab"]
             print(
-                f"| {shape_name} | **alignlab vs TRL** | **{trl['s_per_step'] / ours['s_per_step']:.2f}x** "
+                f"| {shape_name} | {algo} | **alignlab vs TRL** "
+                f"| **{trl['s_per_step'] / ours['s_per_step']:.2f}x** "
                 f"| {trl['generation_s'] / ours['generation_s']:.2f}x "
                 f"| {trl['update_s'] / max(ours['update_s'], 1e-9):.2f}x "
                 f"| {ours['peak_gb'] / trl['peak_gb']:.2f}x memory | |"

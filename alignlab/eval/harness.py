@@ -194,7 +194,9 @@ def _check_same_vocab(policy: LoadedModel, ref: LoadedModel) -> None:
 
 
 @dataclass(frozen=True)
-class _Sampling:
+class Sampling:
+    """Sampling settings of one evaluation (hashable: the reference-sample cache key)."""
+
     num_samples: int
     max_new_tokens: int
     temperature: float
@@ -205,7 +207,7 @@ class _Sampling:
 
 
 def _sample(
-    loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: _Sampling, seed: int
+    loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: Sampling, seed: int
 ) -> list[EvalSample]:
     """num_samples responses per prompt (prompt-major order)."""
     expanded = [(p, k) for p in range(len(prompts)) for k in range(sampling.num_samples)]
@@ -222,12 +224,13 @@ def _sample(
     return [EvalSample(p, k, g) for (p, k), g in zip(expanded, generations)]
 
 
-def _score(
+def score_samples(
     samples: list[EvalSample],
     prompts: Sequence[EvalPrompt],
     scorer: Scorer | None,
     reward_fns: dict[str, RewardFn] | None,
 ) -> None:
+    """Fill each sample's `scores` (the scorer's dict) and `rewards` (one per reward fn)."""
     for sample in samples:
         prompt = prompts[sample.prompt_index]
         text = sample.generation.text
@@ -360,7 +363,7 @@ def evaluate_model(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if ref is not None:
         _check_same_vocab(policy, ref)
-    sampling = _Sampling(
+    sampling = Sampling(
         num_samples,
         max_new_tokens,
         temperature,
@@ -370,7 +373,7 @@ def evaluate_model(
         seed + REF_SEED_OFFSET if ref_seed is None else ref_seed,
     )
     samples = _sample(policy, prompts, sampling, seed)
-    _score(samples, prompts, scorer, reward_fns)
+    score_samples(samples, prompts, scorer, reward_fns)
     metrics: dict[str, Any] = {
         "name": policy.name,
         "model": policy.name,
@@ -408,24 +411,45 @@ def evaluate_model(
         kl["exact_sampling"] = temperature == 1.0 and top_p == 1.0
         metrics["kl"] = kl
         if scorer is not None or reward_fns:
-            cache_key = (id(ref.model), sampling)
-            if _ref_cache is not None and cache_key in _ref_cache:
-                ref_samples = _ref_cache[cache_key]
-            else:
-                ref_samples = _sample(ref, prompts, sampling, sampling.ref_seed)
-                _score(ref_samples, prompts, scorer, reward_fns)
-                if _ref_cache is not None:
-                    _ref_cache[cache_key] = ref_samples
-            metrics["reference"] = summarize(ref_samples, prompts, num_samples, confidence)
-            key = _win_key(samples)
-            if key is not None:
-                est = win_rate(
-                    [_value(s, key) for s in samples],
-                    [_value(s, key) for s in ref_samples],
-                    confidence,
-                )
-                metrics["win_rate"] = {"by": ".".join(key), **est.to_dict()}
+            comparison, ref_samples = compare_with_reference(
+                samples, prompts, ref, sampling, scorer, reward_fns, confidence, _ref_cache
+            )
+            metrics.update(comparison)
     return EvalResult(metrics, samples, ref_samples)
+
+
+def compare_with_reference(
+    samples: Sequence[EvalSample],
+    prompts: Sequence[EvalPrompt],
+    ref: LoadedModel,
+    sampling: Sampling,
+    scorer: Scorer | None,
+    reward_fns: dict[str, RewardFn] | None,
+    confidence: float = 0.95,
+    cache: dict[Any, list[EvalSample]] | None = None,
+) -> tuple[dict[str, Any], list[EvalSample]]:
+    """({"reference": summary, "win_rate": ...}, the reference's samples): the reference's
+    own samples (`sampling`, seed `sampling.ref_seed`), scored like `samples`, and the win
+    rate of sample k of each prompt over the reference's sample k (see `_win_key` for by
+    what). `cache` keeps the reference's scored samples across models."""
+    cache_key = (id(ref.model), sampling)
+    if cache is not None and cache_key in cache:
+        ref_samples = cache[cache_key]
+    else:
+        ref_samples = _sample(ref, prompts, sampling, sampling.ref_seed)
+        score_samples(ref_samples, prompts, scorer, reward_fns)
+        if cache is not None:
+            cache[cache_key] = ref_samples
+    out: dict[str, Any] = {
+        "reference": summarize(ref_samples, prompts, sampling.num_samples, confidence)
+    }
+    key = _win_key(samples)
+    if key is not None:
+        est = win_rate(
+            [_value(s, key) for s in samples], [_value(s, key) for s in ref_samples], confidence
+        )
+        out["win_rate"] = {"by": ".".join(key), **est.to_dict()}
+    return out, ref_samples
 
 
 def evaluate(

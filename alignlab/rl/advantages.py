@@ -54,6 +54,32 @@ def gae(
     return advantages, returns
 
 
+def kl_penalised_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards with the KL penalty in the reward and the score on the last token.
+
+    r_t = 1[t = last valid token] · r(x, y) - β KL_t
+
+    Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences",
+    arXiv:1909.08593, eq. 2, spread over tokens as in Stiennon et al. 2020 (arXiv:2009.01325)
+    and InstructGPT (Ouyang et al. 2022, arXiv:2203.02155). A row without a valid token gets
+    no score. `kl` is the per-token estimate of the caller's choice (k1, k3, ...).
+
+    Shapes:
+        scores: (B,) sequence score r(x, y).
+        kl: (B, T) per-token KL estimate.
+        mask: (B, T) valid response tokens (right-padded).
+        returns: (B, T) rewards, 0 where mask is 0, no gradient.
+    """
+    with torch.no_grad():
+        valid = mask.bool()
+        rewards = -kl_coef * kl.detach() * valid.to(kl.dtype)
+        last = valid.shape[1] - 1 - valid.long().flip(1).argmax(dim=1)
+        score = scores.detach().to(kl.dtype) * valid.any(dim=1).to(kl.dtype)
+        return rewards.scatter_add(1, last.unsqueeze(1), score.unsqueeze(1))
+
+
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE Leave-One-Out advantages: each sample's reward minus the mean of the others.
 
@@ -104,7 +130,7 @@ def reinforce_pp_advantages(
 ) -> torch.Tensor:
     """REINFORCE++ advantages: KL-penalised token returns, whitened over the whole batch.
 
-    r_t = 1[t = last valid token] · r(x, y) - β KL_t
+    r_t = 1[t = last valid token] · r(x, y) - β KL_t          (`kl_penalised_rewards`)
     G_t = Σ_{i ≥ t} r_i        (γ = 1: G_t = r(x, y) - β Σ_{i ≥ t} KL_i)
     A_t = (G_t - mean(G)) / sqrt(var(G) + 1e-8)
 
@@ -125,9 +151,6 @@ def reinforce_pp_advantages(
     with torch.no_grad():
         valid = mask.bool()
         validf = valid.to(kl.dtype)
-        token_rewards = -kl_coef * kl.detach() * validf
-        last = valid.shape[1] - 1 - valid.long().flip(1).argmax(dim=1)
-        score = rewards.detach().to(kl.dtype) * valid.any(dim=1).to(kl.dtype)
-        token_rewards = token_rewards.scatter_add(1, last.unsqueeze(1), score.unsqueeze(1))
+        token_rewards = kl_penalised_rewards(rewards, kl, valid, kl_coef)
         returns = token_rewards.flip(1).cumsum(1).flip(1) * validf
         return masked_whiten(returns, valid) * validf

@@ -1,4 +1,4 @@
-"""The loop shared by the critic-free RL recipes (GRPO, RLOO, REINFORCE++).
+"""The loop shared by the RL recipes (GRPO, RLOO, REINFORCE++, and PPO with its critic).
 
 A recipe reads as its algorithm; everything else lives here:
 
@@ -26,6 +26,10 @@ mini-batch by `token_mean`, `sequence_mean`, `sequence_sum` (Σ_t then mean over
 share of the mini-batch's tokens or sequences (over all processes), so the gradient does not
 depend on the micro-batch size or the number of processes.
 
+Two hooks for recipes that train more than the policy (PPO): `update(..., extra_loss=fn)`
+adds a loss term to every optimizer step (PPO-ptx), and `session.checkpoint_extras` returns
+files saved inside each step checkpoint (the critic), read back from `session.resume_from`.
+
 Guard-rails: a non-finite micro-batch loss is skipped (all processes agree) and counted; a
 non-finite gradient norm skips the optimizer step; `rl.max_kl` stops the run with
 `KLRunawayError` when the mean per-response KL to the reference exceeds it; a warning (and
@@ -47,7 +51,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +418,7 @@ class RLSession:
         self.output_dir = Path(train.output_dir)
         torch.manual_seed(train.seed)
         resume_from = latest_checkpoint(self.output_dir) if train.resume else None
+        self.resume_from = resume_from
         if runtime.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -443,6 +448,7 @@ class RLSession:
         self.schedule = BatchSchedule(len(self.rows), rl.prompts_per_step, train.seed)
         self.total_steps = self.schedule.total_steps(train.epochs, train.max_steps)
         updates = rl.num_iterations * (self.local_samples // self.local_mini)
+        self.updates_per_step = updates
         # One optimizer step per rollout: the update's forward sees the sampling weights, so
         # its detached log-probs are the old ones and the separate scoring pass is skipped
         # (TRL does the same). RLOO and REINFORCE++ need old log-probs for their KL-shaped
@@ -479,6 +485,9 @@ class RLSession:
             else FixedKLController(rl.beta)
         )
         self.length_watch = LengthWatch(rl.length_watch_steps)
+        # called on every process before each step checkpoint; the files it returns
+        # (name -> object) go into the checkpoint folder (a recipe's second model)
+        self.checkpoint_extras: Callable[[], dict[str, Any]] | None = None
         self.start_step = 0
         if resume_from is not None:
             state = load_checkpoint_state(
@@ -597,10 +606,15 @@ class RLSession:
         aggregation: str,
         kl_loss_coef: float = 0.0,
         clip: bool = True,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """PPO-style mini-batch updates on `exp` (module docstring); returns diagnostics.
 
         advantages: (N, 1) per sequence or (N, T) per token (the rollout's layout).
+        extra_loss: called once per optimizer step, after the mini-batch's backward passes;
+            its result, this process's share of a loss term (the shares sum to the term), is
+            back-propagated into the same gradient (PPO-ptx's pretraining NLL). Its mean over
+            optimizer steps is returned as `extra_loss`.
         """
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -613,7 +627,8 @@ class RLSession:
         mask_all = roll.mask
         clip_eps = rl.clip_eps if clip else math.inf
         generator = torch.Generator().manual_seed(self.step_seed(step, salt=1))
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, clipped, approx_kl, tokens, skipped
+        # loss, clipped, approx_kl, tokens, skipped, extra loss
+        sums = torch.zeros(6, dtype=torch.float64)
         grad_norms: list[float] = []
         skipped_steps = 0
         policy.train()
@@ -665,6 +680,10 @@ class RLSession:
                         sums[1] += masked_sum(active, mask).item()
                         sums[2] += masked_sum(ratio - 1 - log_ratio, mask).item()
                         sums[3] += mask.sum().item()
+                if extra_loss is not None:
+                    extra = extra_loss()
+                    (extra * world).backward()  # FSDP averages gradients; we want the sum
+                    sums[5] += extra.detach().double().item()
                 max_norm = self.train_cfg.max_grad_norm or math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
                 if torch.isfinite(grad_norm):
@@ -674,8 +693,11 @@ class RLSession:
                     skipped_steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-        loss_sum, clipped, approx_kl, counted, skipped = _global_sums(sums[:5].tolist(), runtime)
+        loss_sum, clipped, approx_kl, counted, skipped, extra_sum = _global_sums(
+            sums.tolist(), runtime
+        )
         updates = rl.num_iterations * (len(roll) // self.local_mini)
+        extras = {"extra_loss": extra_sum / updates} if extra_loss is not None else {}
         return {
             "loss": loss_sum / updates,  # each rank holds its share of the global loss
             "clip_fraction": clipped / max(counted, 1),
@@ -685,6 +707,7 @@ class RLSession:
             "skipped_optimizer_steps": skipped_steps,
             "lr": self.scheduler.get_last_lr()[0],
             "update_s": time.perf_counter() - start,
+            **extras,
         }
 
     def end_step(self, step: int, exp: Experience, stats: dict[str, float]) -> None:
@@ -759,6 +782,7 @@ class RLSession:
                 self.output_dir, done, self.model, self.tokenizer, self.optimizer,
                 self.scheduler, self.runtime, lora=self.cfg.model.lora,
                 keep=self.train_cfg.keep_checkpoints, root=self.policy,
+                extra_files=self.checkpoint_extras() if self.checkpoint_extras else None,
                 trainer_state={
                     "total_steps": self.total_steps,
                     "kl_controller": self.kl_ctl.state_dict(),

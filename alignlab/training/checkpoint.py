@@ -102,6 +102,18 @@ def full_model_state(module: nn.Module, runtime: Runtime) -> dict[str, torch.Ten
     return state
 
 
+def full_optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The unsharded optimizer state, keyed by `root`'s parameter names (collective)."""
+    return get_optimizer_state_dict(root, optimizer, options=_FULL)
+
+
+def load_full_optimizer_state(
+    root: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Restore `full_optimizer_state` output into a (possibly sharded) optimizer."""
+    set_optimizer_state_dict(root, optimizer, optim_state_dict=state, options=_FULL)
+
+
 def save_hf_folder(
     target: str | Path,
     model: nn.Module,
@@ -152,21 +164,24 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     keep: int = 2,
     root: nn.Module | None = None,
+    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """A resumable step checkpoint; keeps the newest `keep` of them. Collective.
 
     `root` is the module the optimizer's parameters are named from (the FSDP root);
-    it defaults to `model`.
+    it defaults to `model`. `extra_files` (file name -> object, as `save_hf_folder`'s
+    `extra`) go into the same atomic folder, e.g. the state of a second model (PPO's critic).
     """
     root = root or model
     training_state = {
-        "optimizer": get_optimizer_state_dict(root, optimizer, options=_FULL),
+        "optimizer": full_optimizer_state(root, optimizer),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": all_gather_objects(_rng_state(), runtime),
     }
     target = checkpoint_dir(output_dir, step)
     extra = {
+        **(extra_files or {}),
         "training_state.pt": training_state,
         "trainer_state.json": {"step": step, **(trainer_state or {})},
     }
@@ -192,7 +207,7 @@ def load_checkpoint_state(
     folder itself (it is a plain HF folder).
     """
     state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
-    set_optimizer_state_dict(root, optimizer, optim_state_dict=state["optimizer"], options=_FULL)
+    load_full_optimizer_state(root, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])

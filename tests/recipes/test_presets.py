@@ -16,7 +16,9 @@ def test_shipped_preset_loads(preset):
 
     config_cls = getattr(importlib.import_module(module_name), config_name)
     overrides = ["model.path=some/model", "data.path=data.jsonl"]
-    if recipe in ("grpo", "rloo", "reinforce_pp"):
+    if recipe in ("grpo", "rloo", "reinforce_pp", "ppo"):
         overrides.append("rl.reward=reward.py:score")
+    if recipe in ("rest", "raft"):
+        overrides.append("sampling.reward=reward.py:score")
     config = load_config(config_cls, preset, overrides)
     assert config.model.path == "some/model"

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from alignlab.rl.advantages import gae, grpo_advantages, reinforce_pp_advantages, rloo_advantages
+from alignlab.rl.advantages import (
+    gae,
+    grpo_advantages,
+    kl_penalised_rewards,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
 
 D = torch.float64
 
@@ -141,3 +147,12 @@ def test_reinforce_pp_score_on_last_token_zero_kl():
     hi = 0.25 / (0.1875 + 1e-8) ** 0.5
     lo = -0.75 / (0.1875 + 1e-8) ** 0.5
     torch.testing.assert_close(adv, torch.tensor([[hi, hi, hi], [lo, 0.0, 0.0]], dtype=D))
+
+
+def test_kl_penalised_rewards_by_hand():
+    scores = torch.tensor([2.0, -1.0, 5.0], dtype=D)
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 9.0, 9.0], [9.0, 9.0, 9.0]], dtype=D)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])  # the last row has no token
+    rewards = kl_penalised_rewards(scores, kl, mask, kl_coef=0.5)
+    want = torch.tensor([[-0.05, -0.1, 2.0 - 0.15], [-1.0 - 0.2, 0, 0], [0, 0, 0]], dtype=D)
+    torch.testing.assert_close(rewards, want)

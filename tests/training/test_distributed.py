@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo) and FSDP2 against one process: same losses, weights."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -74,3 +75,38 @@ def test_two_processes_match_one_process_with_double_batch(tiny_model_dir, sft_f
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=TOLERANCE, rtol=0, msg=key)
     assert (tmp_path / "two" / "checkpoints" / "step-00000002" / "model.safetensors").exists()
+
+
+def test_ppo_two_processes_smoke(tmp_path):
+    """PPO under torchrun: policy and critic FSDP2-sharded, whitening over the gathered batch,
+    the ptx term; checkpoints hold the critic, the final critic is one plain HF folder."""
+    from transformers import AutoModelForSequenceClassification
+    from word_model import build_word_model
+
+    model_dir = build_word_model(tmp_path / "policy")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a b", "b c"] * 4))
+    (tmp_path / "reward.py").write_text(
+        "def contains(prompt, response):\n    return float('a' in response.split())\n"
+    )
+    ptx = tmp_path / "ptx.jsonl"
+    ptx.write_text(json.dumps({"text": "c c c"}) + "\n")
+    out = tmp_path / "ppo"
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [
+        torchrun, "--standalone", "--nproc_per_node=2", "-m", "alignlab.cli", "ppo",
+        f"model.path={model_dir}", f"data.path={prompts}",
+        f"rl.reward={tmp_path / 'reward.py'}:contains",
+        f"train.output_dir={out}", "train.max_steps=3", "train.save_every=2",
+        "train.progress=false", "train.tensorboard=false", "rl.max_new_tokens=8",
+        "rl.prompts_per_step=4", "rl.samples_per_prompt=4", "rl.num_iterations=2",
+        "rl.mini_batch_size=8", f"ptx.path={ptx}", "ptx.coef=1", "ptx.batch_size=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("train/loss", "train/value_loss", "train/ptx_nll", "train/explained_variance"):
+        values = losses(out, key)
+        assert len(values) == 3 and all(math.isfinite(v) for v in values), key
+    assert (out / "checkpoints" / "step-00000002" / "critic.pt").exists()
+    AutoModelForSequenceClassification.from_pretrained(out / "critic")

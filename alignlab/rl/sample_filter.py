@@ -1,0 +1,347 @@
+"""Sample, score, filter, fine-tune: the pieces shared by ReST, RAFT and best-of-n.
+
+A recipe reads as its algorithm; the plumbing lives here:
+
+    session = SampleFilterSession(cfg, "rest")         # prompts, rewards, metrics, config.yaml
+    samples = session.sample(policy, rows, stage_dir, seed)   # K per prompt, scored, saved
+    keep = at_or_above(samples.rewards, threshold)     # ReST's Improve filter, or
+    keep = best_per_prompt(samples.rewards, K)         # RAFT / best-of-n: argmax per prompt
+    policy = session.finetune(policy, samples.records(keep), stage_dir)   # an SFT stage
+    return session.finish(policy)                      # <output_dir>/final
+
+Samples are prompt-major: sample n answers prompt n // K (as in `alignlab.rl.rollout`). A
+record is an SFT row in TRL's prompt/completion format (a string prompt gets a string
+completion, a message-list prompt an assistant message, so the chat template renders it as it
+was sampled) plus its `reward`, `finished`, `prompt_index` and `gold`: a filtered set of
+records is a training file as it stands. The SFT recipe ends a string completion with EOS, so
+a response cut by max_new_tokens is trained as if it ended there; an empty response (EOS
+first) is not trained on at all.
+
+Each fine-tuning stage is the SFT recipe (`alignlab.recipes.sft.run`) in its own folder with
+the run's `model` and `train` sections, so checkpoints, metrics and `train.resume` work as for
+SFT. With `train.resume=true` a rerun reads back a stage's samples when its samples.jsonl
+exists, skips a stage whose final/ exists (both are written atomically, so they are complete)
+and continues an unfinished one from its last checkpoint; a resumed run assumes the same
+config. Without it every stage runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from alignlab.config import (
+    ConfigError,
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    check_all,
+    option,
+    to_dict,
+)
+from alignlab.data.templates import Messages
+from alignlab.eval.generation import Generation
+from alignlab.eval.reward_ensemble import AGGREGATES
+from alignlab.fileio import atomic_folder, atomic_write_text, write_jsonl
+from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.recipes import sft
+from alignlab.rl.policy_update import PromptRow, load_prompt_rows
+from alignlab.rl.rewards import RewardFn, build_reward_fn
+from alignlab.rl.rollout import rollout
+from alignlab.training.metrics import MetricsLogger
+
+Prompt = str | Messages
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """How responses are sampled from the current policy and scored."""
+
+    reward: str = option(
+        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
+    )
+    reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
+    reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
+    reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
+    gold: str = option("", "optional gold reward, same forms as `reward`; logged, not trained")
+    samples_per_prompt: int = option(4, "responses sampled per prompt", min=1)
+    max_new_tokens: int = option(64, "response budget in tokens", min=1)
+    temperature: float = option(1.0, "sampling temperature", min=0, min_exclusive=True)
+    top_p: float = option(1.0, "nucleus sampling mass", min=0, max=1, min_exclusive=True)
+    stop_strings: list[str] = option([], "cut responses at the first of these strings")
+    batch_size: int = option(32, "sequences per generation batch", min=1)
+
+    def check(self) -> None:
+        if not self.reward:
+            raise ConfigError(
+                "sampling.reward is required: reward-model folder(s), module:function, "
+                "path.py:function or an http(s):// URL"
+            )
+
+
+def check_stages(model: ModelConfig) -> None:
+    """Cross-section check (call from the recipe config's `check`): every stage's final folder
+    is loaded as plain weights by the next stage's sampling."""
+    if model.lora.enabled and not model.lora.save_merged:
+        raise ConfigError(
+            "model.lora.save_merged=false: the next stage samples from each stage's final "
+            "folder, which needs merged weights; keep save_merged=true"
+        )
+
+
+# --- sampling and scoring ---
+
+
+@dataclasses.dataclass
+class ScoredSamples:
+    """K responses per prompt with their rewards, prompt-major (sample n answers prompt n // K)."""
+
+    prompts: list[Prompt]
+    """(N,) the prompt of each sample, as given (not rendered)."""
+    texts: list[str]
+    finished: list[bool]
+    rewards: list[float]
+    gold: list[float] | None
+    samples_per_prompt: int
+    generations: list[Generation] = dataclasses.field(default_factory=list)
+    """The sampled token ids; empty when read back from a file."""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def records(self, indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The samples at `indices` (default all) as SFT rows with their scores."""
+        rows = []
+        for n in range(len(self)) if indices is None else indices:
+            row = sft_row(self.prompts[n], self.texts[n])
+            row["reward"] = self.rewards[n]
+            if self.gold is not None:
+                row["gold"] = self.gold[n]
+            row["finished"] = self.finished[n]
+            row["prompt_index"] = n // self.samples_per_prompt
+            rows.append(row)
+        return rows
+
+    @classmethod
+    def read(cls, path: Path, samples_per_prompt: int) -> ScoredSamples:
+        """All of `records()` back from a JSONL file (without token ids)."""
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return cls(
+            prompts=[row["prompt"] for row in rows],
+            texts=[response_text(row) for row in rows],
+            finished=[bool(row["finished"]) for row in rows],
+            rewards=[float(row["reward"]) for row in rows],
+            gold=[float(row["gold"]) for row in rows] if rows and "gold" in rows[0] else None,
+            samples_per_prompt=samples_per_prompt,
+        )
+
+
+def sft_row(prompt: Prompt, text: str) -> dict[str, Any]:
+    """A prompt/completion SFT row of one response (see the module docstring)."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "completion": text}
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": text}]}
+
+
+def response_text(row: dict[str, Any]) -> str:
+    """The response of an `sft_row`."""
+    completion = row["completion"]
+    return completion if isinstance(completion, str) else completion[0]["content"]
+
+
+def sample_and_score(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    extras: Sequence[dict[str, Any]] | None,
+    reward_fn: RewardFn,
+    samples_per_prompt: int,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop_strings: Sequence[str] = (),
+    batch_size: int = 32,
+    seed: int = 0,
+    gold_fn: RewardFn | None = None,
+) -> ScoredSamples:
+    """`samples_per_prompt` responses per prompt (`alignlab.rl.rollout.rollout` without
+    log-probs) scored by `reward_fn(prompts, texts, extras)` and `gold_fn`; `extras[i]` (the
+    prompt row's other keys) go with every sample of prompt i."""
+    roll = rollout(
+        model, tokenizer, prompts, samples_per_prompt, max_new_tokens, temperature, top_p,
+        seed=seed, batch_size=batch_size, stop_strings=stop_strings, score=False,
+    )  # fmt: skip
+    extras = list(extras) if extras is not None else [{} for _ in prompts]
+    sample_extras = [extra for extra in extras for _ in range(samples_per_prompt)]
+    rewards = reward_fn(roll.prompts, roll.texts, sample_extras)
+    gold = gold_fn(roll.prompts, roll.texts, sample_extras) if gold_fn is not None else None
+    return ScoredSamples(
+        prompts=roll.prompts,
+        texts=roll.texts,
+        finished=roll.finished.tolist(),
+        rewards=[float(r) for r in rewards],
+        gold=[float(g) for g in gold] if gold is not None else None,
+        samples_per_prompt=samples_per_prompt,
+        generations=roll.generations,
+    )
+
+
+# --- filters ---
+
+
+def quantile_threshold(rewards: Sequence[float], quantile: float) -> float:
+    """The `quantile` of `rewards`, taken at an observed value (the lower one), so keeping the
+    rewards >= it keeps at least a (1 - quantile) fraction of the samples."""
+    values = torch.tensor(list(rewards), dtype=torch.float64)
+    return float(torch.quantile(values, quantile, interpolation="lower"))
+
+
+def at_or_above(rewards: Sequence[float], threshold: float) -> list[int]:
+    """Indices of the samples whose reward is >= `threshold`."""
+    return [n for n, reward in enumerate(rewards) if reward >= threshold]
+
+
+def best_per_prompt(rewards: Sequence[float], samples_per_prompt: int) -> list[int]:
+    """Index of the highest-reward sample of each prompt (the first one on ties)."""
+    if len(rewards) % samples_per_prompt:
+        raise ValueError(f"{len(rewards)} rewards are not groups of {samples_per_prompt}")
+    grouped = torch.tensor(list(rewards), dtype=torch.float64).view(-1, samples_per_prompt)
+    first_max = grouped.argmax(1)  # torch returns the first maximal index
+    return (first_max + torch.arange(len(grouped)) * samples_per_prompt).tolist()
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """The mean, None for no values (JSON null in metrics)."""
+    return sum(values) / len(values) if values else None
+
+
+# --- the session ---
+
+
+class SampleFilterSession:
+    """Set-up, sampling stages, SFT stages, metrics and the final folder of a sample-filter-
+    fine-tune recipe. `cfg` must have sections `model`, `data` (PromptDataConfig), `train`
+    (TrainConfig), `sampling` (SampleConfig) and a `final_dir` option."""
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        # sampling runs outside the SFT stages' process group, and each stage closes its group
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"{name} runs in one process; launch it without torchrun")
+        self.cfg, self.name = cfg, name
+        self.resume = cfg.train.resume
+        self.output_dir = Path(cfg.train.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            self.output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        )
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
+        kwargs = {
+            "aggregate": cfg.sampling.reward_aggregate,
+            "k": cfg.sampling.reward_k,
+            "timeout": cfg.sampling.reward_timeout,
+            "device": self.device,
+        }
+        self.reward_fn = build_reward_fn(cfg.sampling.reward, **kwargs)
+        self.gold_fn = build_reward_fn(cfg.sampling.gold, **kwargs) if cfg.sampling.gold else None
+        # a resumed run logs its completed stages again from their files: one record per stage
+        self.metrics = MetricsLogger(
+            self.output_dir,
+            tensorboard=cfg.train.tensorboard,
+            resume_step=0 if self.resume else None,
+        )
+        print(f"{name}: {len(self.rows)} prompts")
+
+    def seed(self, stage: int) -> int:
+        """A generation seed that depends only on (train.seed, stage)."""
+        return (self.cfg.train.seed * 1_000_003 + stage) * 10_007 % (2**62)
+
+    def sample(
+        self, policy: str | Path, rows: Sequence[PromptRow], stage_dir: Path, seed: int
+    ) -> ScoredSamples:
+        """K scored samples per row from the policy folder; saved to stage_dir/samples.jsonl."""
+        sampling = self.cfg.sampling
+        path = stage_dir / "samples.jsonl"
+        if self.resume and path.exists():
+            return ScoredSamples.read(path, sampling.samples_per_prompt)
+        model_cfg = dataclasses.replace(
+            self.cfg.model,
+            path=str(policy),
+            revision=self._revision(policy),
+            gradient_checkpointing=False,
+            lora=LoraConfig(enabled=False),  # stages save merged weights
+        )
+        tokenizer = load_tokenizer(model_cfg)
+        model = load_model(model_cfg, tokenizer, device=self.device)
+        samples = sample_and_score(
+            model, tokenizer, [row.prompt for row in rows], [row.extras for row in rows],
+            self.reward_fn, sampling.samples_per_prompt,
+            max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, stop_strings=sampling.stop_strings,
+            batch_size=sampling.batch_size, seed=seed, gold_fn=self.gold_fn,
+        )  # fmt: skip
+        del model  # the SFT stage loads its own copy
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        write_jsonl(path, samples.records())
+        return samples
+
+    def finetune(
+        self, policy: str | Path, records: list[dict[str, Any]], stage_dir: Path
+    ) -> str | Path:
+        """The SFT recipe from `policy` on `records` in `stage_dir`; returns its final folder
+        (`policy` unchanged when there is nothing to train on). Empty responses are left out:
+        an SFT completion cannot be empty (the data check refuses it)."""
+        records = [row for row in records if response_text(row).strip()]
+        if not records:
+            warnings.warn(
+                f"{self.name} {stage_dir.relative_to(self.output_dir)}: no non-empty sample "
+                "passed the filter; the policy is unchanged",
+                stacklevel=2,
+            )
+            return policy
+        final_dir = stage_dir / "final"
+        if self.resume and (final_dir / "config.json").exists():
+            print(f"{self.name} {stage_dir.relative_to(self.output_dir)}: done before, skipped")
+            return final_dir
+        write_jsonl(stage_dir / "sft.jsonl", records)
+        cfg = sft.SFTConfig(
+            model=dataclasses.replace(
+                self.cfg.model, path=str(policy), revision=self._revision(policy)
+            ),
+            # no length limit: prompt + response were sampled from this model, so they fit
+            data=DataConfig(path=str(stage_dir / "sft.jsonl"), max_length=0),
+            train=dataclasses.replace(self.cfg.train, output_dir=str(stage_dir)),
+        )
+        check_all(cfg)
+        return sft.run(cfg)
+
+    def _revision(self, policy: str | Path) -> str:
+        """The base's hub revision; stage folders are local, a revision does not apply."""
+        return self.cfg.model.revision if str(policy) == self.cfg.model.path else ""
+
+    def finish(self, policy: str | Path) -> Path:
+        """Copy the last policy to final_dir (default <output_dir>/final); return it."""
+        self.metrics.close()
+        final_dir = Path(self.cfg.final_dir or self.output_dir / "final")
+        if not Path(policy).is_dir():
+            raise RuntimeError(
+                f"{self.name}: no stage had samples to train on, and the base {policy} is not a "
+                "local folder to copy as the final model; lower the filter threshold"
+            )
+        with atomic_folder(final_dir) as tmp:
+            shutil.copytree(policy, tmp, dirs_exist_ok=True)
+        print(f"final model: {final_dir}\nmetrics: {self.metrics.path}")
+        return final_dir
