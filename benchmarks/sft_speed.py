@@ -9,8 +9,9 @@ Each (framework, shape) runs in a fresh subprocess; peak memory is that process'
 Seconds/step is the median over the timed steps after warm-up. Achieved FLOP/s uses the
 6 x params x tokens rule (plus the output projection) against a fp32 matmul measured here.
 
-With a CUDA device it also times alignlab alone on a 0.5B-class Llama in bf16 and reports
-tokens/s and MFU against the device's dense bf16 peak (--gpu-peak-tflops, H100/H200: 989).
+With a CUDA device it also times TRL and alignlab on a 0.5B-class Llama in bf16 autocast at
+8 x 1024 tokens and reports s/step, tokens/s, MFU against the device's dense bf16 peak
+(--gpu-peak-tflops, H100/H200: 989) and peak GPU memory (`--shapes ""` for the GPU rows only).
 
     python benchmarks/sft_speed.py            # both shapes, both frameworks
     python benchmarks/sft_speed.py --steps 6 --shapes realistic
@@ -92,11 +93,13 @@ def trl_clock() -> tuple[object, list[float]]:
     return Clock(), stamps
 
 
-def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
+def worker_alignlab(
+    shape: dict, steps: int, folder: Path, precision: str, body: dict = BODY
+) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import sft
 
-    model_dir, data = make_assets(shape, folder, shape["batch"] * steps)
+    model_dir, data = make_assets(shape, folder, shape["batch"] * steps, body)
     cfg = load_config(
         sft.SFTConfig,
         None,
@@ -117,12 +120,14 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> li
     return step_gaps(folder / "run")
 
 
-def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
+def worker_trl(
+    shape: dict, steps: int, folder: Path, precision: str, body: dict = BODY, gpu: bool = False
+) -> list[float]:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    model_dir, data = make_assets(shape, folder, shape["batch"] * steps)
+    model_dir, data = make_assets(shape, folder, shape["batch"] * steps, body)
     clock, stamps = trl_clock()
 
     trainer = SFTTrainer(
@@ -138,7 +143,7 @@ def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[fl
             logging_steps=1,
             save_strategy="no",
             report_to=[],
-            use_cpu=True,
+            use_cpu=not gpu,
             bf16=precision == "bf16",  # TRL's SFTConfig defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,
@@ -171,35 +176,29 @@ def model_flops_per_step(shape: dict, body: dict = BODY) -> float:
 # --- GPU path ---
 
 
-def gpu_alignlab(steps: int, folder: Path, peak_tflops: float) -> dict:
-    """A 0.5B-class Llama (hidden 1024, 24 layers, vocab 32k) in bf16 at 8 x 1024 tokens."""
-    body = {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 2816}
-    shape = {"vocab": 32000, "batch": 8, "seq": 1024}
-    from alignlab.config import load_config
-    from alignlab.recipes import sft
+GPU_BODY = {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 2816}
+GPU_SHAPE = {"vocab": 32000, "batch": 8, "seq": 1024}
 
-    model_dir, data = make_assets(shape, folder, shape["batch"] * steps, body)
-    cfg = load_config(
-        sft.SFTConfig,
-        None,
-        [
-            f"model.path={model_dir}", f"data.path={data}", f"data.max_length={shape['seq']}",
-            f"train.output_dir={folder / 'run'}", f"train.micro_batch_size={shape['batch']}",
-            f"train.max_steps={steps}", "train.mixed_precision=bf16", "train.lr=1e-4",
-            "train.tensorboard=false", "train.progress=false",
-        ],
-    )  # fmt: skip
-    sft.run(cfg)
-    rows = [
-        json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
-    stamps = [r["time"] for r in rows if "train/loss" in r]
-    step_s = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
-    flops = model_flops_per_step(shape, body)
+
+def gpu_row(framework: str, steps: int, folder: Path, peak_tflops: float) -> dict:
+    """A 0.5B-class Llama (hidden 1024, 24 layers, vocab 32k), bf16 autocast, 8 x 1024 tokens."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    if framework == "alignlab":
+        gaps = worker_alignlab(GPU_SHAPE, steps, folder, "bf16", GPU_BODY)
+    else:
+        gaps = worker_trl(GPU_SHAPE, steps, folder, "bf16", GPU_BODY, gpu=True)
+    step_s = statistics.median(gaps[2:])
     return {
-        "tokens_per_s": shape["batch"] * shape["seq"] / step_s,
         "s_per_step": step_s,
-        "mfu": flops / step_s / (peak_tflops * 1e12),
+        "tokens_per_s": GPU_SHAPE["batch"] * GPU_SHAPE["seq"] / step_s,
+        "mfu": model_flops_per_step(GPU_SHAPE, GPU_BODY) / step_s / (peak_tflops * 1e12),
+        "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
 
 
@@ -213,7 +212,7 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=7, help="optimizer steps per run (first 2 are warm-up)"
     )
-    parser.add_argument("--shapes", default="tiny,realistic")
+    parser.add_argument("--shapes", default="tiny,realistic", help="CPU shapes; empty = none")
     parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--precision", default="fp32,bf16", help="fp32 and/or bf16 autocast, both sides"
@@ -235,7 +234,7 @@ def main() -> None:
     print(f"fp32 matmul 2048^3: {machine / 1e9:.0f} GFLOP/s, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     rows = []
-    runs = [(s, p) for p in args.precision.split(",") for s in args.shapes.split(",")]
+    runs = [(s, p) for p in args.precision.split(",") for s in args.shapes.split(",") if s]
     for shape_name, precision in runs:
         shape = SHAPES[shape_name]
         # peak RSS of children is a running maximum, so each run goes in its own process tree
@@ -279,11 +278,26 @@ def main() -> None:
             )
 
     if torch.cuda.is_available():
-        with tempfile.TemporaryDirectory() as tmp:
-            result = gpu_alignlab(args.steps + 3, Path(tmp), args.gpu_peak_tflops)
-        print(f"\nGPU ({torch.cuda.get_device_name()}): 0.5B-class Llama, bf16, 8 x 1024 tokens: "
-              f"{result['tokens_per_s']:,.0f} tokens/s, {result['s_per_step']:.3f} s/step, "
-              f"MFU {result['mfu']:.1%} of {args.gpu_peak_tflops:.0f} TFLOP/s")  # fmt: skip
+        gpu_rows = {}
+        for framework in ("trl", "alignlab"):
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    gpu_rows[framework] = gpu_row(
+                        framework, args.steps + 3, Path(tmp), args.gpu_peak_tflops
+                    )
+                except Exception as error:  # TRL may be missing on the GPU machine
+                    gpu_rows[framework] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"  GPU {framework:8s} {gpu_rows[framework]}", flush=True)
+        print(f"\nGPU ({torch.cuda.get_device_name()}): 0.5B-class Llama, bf16, 8 x 1024 tokens")
+        print("| framework | s/step | tokens/s | MFU | peak GB |\n|---|---|---|---|---|")
+        for framework, r in gpu_rows.items():
+            if "error" in r:
+                print(f"| {framework} | error: {r['error']} | | | |")
+                continue
+            print(
+                f"| {framework} | {r['s_per_step']:.3f} | {r['tokens_per_s']:,.0f} "
+                f"| {r['mfu']:.1%} | {r['peak_gb']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

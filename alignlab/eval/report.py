@@ -199,7 +199,7 @@ def _err(estimates: Sequence[dict[str, Any] | None]) -> tuple[list[float], list[
     return means, [lows, highs]
 
 
-def _png(figure: Any) -> bytes:
+def figure_png(figure: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -235,7 +235,7 @@ def _bar_chart(
     ax.set_title(title)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(fontsize="small")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _y_metric(all_metrics: Sequence[dict[str, Any]]) -> str | None:
@@ -270,7 +270,7 @@ def _kl_scatter(names: Sequence[str], all_metrics: Sequence[dict[str, Any]], y_k
     ax.set_ylabel(y_key)
     ax.set_title(f"{y_key} vs KL to the reference")
     ax.legend(fontsize="small")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _plots(names: Sequence[str], all_metrics: Sequence[dict[str, Any]]) -> dict[str, bytes]:

@@ -1,73 +1,84 @@
-"""`alignlab lab demo` (`make demo`): build the lab, align the base with SFT, measure it.
+"""`alignlab lab demo` (`make demo`): build the lab, align the base, measure every step.
 
-[1/4] lab build: tokenizer, pretrained base model, datasets (cached after the first run)
-[2/4] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
-[3/4] heldout evaluation of base and SFT against the base: gold with 95% CIs, KL, win rate
-[4/4] report: <out>/report.md, report.html, results.json, plots/
+[1/6] lab build: tokenizer, pretrained base model, datasets (cached after the first run)
+[2/6] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
+[3/6] feedback: 4 SFT samples per train prompt, every pair labelled by simulated annotators
+[4/6] reward model on those labels (recipe `rm`, preset rm_lab)
+[5/6] DPO from SFT on the best-vs-worst pairs (recipe `dpo`, preset dpo_lab)
+[6/6] heldout evaluation against the base (gold with 95% CIs, KL, win rate) and the report:
+      <out>/report.md, report.html, results.json, plots/
+
+Every stage is cached (`alignlab.lab.pipeline`): a second run reuses what is unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from alignlab.cli import resolve_preset
-from alignlab.config import load_config
 from alignlab.eval.report import markdown_table, write_report
 from alignlab.lab.build import LabBuildConfig, build
 from alignlab.lab.evaluate import HEADLINE, evaluate_lab
-from alignlab.recipes import sft
+from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
+from alignlab.training.metrics import read_metrics
+
+STAGES = 6
 
 
-def run_demo(out: str | Path, build_cfg: LabBuildConfig, n_prompts: int = 500) -> dict[str, Path]:
+def run_demo(
+    out: str | Path,
+    build_cfg: LabBuildConfig,
+    n_prompts: int = 500,
+    feedback_prompts: int = 1000,
+    overrides: dict[str, list[str]] | None = None,
+) -> dict[str, Path]:
+    """The demo; `overrides` maps a stage (sft, rm, dpo) to extra recipe overrides."""
     out = Path(out)
+    overrides = overrides or {}
     start = time.perf_counter()
 
     def stage(number: int, text: str) -> None:
-        print(f"\n[{number}/4] {text}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"\n[{number}/{STAGES}] {text}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
     stage(1, f"lab build -> {build_cfg.out}")
     lab = build(build_cfg)
 
     stage(2, "SFT on the lab's demonstrations")
-    sft_dir = out / "sft"
-    final = sft_dir / "final"
-    if (
-        (final / "config.json").exists()
-        and (sft_dir / "base.txt").exists()
-        and ((sft_dir / "base.txt").read_text() == lab.manifest["key"])
-    ):
-        print(f"cached in {final}")
-    else:
-        config = load_config(
-            sft.SFTConfig,
-            resolve_preset("sft_lab"),
-            [
-                f"model.path={lab.base}",
-                f"data.path={lab.data['sft']}",
-                f"train.output_dir={sft_dir}",
-            ],
-        )
-        final = sft.run(config)
-        (sft_dir / "base.txt").write_text(lab.manifest["key"])
+    sft = sft_stage(lab, out / "sft", overrides.get("sft", []))
 
-    stage(3, f"evaluate base and SFT on {n_prompts} heldout prompts (KL and win rate vs base)")
+    stage(3, f"feedback: 4 SFT samples on {feedback_prompts} prompts, labelled by annotators")
+    feedback = feedback_stage(lab, sft, out / "feedback", feedback_prompts)
+    print(json.dumps(feedback["stats"]))
+
+    stage(4, "reward model on every labelled pair")
+    rm = rm_stage(sft, feedback["rm_pairs"], out / "rm", overrides.get("rm", []))
+    rm_eval = [r for r in read_metrics(out / "rm") if "eval/accuracy" in r]
+    if rm_eval:
+        print(f"reward model: held-out pair accuracy {rm_eval[-1]['eval/accuracy']:.3f}")
+    print(f"reward model: {rm}")
+
+    stage(5, "DPO from SFT on the best-vs-worst pairs")
+    dpo = recipe_stage(
+        "dpo", "dpo_lab",
+        [f"model.path={sft}", f"data.path={feedback['pairs']}", *overrides.get("dpo", [])],
+        out / "dpo",
+    )  # fmt: skip
+
+    stage(6, f"evaluate base, SFT and DPO on {n_prompts} heldout prompts (KL and win rate vs base)")
     results = evaluate_lab(
-        lab.world, {"base": lab.base, "sft": final}, ref=lab.base, n_prompts=n_prompts
+        lab.world, {"base": lab.base, "sft": sft, "dpo": dpo}, ref=lab.base, n_prompts=n_prompts
     )
-
-    stage(4, f"report -> {out}")
     paths = write_report(
-        results, out, title="alignlab demo: base vs SFT vs oracle", table_keys=HEADLINE
+        results, out, title="alignlab demo: base, SFT, DPO and the oracle", table_keys=HEADLINE
     )
     print(markdown_table(results, table_keys=HEADLINE))
-    sft_gold = results["sft"].metrics["gold"]["total"]["mean"]
     oracle_gold = results["oracle"].metrics["gold"]["total"]["mean"]
-    print(
-        f"\nSFT reaches {sft_gold / oracle_gold:.0%} of the oracle's gold; "
-        f"demo done in {time.perf_counter() - start:.0f} s"
-    )
+    for name in ("sft", "dpo"):
+        gold = results[name].metrics["gold"]["total"]["mean"]
+        print(f"{name} reaches {gold / oracle_gold:.0%} of the oracle's gold")
+    print(f"demo done in {time.perf_counter() - start:.0f} s")
     for name, path in paths.items():
         print(f"  {name:10s} {path}")
-    print(f"  checkpoint {final}")
+    print(f"  models     {sft}, {rm}, {dpo}")
     return paths

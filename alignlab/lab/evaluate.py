@@ -83,20 +83,24 @@ def evaluate_lab(
     max_new_tokens: int = 48,
     seed: int = 0,
     with_oracle: bool = True,
+    batch_size: int = 64,
+    split: str = "heldout",
 ) -> dict[str, EvalResult]:
-    """Sample every model on heldout prompts (temperature 1), score with gold, KL vs `ref`.
+    """Sample every model on `split` prompts (temperature 1), score with gold, KL vs `ref`.
+
+    `heldout` is for reported numbers; choose settings on `valid`.
 
     Temperature 1 and no top-p: the KL estimate and the gold are of the policy's actual
     distribution, not of a sharpened one.
     """
-    prompts = lab_prompts(world, "heldout", n_prompts)
+    prompts = lab_prompts(world, split, n_prompts)
     results = evaluate_many(
         {name: str(path) for name, path in models.items()},
         prompts,
         ref_dir=str(ref) if ref else None,
         scorer=gold_scorer(world),
         max_new_tokens=max_new_tokens,
-        batch_size=64,
+        batch_size=batch_size,
         seed=seed,
     )
     if with_oracle:

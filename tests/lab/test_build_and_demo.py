@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from alignlab.cli import main
 from alignlab.eval.report import write_report
@@ -82,3 +82,21 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| oracle |" in out and "gold" in out
     assert (tmp_path / "report.html").exists()
+
+
+def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
+    from alignlab.lab.demo import run_demo
+
+    short = ["train.max_steps=2", "train.progress=false", "train.tensorboard=false"]
+    cfg = LabBuildConfig(out=str(toy_lab.out), **TOY)
+    stages = {"sft": short, "rm": short, "dpo": short}
+    paths = run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
+    table = paths["markdown"].read_text()
+    assert all(f"| {name} |" in table for name in ("base", "sft", "dpo", "oracle"))
+    for stage in ("sft", "dpo"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / stage / "final")
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
+    assert json.loads((tmp_path / "feedback" / "stats.json").read_text())["comparisons"] > 0
+    capsys.readouterr()
+    run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
+    assert capsys.readouterr().out.count("cached in") >= 5  # build, sft, feedback, rm, dpo

@@ -1,0 +1,82 @@
+"""Over-optimisation curves of RL runs: proxy reward, gold reward and KL over training.
+
+Gao et al. 2022 ("Scaling laws for reward model overoptimization", arXiv:2210.10760): as a
+policy optimises a learned (proxy) reward, the proxy keeps rising while the gold reward it
+stands for rises, peaks and falls; plotted against d = sqrt(KL(π ‖ π_ref)) the gold follows
+d(α - β d). The RL recipes log `train/reward_mean` (proxy), `train/gold_mean` (when `rl.gold`
+is set) and `train/kl_ref` every `train.log_every` steps; `plot_curves` draws them for one or
+more runs: per step, and proxy and gold against sqrt(KL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from alignlab.eval.report import figure_png
+from alignlab.fileio import atomic_write_bytes
+from alignlab.training.metrics import read_metrics
+
+PROXY, GOLD, KL = "train/reward_mean", "train/gold_mean", "train/kl_ref"
+
+
+def curve(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` over the records that have it."""
+    rows = [(r["step"], float(r[key])) for r in records if key in r]
+    return [s for s, _ in rows], [v for _, v in rows]
+
+
+def overoptimisation_summary(records: list[dict]) -> dict[str, float]:
+    """Where gold peaked, and how proxy and gold moved from there to the end of training."""
+    steps, gold = curve(records, GOLD)
+    _, proxy = curve(records, PROXY)
+    if not gold or len(proxy) != len(gold):
+        return {}
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    return {
+        "gold_start": gold[0],
+        "gold_peak": gold[peak],
+        "gold_peak_step": float(steps[peak]),
+        "gold_end": gold[-1],
+        "proxy_start": proxy[0],
+        "proxy_at_gold_peak": proxy[peak],
+        "proxy_end": proxy[-1],
+        "overoptimised": float(proxy[-1] > proxy[peak] and gold[-1] < gold[peak]),
+    }
+
+
+def plot_curves(runs: Mapping[str, str | Path], out: str | Path, title: str = "") -> Path:
+    """One PNG: proxy, gold and KL per step, and proxy/gold against sqrt(KL), for each run
+    (a run folder or its metrics.jsonl)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(16, 4))
+    axes = figure.subplots(1, 4)
+    for name, path in runs.items():
+        records = read_metrics(path)
+        steps, proxy = curve(records, PROXY)
+        (line,) = axes[0].plot(steps, proxy, label=name)
+        color = line.get_color()
+        gold_steps, gold = curve(records, GOLD)
+        axes[1].plot(gold_steps, gold, color=color, label=name)
+        kl_steps, kl = curve(records, KL)
+        axes[2].plot(kl_steps, kl, color=color, label=name)
+        if len(kl) == len(proxy):
+            root_kl = [max(x, 0.0) ** 0.5 for x in kl]
+            axes[3].plot(root_kl, proxy, color=color, linestyle="--")
+            if len(gold) == len(kl):
+                axes[3].plot(root_kl, gold, color=color, label=f"{name}")
+    axes[0].set_title("proxy reward (trained on)")
+    axes[1].set_title("gold reward (not trained on)")
+    axes[2].set_title("KL to the reference (nats / response)")
+    axes[3].set_title("proxy (dashed) and gold vs sqrt(KL)")
+    for ax in axes[:3]:
+        ax.set_xlabel("step")
+    axes[3].set_xlabel("sqrt(KL)")
+    for ax in axes:
+        ax.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    out = Path(out)
+    atomic_write_bytes(out, figure_png(figure))
+    return out

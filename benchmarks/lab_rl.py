@@ -1,0 +1,155 @@
+"""Every RL method from the same SFT model with the same reward model, gold tracked throughout.
+
+1. lab build, the demo's SFT model, simulated feedback on SFT samples and the reward model on
+   it (the stages of `alignlab.lab.pipeline`, shared with benchmarks/lab_preference.py and
+   cached: point --feedback at that benchmark's folder to reuse its labels);
+2. PPO, RLOO, GRPO, REINFORCE++, ReST and RAFT from the SFT model on the lab's RL prompts, the
+   reward model as reward, the lab's gold logged beside it (never trained on);
+3. best-of-n from the SFT model with the same reward model (no training; KL in closed form);
+4. over-optimisation: the same PPO with a reward model trained on a few hundred pairs only,
+   for longer: its proxy reward keeps rising while gold falls (Gao et al. 2022);
+5. heldout evaluation against the SFT model (gold with 95% CIs, KL, win rate), and the
+   proxy / gold / KL curves of every RL run (plots/curves.png).
+
+    python benchmarks/lab_rl.py                                  # everything
+    python benchmarks/lab_rl.py --methods ppo,grpo --bon ""      # a subset
+    python benchmarks/lab_rl.py --methods grpo:train.lr=2e-5     # a variant, its own folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+from alignlab.eval.curves import overoptimisation_summary, plot_curves
+from alignlab.eval.report import markdown_table, write_report
+from alignlab.fileio import write_jsonl
+from alignlab.lab.build import LabBuildConfig, build
+from alignlab.lab.evaluate import HEADLINE, evaluate_lab, gold_scorer, lab_prompts
+from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
+from alignlab.training.metrics import read_metrics
+
+GOLD = "alignlab.lab.rewards:gold_reward"
+RL = ("ppo", "rloo", "grpo", "reinforce_pp")  # reward under rl.*, the others under sampling.*
+METHODS = (*RL, "rest", "raft")
+COMMON = ["train.progress=false"]
+
+
+def rl_run(method: str, variant: list[str], sft: Path, prompts: Path, rm: Path, out: Path) -> Path:
+    section = "rl" if method in RL else "sampling"
+    args = [
+        f"model.path={sft}", f"data.path={prompts}", f"{section}.reward={rm}",
+        f"{section}.gold={GOLD}", *COMMON, *variant,
+    ]  # fmt: skip
+    return recipe_stage(method, f"{method}_lab", args, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/lab_rl")
+    parser.add_argument("--lab", default="runs/lab", help="lab build cache")
+    parser.add_argument("--sft", default="runs/demo/sft", help="SFT run folder (the demo's)")
+    parser.add_argument("--feedback", default="runs/lab_preference/feedback")
+    parser.add_argument("--n-prompts", type=int, default=3000, help="feedback prompts")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--bon", default="4,16", help="best-of-n sizes; empty = none")
+    parser.add_argument("--small-rm-pairs", type=int, default=300, help="0 = no small-RM run")
+    parser.add_argument(
+        "--overopt", default="ppo:rl.beta=0.0:train.max_steps=300",
+        help="the run with the small RM: method[:override...]",
+    )  # fmt: skip
+    parser.add_argument("--eval-prompts", type=int, default=1500)
+    parser.add_argument("--eval-split", default="heldout", choices=("heldout", "valid"))
+    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size")
+    args = parser.parse_args()
+    out = Path(args.out)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
+
+    # --- SFT, feedback and the reward model (cached, shared with lab_preference) ---
+    lab = build(LabBuildConfig(out=args.lab))
+    sft = sft_stage(lab, Path(args.sft))
+    feedback = feedback_stage(lab, sft, Path(args.feedback), args.n_prompts)
+    rm = rm_stage(sft, feedback["rm_pairs"], Path(args.feedback).parent / "rm", COMMON)
+    rm_eval = [r for r in read_metrics(rm.parent) if "eval/accuracy" in r][-1]
+    prompts = lab.data["prompts"]
+
+    # --- every RL method from SFT with that reward model ---
+    finals: dict[str, Path] = {}
+    for token in [m for m in args.methods.split(",") if m]:
+        method, *variant = token.split(":")
+        t = time.perf_counter()
+        try:
+            folder = out / token.replace(":", "_").replace("=", "-")
+            finals[token] = rl_run(method, variant, sft, prompts, rm, folder)
+        except Exception as error:  # one broken method must not cost the others' numbers
+            traceback.print_exc()
+            errors[token] = f"{type(error).__name__}: {error}"
+        timings[token] = round(time.perf_counter() - t, 1)
+
+    # --- over-optimisation: a reward model from a few hundred pairs, optimised for longer ---
+    overopt = None
+    if args.small_rm_pairs:
+        rows = feedback["rm_pairs"].read_text().splitlines()[: args.small_rm_pairs]
+        small_pairs = out / "small_rm" / "pairs.jsonl"
+        write_jsonl(small_pairs, [json.loads(r) for r in rows])
+        small_rm = rm_stage(sft, small_pairs, out / "small_rm", COMMON)
+        method, *variant = args.overopt.split(":")
+        t = time.perf_counter()
+        overopt = rl_run(method, variant, sft, prompts, small_rm, out / "overopt")
+        timings["overopt"] = round(time.perf_counter() - t, 1)
+
+    # --- heldout evaluation against SFT, best-of-n beside the trained models ---
+    t = time.perf_counter()
+    models = {"sft": sft, **finals, **({"overopt (small RM)": overopt} if overopt else {})}
+    results = evaluate_lab(
+        lab.world, models, ref=sft, n_prompts=args.eval_prompts, batch_size=args.batch_size,
+        split=args.eval_split,
+    )  # fmt: skip
+    if args.bon:
+        from alignlab.eval.best_of_n import evaluate_best_of_n
+        from alignlab.eval.harness import load_for_eval
+
+        policy = load_for_eval(str(sft))
+        for n in [int(x) for x in args.bon.split(",")]:
+            results[f"best-of-{n}"] = evaluate_best_of_n(
+                policy, lab_prompts(lab.world, args.eval_split, args.eval_prompts), str(rm), n,
+                ref=policy, scorer=gold_scorer(lab.world), max_new_tokens=48,
+                batch_size=args.batch_size,
+            )  # fmt: skip
+    timings["evaluation"] = round(time.perf_counter() - t, 1)
+
+    # --- report: table, curves, over-optimisation summary ---
+    paths = write_report(
+        results, out, title="RL methods from the same SFT model and reward model",
+        table_keys=HEADLINE,
+    )  # fmt: skip
+    runs = {  # the runs that log proxy, gold and KL per step
+        name: path.parent
+        for name, path in models.items()
+        if name != "sft" and any("train/gold_mean" in r for r in read_metrics(path.parent))
+    }
+    curves = plot_curves(runs, out / "plots" / "curves.png", title="proxy, gold and KL")
+    summary = {
+        "reward_model": {"pairs": feedback["stats"]["comparisons"], **rm_eval},
+        "overoptimisation": {n: overoptimisation_summary(read_metrics(p)) for n, p in runs.items()},
+        "args": vars(args),
+        "timings_s": timings,
+        "errors": errors,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with paths["markdown"].open("a") as handle:
+        handle.write(f"\n![proxy, gold and KL over training]({curves.relative_to(out)})\n")
+    print(markdown_table(results, table_keys=HEADLINE))
+    print(json.dumps(summary, indent=2))
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
