@@ -111,6 +111,7 @@ def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[fl
             save_strategy="no",
             report_to=[],
             use_cpu=True,
+            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
             bf16=precision == "bf16",  # TRL defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,

@@ -180,6 +180,7 @@ def worker_trl_ppo(shape: dict, steps: int, folder: Path) -> dict:
             temperature=1.0,
             report_to=[],
             use_cpu=True,
+            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
             bf16=False,
             fp16=False,
             save_strategy="no",
@@ -236,6 +237,7 @@ def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
             save_strategy="no",
             report_to=[],
             use_cpu=True,
+            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
             bf16=False,  # explicit fp32 on both sides
             fp16=False,
             dataloader_num_workers=0,

@@ -144,6 +144,7 @@ def worker_trl(
             save_strategy="no",
             report_to=[],
             use_cpu=not gpu,
+            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
             bf16=precision == "bf16",  # TRL's SFTConfig defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,

@@ -51,12 +51,11 @@ from alignlab.eval.harness import (
     score_samples,
     summarize,
 )
-from alignlab.eval.reward_ensemble import AGGREGATES
 from alignlab.eval.stats import mean_ci
 from alignlab.fileio import write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.rl.policy_update import PromptDataConfig, load_prompt_rows
-from alignlab.rl.rewards import RewardFn, build_reward_fn
+from alignlab.rl.rewards import RewardFn, RewardOptions, build_reward_fn
 from alignlab.rl.sample_filter import Prompt, ScoredSamples, best_per_prompt, sample_and_score
 
 
@@ -171,18 +170,11 @@ def evaluate_best_of_n(
 
 
 @dataclasses.dataclass
-class BestOfNConfig:
+class BestOfNConfig(RewardOptions):
     """Best-of-n: sample n responses per prompt, keep the one the reward scores highest."""
 
     model: ModelConfig = section(ModelConfig, "the policy to sample from")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    reward: str = option(
-        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
-    )
-    reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
-    reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
-    reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
-    gold: str = option("", "optional gold reward, same forms as `reward`; written, not used")
     n: int = option(8, "responses sampled per prompt", min=1)
     max_new_tokens: int = option(64, "response budget in tokens", min=1)
     temperature: float = option(1.0, "sampling temperature", min=0, min_exclusive=True)
@@ -193,11 +185,7 @@ class BestOfNConfig:
     output: str = option("picked.jsonl", "JSONL file of the picked responses, one per prompt")
 
     def check(self) -> None:
-        if not self.reward:
-            raise ConfigError(
-                "reward is required: reward-model folder(s), module:function, "
-                "path.py:function or an http(s):// URL"
-            )
+        self.require_reward("reward")
         if self.model.lora.enabled:
             raise ConfigError("model.lora.enabled: best-of-n trains nothing; load a merged model")
 
@@ -208,14 +196,7 @@ def run(cfg: BestOfNConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     rows = load_prompt_rows(cfg.data, tokenizer)
     model = load_model(cfg.model, tokenizer, device=device).eval()
-    kwargs = {
-        "aggregate": cfg.reward_aggregate,
-        "k": cfg.reward_k,
-        "timeout": cfg.reward_timeout,
-        "device": device,
-    }
-    reward_fn = build_reward_fn(cfg.reward, **kwargs)
-    gold_fn = build_reward_fn(cfg.gold, **kwargs) if cfg.gold else None
+    reward_fn, gold_fn = cfg.build(device)
     samples, picked = best_of_n(
         model, tokenizer, [row.prompt for row in rows], reward_fn, cfg.n,
         [row.extras for row in rows], max_new_tokens=cfg.max_new_tokens,

@@ -51,10 +51,10 @@ from alignlab.rl.policy_update import (
     RLConfig,
     RLReferenceConfig,
     RLSession,
-    _global_sums,
     check_rl,
     gather_rows,
 )
+from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.loop import autocast
 
@@ -127,7 +127,7 @@ def ptx_loss_fn(cfg: PtxConfig, session: RLSession) -> Callable[[], torch.Tensor
         batch = {key: value.to(runtime.device) for key, value in batch.items()}
         with autocast(runtime.device, train.mixed_precision):
             logps = policy(batch)  # (B, T), 0 where not trained
-        tokens = _global_sums([float(policy.mask(batch).sum())], runtime)[0]
+        tokens = distributed.sum_floats([float(policy.mask(batch).sum())], runtime)[0]
         return -cfg.coef * logps.float().sum() / max(tokens, 1.0)
 
     return ptx_loss

@@ -41,7 +41,7 @@ from alignlab.models.lm import TokenLogProbs
 from alignlab.models.reward import save_reward_folder
 from alignlab.models.value import HEAD_INITS, TokenValues, load_value_model
 from alignlab.ops import masked_sum
-from alignlab.rl.policy_update import RLSession, _global_sums
+from alignlab.rl.policy_update import RLSession
 from alignlab.rl.rollout import Rollout, token_logps
 from alignlab.training import distributed
 from alignlab.training.checkpoint import (
@@ -147,7 +147,7 @@ class Critic:
             order = torch.randperm(len(roll), generator=generator)
             for first in range(0, len(roll), session.local_mini):
                 rows = order[first : first + session.local_mini]
-                tokens = _global_sums([float(mask_all[rows].sum())], runtime)[0]
+                tokens = distributed.sum_floats([float(mask_all[rows].sum())], runtime)[0]
                 for chunk in rows.split(train.micro_batch_size):
                     batch = roll.batch(chunk, device)
                     width = batch["input_ids"].shape[1]
@@ -173,7 +173,7 @@ class Critic:
                     grad_norms.append(float(grad_norm))
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-        loss_sum, clipped_tokens, counted = _global_sums(sums.tolist(), runtime)
+        loss_sum, clipped_tokens, counted = distributed.sum_floats(sums.tolist(), runtime)
         return {
             "value_loss": loss_sum / session.updates_per_step,
             "value_clip_fraction": clipped_tokens / max(counted, 1.0),
@@ -215,7 +215,9 @@ def _value_diagnostics(
         masked_sum(errors.double() ** 2, mask).item(),
         masked_sum(values.double(), mask).item(),
     ]
-    count, return_sum, return_sq, error_sum, error_sq, value_sum = _global_sums(parts, runtime)
+    count, return_sum, return_sq, error_sum, error_sq, value_sum = distributed.sum_floats(
+        parts, runtime
+    )
     count = max(count, 1.0)
     return_var = return_sq / count - (return_sum / count) ** 2
     error_var = error_sq / count - (error_sum / count) ** 2

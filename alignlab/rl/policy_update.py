@@ -73,7 +73,6 @@ from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.data.templates import render_prompt
 from alignlab.eval.generation import prompt_token_ids
-from alignlab.eval.reward_ensemble import AGGREGATES
 from alignlab.fileio import atomic_write_text
 from alignlab.losses.policy import (
     ppo_clip_token_losses,
@@ -85,7 +84,7 @@ from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import is_peft, load_model, load_tokenizer
 from alignlab.ops import masked_sum
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
-from alignlab.rl.rewards import build_reward_fn
+from alignlab.rl.rewards import RewardOptions
 from alignlab.rl.rollout import Rollout, rollout, token_logps
 from alignlab.training import distributed, loop
 from alignlab.training.batches import BatchSchedule, micro_batches
@@ -147,16 +146,9 @@ class RLReferenceConfig:
 
 
 @dataclasses.dataclass
-class RLConfig:
+class RLConfig(RewardOptions):
     """Sampling, reward and policy-update options shared by GRPO, RLOO and REINFORCE++."""
 
-    reward: str = option(
-        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
-    )
-    reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
-    reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
-    reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
-    gold: str = option("", "optional gold reward, same forms as `reward`; logged, not trained")
     samples_per_prompt: int = option(4, "K responses sampled per prompt", min=1)
     prompts_per_step: int = option(8, "prompts per rollout (all processes together)", min=1)
     max_new_tokens: int = option(64, "response budget in tokens", min=1)
@@ -189,11 +181,7 @@ class RLConfig:
     )
 
     def check(self) -> None:
-        if not self.reward:
-            raise ConfigError(
-                "rl.reward is required: reward-model folder(s), module:function, "
-                "path.py:function or an http(s):// URL"
-            )
+        self.require_reward("rl.reward")
         rollout_size = self.prompts_per_step * self.samples_per_prompt
         if self.mini_batch_size and rollout_size % self.mini_batch_size:
             raise ConfigError(
@@ -340,11 +328,6 @@ class Experience:
     def grouped(self, values: torch.Tensor) -> torch.Tensor:
         """(N,) -> (P, K): one row per prompt."""
         return values.view(-1, self.rollout.samples_per_prompt)
-
-
-def _global_sums(values: list[float], runtime: distributed.Runtime) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=runtime.device)
-    return distributed.all_reduce_sum(tensor, runtime).tolist()
 
 
 def gather_rows(
@@ -504,14 +487,7 @@ class RLSession:
         )
 
         # --- rewards ---
-        reward_kwargs = {
-            "aggregate": rl.reward_aggregate,
-            "k": rl.reward_k,
-            "timeout": rl.reward_timeout,
-            "device": device,
-        }
-        self.reward_fn = build_reward_fn(rl.reward, **reward_kwargs)
-        self.gold_fn = build_reward_fn(rl.gold, **reward_kwargs) if rl.gold else None
+        self.reward_fn, self.gold_fn = rl.build(device)
         self.progress = tqdm(
             total=self.total_steps,
             initial=self.start_step,
@@ -574,7 +550,7 @@ class RLSession:
         if rl.reward_clip:
             scores = scores.clamp(-rl.reward_clip, rl.reward_clip)
         if rl.reward_normalization == "batch":
-            total, total_sq, count = _global_sums(
+            total, total_sq, count = distributed.sum_floats(
                 [scores.sum().item(), (scores.double() ** 2).sum().item(), len(scores)], runtime
             )
             mean = total / count
@@ -636,7 +612,7 @@ class RLSession:
             order = torch.randperm(len(roll), generator=generator)
             for first in range(0, len(roll), self.local_mini):
                 rows = order[first : first + self.local_mini]
-                tokens, sequences = _global_sums(
+                tokens, sequences = distributed.sum_floats(
                     [float(mask_all[rows].sum()), float(len(rows))], runtime
                 )
                 micro_size = self.train_cfg.micro_batch_size
@@ -666,7 +642,9 @@ class RLSession:
                     else:
                         constant = token_sum_constant(losses, mask, rl.max_new_tokens)
                         loss = constant * (len(chunk) / sequences)
-                    finite = _global_sums([float(torch.isfinite(loss))], runtime)[0] == world
+                    finite = (
+                        distributed.sum_floats([float(torch.isfinite(loss))], runtime)[0] == world
+                    )
                     if not finite:
                         sums[4] += 1
                         distributed.reshard(policy)
@@ -693,7 +671,7 @@ class RLSession:
                     skipped_steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-        loss_sum, clipped, approx_kl, counted, skipped, extra_sum = _global_sums(
+        loss_sum, clipped, approx_kl, counted, skipped, extra_sum = distributed.sum_floats(
             sums.tolist(), runtime
         )
         updates = rl.num_iterations * (len(roll) // self.local_mini)
@@ -731,7 +709,7 @@ class RLSession:
         (
             reward_sum, reward_sq, score_sum, count, length_sum, finished,
             neg_logp, tokens, kl_sum, gold_sum,
-        ) = _global_sums(parts, runtime)  # fmt: skip
+        ) = distributed.sum_floats(parts, runtime)  # fmt: skip
         reward_mean = reward_sum / count
         kl_mean = kl_sum / count
         length_mean = length_sum / count

@@ -32,6 +32,7 @@ Every source's output is checked: one finite number per response, else `RewardEr
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -41,7 +42,43 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab.config import ConfigError, option
+from alignlab.eval.reward_ensemble import AGGREGATES
+
 RewardFn = Callable[..., list[float]]
+
+
+@dataclasses.dataclass
+class RewardOptions:
+    """The reward a recipe optimises or ranks by, and an optional gold reward logged beside it
+    (the config sections of the RL recipes, ReST / RAFT and best-of-n extend this)."""
+
+    reward: str = option(
+        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
+    )
+    reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
+    reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
+    reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
+    gold: str = option("", "optional gold reward, same forms as `reward`; logged, not trained")
+
+    def require_reward(self, name: str) -> None:
+        """ConfigError naming the option (`name`, e.g. "rl.reward") when no reward is given."""
+        if not self.reward:
+            raise ConfigError(
+                f"{name} is required: reward-model folder(s), module:function, "
+                "path.py:function or an http(s):// URL"
+            )
+
+    def build(self, device: Any = None) -> tuple[RewardFn, RewardFn | None]:
+        """(reward function, gold function or None)."""
+        kwargs = {
+            "aggregate": self.reward_aggregate,
+            "k": self.reward_k,
+            "timeout": self.reward_timeout,
+            "device": device,
+        }
+        gold = build_reward_fn(self.gold, **kwargs) if self.gold else None
+        return build_reward_fn(self.reward, **kwargs), gold
 
 
 class RewardError(RuntimeError):

@@ -51,12 +51,11 @@ from alignlab.config import (
 )
 from alignlab.data.templates import Messages
 from alignlab.eval.generation import Generation
-from alignlab.eval.reward_ensemble import AGGREGATES
 from alignlab.fileio import atomic_folder, atomic_write_text, write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptRow, load_prompt_rows
-from alignlab.rl.rewards import RewardFn, build_reward_fn
+from alignlab.rl.rewards import RewardFn, RewardOptions
 from alignlab.rl.rollout import rollout
 from alignlab.training.metrics import MetricsLogger
 
@@ -64,16 +63,9 @@ Prompt = str | Messages
 
 
 @dataclasses.dataclass
-class SampleConfig:
+class SampleConfig(RewardOptions):
     """How responses are sampled from the current policy and scored."""
 
-    reward: str = option(
-        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
-    )
-    reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
-    reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
-    reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
-    gold: str = option("", "optional gold reward, same forms as `reward`; logged, not trained")
     samples_per_prompt: int = option(4, "responses sampled per prompt", min=1)
     max_new_tokens: int = option(64, "response budget in tokens", min=1)
     temperature: float = option(1.0, "sampling temperature", min=0, min_exclusive=True)
@@ -82,11 +74,7 @@ class SampleConfig:
     batch_size: int = option(32, "sequences per generation batch", min=1)
 
     def check(self) -> None:
-        if not self.reward:
-            raise ConfigError(
-                "sampling.reward is required: reward-model folder(s), module:function, "
-                "path.py:function or an http(s):// URL"
-            )
+        self.require_reward("sampling.reward")
 
 
 def check_stages(model: ModelConfig) -> None:
@@ -247,14 +235,7 @@ class SampleFilterSession:
         )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
-        kwargs = {
-            "aggregate": cfg.sampling.reward_aggregate,
-            "k": cfg.sampling.reward_k,
-            "timeout": cfg.sampling.reward_timeout,
-            "device": self.device,
-        }
-        self.reward_fn = build_reward_fn(cfg.sampling.reward, **kwargs)
-        self.gold_fn = build_reward_fn(cfg.sampling.gold, **kwargs) if cfg.sampling.gold else None
+        self.reward_fn, self.gold_fn = cfg.sampling.build(self.device)
         # a resumed run logs its completed stages again from their files: one record per stage
         self.metrics = MetricsLogger(
             self.output_dir,

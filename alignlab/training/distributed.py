@@ -40,6 +40,13 @@ def init_runtime() -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"process with LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible: start at most one process per GPU "
+                "(torchrun --nproc_per_node), or hide the GPUs (CUDA_VISIBLE_DEVICES='') to run "
+                "on the CPU"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
@@ -67,6 +74,12 @@ def all_reduce_sum(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def sum_floats(values: list[float], runtime: Runtime) -> list[float]:
+    """Sum each of a few Python floats over processes (float64, one all-reduce)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    return all_reduce_sum(tensor, runtime).tolist()
 
 
 def all_gather_objects(obj: Any, runtime: Runtime) -> list[Any]:

@@ -210,7 +210,7 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(runner), "dpo", "DPOConfig"]
     cmd += overrides(tiny_model_dir, pairs_file, tmp_path / "two", *common)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
     two = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("final model:") == 1

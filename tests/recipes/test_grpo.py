@@ -120,7 +120,7 @@ def test_torchrun_two_processes_fsdp2(rl_assets, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         str(runner), "grpo", "GRPOConfig", *args,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [s for s, _ in metric(out, "train/reward_mean")] == [1, 2]

@@ -40,7 +40,7 @@ def run(nproc, model_dir, data_file, out, *extra):
             "sft",
             *args,
         ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -102,7 +102,7 @@ def test_ppo_two_processes_smoke(tmp_path):
         "rl.prompts_per_step=4", "rl.samples_per_prompt=4", "rl.num_iterations=2",
         "rl.mini_batch_size=8", f"ptx.path={ptx}", "ptx.coef=1", "ptx.batch_size=2",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("train/loss", "train/value_loss", "train/ptx_nll", "train/explained_variance"):
