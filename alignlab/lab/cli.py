@@ -55,7 +55,9 @@ def main(argv: list[str]) -> None:
     export_cmd.add_argument("--seed", type=int, default=0)
     export_cmd.add_argument("--n-train", type=int, default=2000)
     export_cmd.add_argument("--n-heldout", type=int, default=500)
-    demo_cmd = sub.add_parser("demo", help="the main job: build, SFT, evaluate, report")
+    demo_cmd = sub.add_parser(
+        "demo", help="the main job: build, SFT, feedback, RM, DPO, evaluate, report"
+    )
     demo_cmd.add_argument("--out", default="runs/demo")
     demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
     args = parser.parse_args(argv)
