@@ -1,12 +1,14 @@
 """`alignlab lab demo` (`make demo`): build the lab, align the base, measure every step.
 
-[1/6] lab build: tokenizer, pretrained base model, datasets (cached after the first run)
-[2/6] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
-[3/6] feedback: 4 SFT samples per train prompt, every pair labelled by simulated annotators
-[4/6] reward model on those labels (recipe `rm`, preset rm_lab)
-[5/6] DPO from SFT on the best-vs-worst pairs (recipe `dpo`, preset dpo_lab)
-[6/6] heldout evaluation against the base (gold with 95% CIs, KL, win rate) and the report:
-      <out>/report.md, report.html, results.json, plots/
+[1/7] lab build: tokenizer, pretrained base model, datasets (cached after the first run)
+[2/7] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
+[3/7] feedback: 4 SFT samples per train prompt, every pair labelled by simulated annotators
+[4/7] reward model on those labels (recipe `rm`, preset rm_lab)
+[5/7] DPO from SFT on the best-vs-worst pairs (recipe `dpo`, preset dpo_lab)
+[6/7] PPO from SFT with the reward model, gold logged beside it (recipe `ppo`, preset
+      ppo_demo: a short run of ppo_lab)
+[7/7] heldout evaluation against the base (gold with 95% CIs, KL, win rate) and the report:
+      <out>/report.md, report.html, results.json, plots/ (with PPO's proxy / gold / KL curves)
 
 Every stage is cached (`alignlab.lab.pipeline`): a second run reuses what is unchanged.
 """
@@ -17,13 +19,14 @@ import json
 import time
 from pathlib import Path
 
+from alignlab.eval.curves import plot_curves
 from alignlab.eval.report import markdown_table, write_report
 from alignlab.lab.build import LabBuildConfig, build
 from alignlab.lab.evaluate import HEADLINE, evaluate_lab
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
 from alignlab.training.metrics import read_metrics
 
-STAGES = 6
+STAGES = 7
 
 
 def run_demo(
@@ -33,7 +36,7 @@ def run_demo(
     feedback_prompts: int = 1000,
     overrides: dict[str, list[str]] | None = None,
 ) -> dict[str, Path]:
-    """The demo; `overrides` maps a stage (sft, rm, dpo) to extra recipe overrides."""
+    """The demo; `overrides` maps a stage (sft, rm, dpo, ppo) to extra recipe overrides."""
     out = Path(out)
     overrides = overrides or {}
     start = time.perf_counter()
@@ -65,20 +68,32 @@ def run_demo(
         out / "dpo",
     )  # fmt: skip
 
-    stage(6, f"evaluate base, SFT and DPO on {n_prompts} heldout prompts (KL and win rate vs base)")
-    results = evaluate_lab(
-        lab.world, {"base": lab.base, "sft": sft, "dpo": dpo}, ref=lab.base, n_prompts=n_prompts
-    )
+    stage(6, "PPO from SFT with the reward model (gold logged, not trained on)")
+    ppo = recipe_stage(
+        "ppo", "ppo_demo",
+        [f"model.path={sft}", f"data.path={lab.data['prompts']}", f"rl.reward={rm}",
+         *overrides.get("ppo", [])],
+        out / "ppo",
+    )  # fmt: skip
+
+    models = {"base": lab.base, "sft": sft, "dpo": dpo, "ppo": ppo}
+    stage(7, f"evaluate {', '.join(models)} on {n_prompts} heldout prompts (KL, win rate vs base)")
+    results = evaluate_lab(lab.world, models, ref=lab.base, n_prompts=n_prompts)
     paths = write_report(
-        results, out, title="alignlab demo: base, SFT, DPO and the oracle", table_keys=HEADLINE
+        results, out, title="alignlab demo: base, SFT, DPO, PPO and the oracle", table_keys=HEADLINE
     )
+    curves = plot_curves({"ppo": ppo.parent}, out / "plots" / "ppo_curves.png", title="PPO")
+    with paths["markdown"].open("a") as handle:
+        handle.write(
+            f"\n![PPO: proxy reward, gold and KL over training]({curves.relative_to(out)})\n"
+        )
     print(markdown_table(results, table_keys=HEADLINE))
     oracle_gold = results["oracle"].metrics["gold"]["total"]["mean"]
-    for name in ("sft", "dpo"):
+    for name in ("sft", "dpo", "ppo"):
         gold = results[name].metrics["gold"]["total"]["mean"]
         print(f"{name} reaches {gold / oracle_gold:.0%} of the oracle's gold")
     print(f"demo done in {time.perf_counter() - start:.0f} s")
     for name, path in paths.items():
         print(f"  {name:10s} {path}")
-    print(f"  models     {sft}, {rm}, {dpo}")
+    print(f"  models     {sft}, {rm}, {dpo}, {ppo}")
     return paths

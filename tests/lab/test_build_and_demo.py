@@ -89,14 +89,16 @@ def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
 
     short = ["train.max_steps=2", "train.progress=false", "train.tensorboard=false"]
     cfg = LabBuildConfig(out=str(toy_lab.out), **TOY)
-    stages = {"sft": short, "rm": short, "dpo": short}
+    rl = ["rl.prompts_per_step=4", "rl.mini_batch_size=8", "rl.max_new_tokens=8"]
+    stages = {"sft": short, "rm": short, "dpo": short, "ppo": [*short, *rl]}
     paths = run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
     table = paths["markdown"].read_text()
-    assert all(f"| {name} |" in table for name in ("base", "sft", "dpo", "oracle"))
-    for stage in ("sft", "dpo"):
+    assert all(f"| {name} |" in table for name in ("base", "sft", "dpo", "ppo", "oracle"))
+    assert (tmp_path / "plots" / "ppo_curves.png").exists()
+    for stage in ("sft", "dpo", "ppo"):
         AutoModelForCausalLM.from_pretrained(tmp_path / stage / "final")
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
     assert json.loads((tmp_path / "feedback" / "stats.json").read_text())["comparisons"] > 0
     capsys.readouterr()
     run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
-    assert capsys.readouterr().out.count("cached in") >= 5  # build, sft, feedback, rm, dpo
+    assert capsys.readouterr().out.count("cached in") >= 6  # build, sft, feedback, rm, dpo, ppo
