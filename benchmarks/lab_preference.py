@@ -5,7 +5,7 @@
    simulated annotators (Bradley-Terry on gold, temperature 0.15, 10% label flips, majority
    vote) labels every pair of a prompt's distinct samples (`alignlab.lab.feedback`); the
    methods train on one pair per prompt, the most-preferred sample against the least
-   (`--pairing best_vs_worst`, UltraFeedback-style binarisation);
+   (UltraFeedback-style binarisation);
 3. a reward model (recipe `rm`) on all labelled pairs; its scores of the samples give RRHF's
    ranks;
 4. DPO, cDPO, IPO, SLiC-HF, ORPO, SimPO (recipe `dpo`), KTO (the pairs split in two), RRHF,
