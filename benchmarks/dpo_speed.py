@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_speed import make_assets, step_gaps, trl_clock  # noqa: E402  (shared with the SFT benchmark)
+from sft_speed import make_assets, run_worker, step_gaps, trl_clock  # noqa: E402
 
 SHAPES = {
     "tiny": {"vocab": 300, "batch": 16, "prompt": 16, "response": 48},
@@ -148,21 +146,11 @@ def main() -> None:
     for shape_name, precision in runs:
         results = {}
         for framework in ("trl", "alignlab"):
-            probe = subprocess.run(
-                [sys.executable, "-c", "import json,sys,subprocess,resource;"
-                 "subprocess.run(sys.argv[1:]);"
-                 "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
-                 sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
-                 "--steps", str(args.steps), "--precision", precision],
-                capture_output=True, text=True,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            payload = run_worker(
+                __file__,
+                [framework, "--shapes", shape_name, "--steps", str(args.steps),
+                 "--precision", precision],
             )  # fmt: skip
-            lines = probe.stdout.strip().splitlines()
-            try:
-                payload = json.loads(lines[-2])
-                payload["peak_gb"] = json.loads(lines[-1]) / 2**20
-            except (IndexError, json.JSONDecodeError):
-                payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
             results[framework] = payload
             print(f"  {shape_name:9s} {precision} {framework:8s} {payload}", flush=True)
         rows.append((f"{shape_name} {precision}", results))

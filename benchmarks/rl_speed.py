@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sft_speed import make_assets, trl_clock  # noqa: E402 - benchmarks/ is not a package
+from sft_speed import make_assets, run_worker, trl_clock  # noqa: E402 - not a package
 
 SHAPES = {
     "tiny": {"vocab": 300, "seq": 17, "new": 48},  # seq = prompt words + 1
@@ -311,21 +309,18 @@ def main() -> None:
         for algo in args.algos.split(","):
             results = {}
             for framework in ("trl", "alignlab"):
-                probe = subprocess.run(
-                    [sys.executable, "-c", "import json,sys,subprocess,resource;"
-                     "subprocess.run(sys.argv[1:]);"
-                     "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
-                     sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
-                     "--algos", algo, "--steps", str(args.steps)],
-                    capture_output=True, text=True,
-                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-                )  # fmt: skip
-                lines = probe.stdout.strip().splitlines()
-                try:
-                    payload = json.loads(lines[-2])
-                    payload["peak_gb"] = json.loads(lines[-1]) / 2**20
-                except (IndexError, json.JSONDecodeError):
-                    payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
+                payload = run_worker(
+                    __file__,
+                    [
+                        framework,
+                        "--shapes",
+                        shape_name,
+                        "--algos",
+                        algo,
+                        "--steps",
+                        str(args.steps),
+                    ],
+                )
                 results[framework] = payload
                 print(f"  {shape_name:9s} {algo:4s} {framework:8s} {payload}", flush=True)
             rows.append((shape_name, algo, results))

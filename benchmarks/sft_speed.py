@@ -93,6 +93,26 @@ def trl_clock() -> tuple[object, list[float]]:
     return Clock(), stamps
 
 
+def run_worker(script: str, worker_args: list[str]) -> dict:
+    """Run `script --worker ...` in a fresh process tree; its last JSON line plus `peak_gb`
+    (the tree's max RSS: a running maximum, so each measurement needs its own tree), or
+    {"error": last stderr line}."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import json,sys,subprocess,resource;"
+         "subprocess.run(sys.argv[1:]);"
+         "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
+         sys.executable, script, "--worker", *worker_args],
+        capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )  # fmt: skip
+    lines = probe.stdout.strip().splitlines()
+    try:
+        payload = json.loads(lines[-2])
+        payload["peak_gb"] = json.loads(lines[-1]) / 2**20
+    except (IndexError, json.JSONDecodeError):
+        payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
+    return payload
+
+
 def worker_alignlab(
     shape: dict, steps: int, folder: Path, precision: str, body: dict = BODY
 ) -> list[float]:
@@ -238,23 +258,13 @@ def main() -> None:
     runs = [(s, p) for p in args.precision.split(",") for s in args.shapes.split(",") if s]
     for shape_name, precision in runs:
         shape = SHAPES[shape_name]
-        # peak RSS of children is a running maximum, so each run goes in its own process tree
         results = {}
         for framework in ("trl", "alignlab"):
-            probe = subprocess.run(
-                [sys.executable, "-c", "import json,sys,subprocess,resource;"
-                 "subprocess.run(sys.argv[1:]);"
-                 "print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
-                 sys.executable, __file__, "--worker", framework, "--shapes", shape_name,
-                 "--steps", str(args.steps), "--precision", precision],
-                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            payload = run_worker(
+                __file__,
+                [framework, "--shapes", shape_name, "--steps", str(args.steps),
+                 "--precision", precision],
             )  # fmt: skip
-            lines = probe.stdout.strip().splitlines()
-            try:
-                payload = json.loads(lines[-2])
-                payload["peak_gb"] = json.loads(lines[-1]) / 2**20
-            except (IndexError, json.JSONDecodeError):
-                payload = {"error": (probe.stderr.strip().splitlines() or ["failed"])[-1]}
             results[framework] = payload
             print(f"  {shape_name:9s} {precision} {framework:8s} {payload}", flush=True)
         rows.append((f"{shape_name} {precision}", shape, results))

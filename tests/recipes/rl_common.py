@@ -91,3 +91,26 @@ def assert_same_weights(a, b, atol=1e-6):
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
+
+
+def sample_filter_overrides(assets, out, *extra):
+    """Options of the sample-filter-SFT recipes (ReST, RAFT) on the word model."""
+    model_dir, prompts, reward = assets
+    return [
+        f"model.path={model_dir}",
+        f"data.path={prompts}",
+        f"sampling.reward={reward}:contains",
+        f"train.output_dir={out}",
+        "train.lr=3e-3",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "sampling.max_new_tokens=8",
+        "sampling.samples_per_prompt=8",
+        *extra,
+    ]
+
+
+def read_jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]

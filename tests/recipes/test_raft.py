@@ -3,8 +3,6 @@ verifiable reward (the response contains the word "a"): the reward rises over it
 iteration trains on exactly the best sample per prompt (above min_reward), a rerun with
 train.resume skips completed iterations."""
 
-import json
-
 import rl_common
 from rl_common import metric
 from transformers import AutoModelForCausalLM
@@ -16,30 +14,12 @@ from alignlab.rl.sample_filter import best_per_prompt
 
 _one_thread = rl_common._one_thread  # module fixtures shared by the RL recipe tests
 rl_assets = rl_common.rl_assets
-
-
-def overrides(assets, out, *extra):
-    model_dir, prompts, reward = assets
-    return [
-        f"model.path={model_dir}",
-        f"data.path={prompts}",
-        f"sampling.reward={reward}:contains",
-        f"train.output_dir={out}",
-        "train.lr=3e-3",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "sampling.max_new_tokens=8",
-        "sampling.samples_per_prompt=8",
-        *extra,
-    ]
+overrides = rl_common.sample_filter_overrides
+rows = rl_common.read_jsonl
 
 
 def run(assets, out, *extra):
     return raft.run(load_config(raft.RAFTConfig, None, overrides(assets, out, *extra)))
-
-
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_best_per_prompt_on_hand_made_rewards():

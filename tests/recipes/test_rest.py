@@ -2,8 +2,6 @@
 the word "a"): the reward of the policy's samples rises, each Improve step trains on exactly the
 samples at or above its rising threshold, a rerun with train.resume skips completed stages."""
 
-import json
-
 import pytest
 import rl_common
 from rl_common import metric
@@ -16,30 +14,12 @@ from alignlab.rl.sample_filter import at_or_above, quantile_threshold
 
 _one_thread = rl_common._one_thread  # module fixtures shared by the RL recipe tests
 rl_assets = rl_common.rl_assets
-
-
-def overrides(assets, out, *extra):
-    model_dir, prompts, reward = assets
-    return [
-        f"model.path={model_dir}",
-        f"data.path={prompts}",
-        f"sampling.reward={reward}:contains",
-        f"train.output_dir={out}",
-        "train.lr=3e-3",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "sampling.max_new_tokens=8",
-        "sampling.samples_per_prompt=8",
-        *extra,
-    ]
+overrides = rl_common.sample_filter_overrides
+rows = rl_common.read_jsonl
 
 
 def run(assets, out, *extra):
     return rest.run(load_config(rest.ReSTConfig, None, overrides(assets, out, *extra)))
-
-
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_filters_on_hand_made_rewards():
