@@ -26,12 +26,24 @@ def curve(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in rows], [v for _, v in rows]
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing mean over `window` points: one step's batch holds only a few prompts, so the
+    per-step means are noisy."""
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i + 1 - window) : i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
 def overoptimisation_summary(records: list[dict]) -> dict[str, float]:
-    """Where gold peaked, and how proxy and gold moved from there to the end of training."""
+    """Where the (smoothed) gold peaked, and how proxy and gold moved from there to the end."""
     steps, gold = curve(records, GOLD)
     _, proxy = curve(records, PROXY)
     if not gold or len(proxy) != len(gold):
         return {}
+    window = max(1, len(steps) // 5)  # as plotted: per-step means are noisy
+    gold, proxy = smooth(gold, window), smooth(proxy, window)
     peak = max(range(len(gold)), key=gold.__getitem__)
     return {
         "gold_start": gold[0],
@@ -46,30 +58,38 @@ def overoptimisation_summary(records: list[dict]) -> dict[str, float]:
 
 
 def plot_curves(runs: Mapping[str, str | Path], out: str | Path, title: str = "") -> Path:
-    """One PNG: proxy, gold and KL per step, and proxy/gold against sqrt(KL), for each run
-    (a run folder or its metrics.jsonl)."""
+    """One PNG: proxy, gold and KL per step (faint: as logged; solid: trailing mean over a
+    fifth of the logged points), and the smoothed proxy and gold against sqrt(KL), for each run (a run
+    folder or its metrics.jsonl)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(16, 4))
+    figure = Figure(figsize=(18, 4), layout="constrained")
     axes = figure.subplots(1, 4)
-    for name, path in runs.items():
+    for index, (name, path) in enumerate(runs.items()):
         records = read_metrics(path)
         steps, proxy = curve(records, PROXY)
-        (line,) = axes[0].plot(steps, proxy, label=name)
-        color = line.get_color()
         gold_steps, gold = curve(records, GOLD)
-        axes[1].plot(gold_steps, gold, color=color, label=name)
         kl_steps, kl = curve(records, KL)
-        axes[2].plot(kl_steps, kl, color=color, label=name)
-        if len(kl) == len(proxy):
-            root_kl = [max(x, 0.0) ** 0.5 for x in kl]
-            axes[3].plot(root_kl, proxy, color=color, linestyle="--")
+        window = max(1, len(steps) // 5)
+        color = f"C{index % 10}"
+        for ax, xs, ys in (
+            (axes[0], steps, proxy),
+            (axes[1], gold_steps, gold),
+            (axes[2], kl_steps, kl),
+        ):
+            if not ys:
+                continue
+            ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)  # raw, faint
+            ax.plot(xs, smooth(ys, window), color=color, label=name)
+        if kl and len(kl) == len(proxy):
+            root_kl = [max(x, 0.0) ** 0.5 for x in smooth(kl, window)]
+            axes[3].plot(root_kl, smooth(proxy, window), color=color, linestyle="--")
             if len(gold) == len(kl):
-                axes[3].plot(root_kl, gold, color=color, label=f"{name}")
+                axes[3].plot(root_kl, smooth(gold, window), color=color, label=name)
     axes[0].set_title("proxy reward (trained on)")
     axes[1].set_title("gold reward (not trained on)")
     axes[2].set_title("KL to the reference (nats / response)")
-    axes[3].set_title("proxy (dashed) and gold vs sqrt(KL)")
+    axes[3].set_title("proxy (dashed), gold vs sqrt(KL)")
     for ax in axes[:3]:
         ax.set_xlabel("step")
     axes[3].set_xlabel("sqrt(KL)")
