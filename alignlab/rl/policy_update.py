@@ -147,7 +147,7 @@ class RLReferenceConfig:
 
 @dataclasses.dataclass
 class RLConfig(RewardOptions):
-    """Sampling, reward and policy-update options shared by GRPO, RLOO and REINFORCE++."""
+    """Sampling, reward and policy-update options shared by PPO, GRPO, RLOO and REINFORCE++."""
 
     samples_per_prompt: int = option(4, "K responses sampled per prompt", min=1)
     prompts_per_step: int = option(8, "prompts per rollout (all processes together)", min=1)
