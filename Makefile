@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/sft_speed.py
 	$(BIN)/python benchmarks/dpo_speed.py
 	$(BIN)/python benchmarks/rl_speed.py
+	$(BIN)/python benchmarks/generation_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
