@@ -342,18 +342,11 @@ def run(cfg: RMConfig) -> Path:
     progress.close()
 
     # --- final model ---
-    loop.final_eval(total_steps, train_cfg, metrics, evaluate if eval_set else None)
-    final_dir = Path(cfg.final_dir or output_dir / "final")
-    save_reward_folder(
-        final_dir,
-        model,
-        tokenizer,
-        runtime,
-        lora=cfg.model.lora,
-        adapter=cfg.model.lora.save_adapter,
-    )
-    loop.finish(metrics, runtime, final_dir, "reward model")
-    return final_dir
+    evaluate_fn = evaluate if eval_set else None
+    return loop.save_final(
+        cfg, model, tokenizer, runtime, metrics, total_steps, evaluate_fn,
+        saver=save_reward_folder, what="reward model",
+    )  # fmt: skip
 
 
 def train_ensemble(cfg: RMConfig, k: int, bootstrap: bool = True) -> list[Path]:

@@ -28,7 +28,6 @@ from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
-    save_hf_folder,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
 
@@ -174,15 +173,5 @@ def run(cfg: SFTConfig) -> Path:
     progress.close()
 
     # --- final model ---
-    loop.final_eval(total_steps, train_cfg, metrics, evaluate if eval_set else None)
-    final_dir = Path(cfg.final_dir or output_dir / "final")
-    save_hf_folder(
-        final_dir,
-        model,
-        tokenizer,
-        runtime,
-        lora=cfg.model.lora,
-        adapter=cfg.model.lora.save_adapter,
-    )
-    loop.finish(metrics, runtime, final_dir)
-    return final_dir
+    evaluate_fn = evaluate if eval_set else None
+    return loop.save_final(cfg, model, tokenizer, runtime, metrics, total_steps, evaluate_fn)

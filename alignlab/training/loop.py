@@ -18,7 +18,7 @@ from alignlab.config import TrainConfig, to_dict
 from alignlab.fileio import atomic_write_text
 from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule
-from alignlab.training.checkpoint import crash_point, latest_checkpoint
+from alignlab.training.checkpoint import crash_point, latest_checkpoint, save_hf_folder
 from alignlab.training.distributed import Runtime
 from alignlab.training.metrics import MetricsLogger
 
@@ -155,3 +155,24 @@ def finish(metrics: MetricsLogger, runtime: Runtime, final_dir: Path, what: str 
     if runtime.is_main:
         print(f"final {what}: {final_dir}\nmetrics: {metrics.path}")
     distributed.shutdown(runtime)
+
+
+def save_final(
+    cfg: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    runtime: Runtime,
+    metrics: MetricsLogger,
+    total_steps: int,
+    evaluate: Callable[[], dict[str, float]] | None,
+    saver: Callable[..., Any] = save_hf_folder,
+    what: str = "model",
+) -> Path:
+    """The closing lines of a training recipe: final eval, the final folder (`cfg.final_dir`,
+    default `<output_dir>/final`, written by `saver`), then `finish`; returns the folder."""
+    final_eval(total_steps, cfg.train, metrics, evaluate)
+    final_dir = Path(cfg.final_dir or Path(cfg.train.output_dir) / "final")
+    lora = cfg.model.lora
+    saver(final_dir, model, tokenizer, runtime, lora=lora, adapter=lora.save_adapter)
+    finish(metrics, runtime, final_dir, what)
+    return final_dir
