@@ -3,12 +3,13 @@
 `generate` renders each prompt (`render_prompt`: the chat template plus the generation prompt
 for a message list, a string unchanged), tokenizes it the way training does
 (`tokenize_segments`: BOS when the tokenizer adds one), sorts prompts by length into batches,
-left-pads each batch and calls HF `model.generate`. Results come back in the input order.
+left-pads each batch and samples with `alignlab.eval.decode.decode` (our own KV-cache loop,
+faster than HF `generate` on CPU). Results come back in the input order.
 
 The sampling distribution is exactly softmax(logits / temperature) restricted to the top-p
 nucleus: the model's own `generation_config` (a hub model's top_k=20, repetition_penalty,
-min_new_tokens, ...) is swapped out for the call, so log-probs computed afterwards are those of
-the distribution that was sampled (what a KL estimate needs). Only its stop tokens are kept.
+min_new_tokens, ...) plays no part, so log-probs computed afterwards are those of the
+distribution that was sampled (what a KL estimate needs). Only its stop tokens are used.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
 
 from alignlab.data.templates import Messages, render_prompt
 from alignlab.data.tokenize import tokenize_segments
+from alignlab.eval.decode import decode
 from alignlab.models.loading import unwrap_peft
 
 logger = logging.getLogger(__name__)
@@ -130,52 +131,6 @@ def inference_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-@contextlib.contextmanager
-def _only_generation_config(model: nn.Module, config: GenerationConfig) -> Iterator[None]:
-    """`model.generation_config` replaced by `config` for the body.
-
-    transformers fills every unset option of the config passed to `generate` from the model's
-    own generation_config, so a hub default (top_k, repetition_penalty, ...) would otherwise
-    change the sampling distribution silently.
-    """
-    hf_model = unwrap_peft(model)
-    saved = getattr(hf_model, "generation_config", None)
-    hf_model.generation_config = config
-    try:
-        yield
-    finally:
-        hf_model.generation_config = saved
-
-
-def _generation_config(
-    max_new_tokens: int, temperature: float, top_p: float, stop_ids: list[int], pad_id: int
-) -> GenerationConfig:
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "min_new_tokens": 0,
-        "eos_token_id": stop_ids,
-        "pad_token_id": pad_id,
-        "use_cache": True,
-        "num_beams": 1,
-        "do_sample": temperature > 0,
-    }
-    if temperature > 0:
-        kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
-    return GenerationConfig(**kwargs)
-
-
-def _cut(new_tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
-    """Tokens through the first stop token (kept) and whether there was one.
-
-    Rows that never stop are never padded by `generate` (it runs until max_new_tokens while any
-    row is unfinished), so all their tokens are sampled ones, even a sampled pad token.
-    """
-    for position, token in enumerate(new_tokens):
-        if token in stop_ids:
-            return new_tokens[: position + 1], True
-    return new_tokens, False
-
-
 def generate(
     model: nn.Module,
     tokenizer: Any,
@@ -203,7 +158,6 @@ def generate(
     stop_ids = stop_token_ids(model, tokenizer)
     stop_set = set(stop_ids)
     pad_id = pad_token_id(tokenizer, stop_ids)
-    config = _generation_config(max_new_tokens, temperature, top_p, stop_ids, pad_id)
     device = model_device(model)
 
     texts = [render_prompt(tokenizer, prompt) for prompt in prompts]
@@ -214,7 +168,7 @@ def generate(
 
     results: list[Generation | None] = [None] * len(prompts)
     batches = length_batches([len(ids) for ids in encoded], batch_size)
-    with inference_mode(model), _only_generation_config(model, config):
+    with inference_mode(model):
         for batch_index, members in enumerate(batches):
             width = max(len(encoded[i]) for i in members)
             input_ids = torch.full((len(members), width), pad_id, dtype=torch.long)
@@ -224,21 +178,24 @@ def generate(
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, width - len(ids) :] = 1
             torch.manual_seed(seed + batch_index)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=config,
+            new_tokens, finished = decode(
+                model,
+                input_ids.to(device),
+                attention_mask.to(device),
+                max_new_tokens,
+                temperature,
+                top_p,
+                stop_set,
             )
-            new_tokens = output[:, width:].tolist()
             for row, i in enumerate(members):
-                response, finished = _cut(new_tokens[row], stop_set)
-                shown = response[:-1] if finished else response
+                response = new_tokens[row]
+                shown = response[:-1] if finished[row] else response
                 results[i] = Generation(
                     prompt_text=texts[i],
                     prompt_ids=list(encoded[i]),
                     response_ids=response,
                     text=tokenizer.decode(shown, skip_special_tokens=False),
-                    finished=finished,
+                    finished=finished[row],
                 )
             logger.debug("generated batch %d/%d", batch_index + 1, len(batches))
     return [result for result in results if result is not None]
