@@ -91,6 +91,10 @@ def main() -> None:
     parser.add_argument(
         "--lr", type=float, default=0.0, help="lr of every method; 0: each one's preset"
     )
+    parser.add_argument(
+        "--pairs", default="best_vs_worst", choices=("best_vs_worst", "all"),
+        help="what the methods train on: one pair per prompt, or every labelled pair (the RM's)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     start = time.perf_counter()
@@ -111,7 +115,7 @@ def main() -> None:
         lambda: feedback_stage(lab, sft, out / "feedback", args.n_prompts, args.k, args.batch_size),
     )
     print(f"labels: {feedback['stats']}")
-    pairs = feedback["pairs"]
+    pairs = feedback["pairs" if args.pairs == "best_vs_worst" else "rm_pairs"]
 
     # --- reward model on every labelled pair, and RM-ranked lists for RRHF ---
     ranked = out / "ranked.jsonl"
