@@ -12,7 +12,8 @@ fine-tuning of Llama 2, Touvron et al. 2023, arXiv:2307.09288:
 Each iteration samples from and fine-tunes the previous iteration's model.
 
 Run: `alignlab raft --config raft_lab model.path=... data.path=prompts.jsonl
-sampling.reward=runs/rm/final`. docs/methods/raft.md.
+sampling.reward=runs/rm/final`, or under `torchrun --nproc_per_node N -m alignlab.cli raft ...`
+(prompts sampled across processes, SFT stages under FSDP2). docs/methods/raft.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ rewards (0.5 keeps the better half; 0 keeps every sample); `absolute` as a rewar
 the paper.
 
 Run: `alignlab rest --config rest_lab model.path=... data.path=prompts.jsonl
-sampling.reward=runs/rm/final`. docs/methods/rest.md.
+sampling.reward=runs/rm/final`, or under `torchrun --nproc_per_node N -m alignlab.cli rest ...`
+(prompts sampled across processes, SFT stages under FSDP2). docs/methods/rest.md.
 """
 
 from __future__ import annotations

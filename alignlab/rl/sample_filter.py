@@ -23,6 +23,14 @@ SFT. With `train.resume=true` a rerun reads back a stage's samples when its samp
 exists, skips a stage whose final/ exists (both are written atomically, so they are complete)
 and continues an unfinished one from its last checkpoint; a resumed run assumes the same
 config. Without it every stage runs again.
+
+Under torchrun one process group serves the whole run (the session's `init_runtime`; each SFT
+stage joins it and leaves it up, `finish` ends it). Each process samples and scores a
+contiguous block of the stage's prompts with its own seed on an unsharded copy of the policy;
+the blocks are gathered in rank order, so every process holds the same prompt-major samples
+(as one process would lay them out) and the filters pick the same records everywhere. Rank 0
+writes the files (samples.jsonl, sft.jsonl, config.yaml, metrics, final/), and the SFT stage
+trains on them under FSDP2 like `alignlab sft` under torchrun.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -57,6 +64,8 @@ from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptRow, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions
 from alignlab.rl.rollout import rollout
+from alignlab.training import distributed, loop
+from alignlab.training.batches import micro_batches
 from alignlab.training.metrics import MetricsLogger
 
 Prompt = str | Messages
@@ -102,7 +111,7 @@ class ScoredSamples:
     gold: list[float] | None
     samples_per_prompt: int
     generations: list[Generation] = dataclasses.field(default_factory=list)
-    """The sampled token ids; empty when read back from a file."""
+    """The sampled token ids; empty when read back from a file or gathered from processes."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -130,6 +139,20 @@ class ScoredSamples:
             finished=[bool(row["finished"]) for row in rows],
             rewards=[float(row["reward"]) for row in rows],
             gold=[float(row["gold"]) for row in rows] if rows and "gold" in rows[0] else None,
+            samples_per_prompt=samples_per_prompt,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[ScoredSamples], samples_per_prompt: int) -> ScoredSamples:
+        """The samples of `parts` one after another (without token ids); each part holds
+        whole prompts, so the result stays prompt-major."""
+        has_gold = bool(parts) and parts[0].gold is not None
+        return cls(
+            prompts=[p for part in parts for p in part.prompts],
+            texts=[t for part in parts for t in part.texts],
+            finished=[f for part in parts for f in part.finished],
+            rewards=[r for part in parts for r in part.rewards],
+            gold=[g for part in parts for g in part.gold or []] if has_gold else None,
             samples_per_prompt=samples_per_prompt,
         )
 
@@ -223,39 +246,61 @@ class SampleFilterSession:
     (TrainConfig), `sampling` (SampleConfig) and a `final_dir` option."""
 
     def __init__(self, cfg: Any, name: str) -> None:
-        # sampling runs outside the SFT stages' process group, and each stage closes its group
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(f"{name} runs in one process; launch it without torchrun")
         self.cfg, self.name = cfg, name
+        # the run's process group: the SFT stages join it, `finish` ends it
+        self.runtime = runtime = distributed.init_runtime()
         self.resume = cfg.train.resume
         self.output_dir = Path(cfg.train.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            self.output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        )
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if runtime.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            atomic_write_text(self.output_dir / "config.yaml", config_text)
+        self.device = runtime.device
         self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
         self.reward_fn, self.gold_fn = cfg.sampling.build(self.device)
         # a resumed run logs its completed stages again from their files: one record per stage
         self.metrics = MetricsLogger(
             self.output_dir,
+            enabled=runtime.is_main,
             tensorboard=cfg.train.tensorboard,
             resume_step=0 if self.resume else None,
         )
-        print(f"{name}: {len(self.rows)} prompts")
+        if runtime.is_main:
+            print(f"{name}: {len(self.rows)} prompts")
 
     def seed(self, stage: int) -> int:
-        """A generation seed that depends only on (train.seed, stage)."""
-        return (self.cfg.train.seed * 1_000_003 + stage) * 10_007 % (2**62)
+        """A generation seed that depends only on (train.seed, stage, rank)."""
+        value = (self.cfg.train.seed * 1_000_003 + stage) * 10_007 + self.runtime.rank * 1_009
+        return value % (2**62)
 
     def sample(
         self, policy: str | Path, rows: Sequence[PromptRow], stage_dir: Path, seed: int
     ) -> ScoredSamples:
-        """K scored samples per row from the policy folder; saved to stage_dir/samples.jsonl."""
-        sampling = self.cfg.sampling
+        """K scored samples per row from the policy folder; saved to stage_dir/samples.jsonl.
+        Under torchrun each process samples its block of `rows`; all of them get every sample."""
+        sampling, runtime = self.cfg.sampling, self.runtime
+        k = sampling.samples_per_prompt
         path = stage_dir / "samples.jsonl"
         if self.resume and path.exists():
-            return ScoredSamples.read(path, sampling.samples_per_prompt)
+            return ScoredSamples.read(path, k)
+        # contiguous blocks (the last ones shorter, or empty, when the count does not divide):
+        # gathered in rank order they are the prompt-major layout of one process
+        per_rank = -(-len(rows) // runtime.world_size)
+        mine = [rows[i] for i in micro_batches(list(range(len(rows))), runtime, per_rank, 1)[0]]
+        local = ScoredSamples([], [], [], [], [] if self.gold_fn is not None else None, k)
+        if mine:
+            local = self._sample_rows(policy, mine, seed)
+            local.generations = []  # token ids stay here; the records need only the texts
+        samples = ScoredSamples.concat(distributed.all_gather_objects(local, runtime), k)
+        if runtime.is_main:
+            write_jsonl(path, samples.records())
+        return samples
+
+    def _sample_rows(
+        self, policy: str | Path, rows: Sequence[PromptRow], seed: int
+    ) -> ScoredSamples:
+        """K scored samples per row, on this process (an unsharded copy of the policy)."""
+        sampling = self.cfg.sampling
         model_cfg = dataclasses.replace(
             self.cfg.model,
             path=str(policy),
@@ -276,7 +321,6 @@ class SampleFilterSession:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        write_jsonl(path, samples.records())
         return samples
 
     def finetune(
@@ -284,20 +328,27 @@ class SampleFilterSession:
     ) -> str | Path:
         """The SFT recipe from `policy` on `records` in `stage_dir`; returns its final folder
         (`policy` unchanged when there is nothing to train on). Empty responses are left out:
-        an SFT completion cannot be empty (the data check refuses it)."""
+        an SFT completion cannot be empty (the data check refuses it). Every process passes the
+        same records and takes the same branch."""
+        is_main = self.runtime.is_main
+        stage = stage_dir.relative_to(self.output_dir)
         records = [row for row in records if response_text(row).strip()]
         if not records:
-            warnings.warn(
-                f"{self.name} {stage_dir.relative_to(self.output_dir)}: no non-empty sample "
-                "passed the filter; the policy is unchanged",
-                stacklevel=2,
-            )
+            if is_main:
+                warnings.warn(
+                    f"{self.name} {stage}: no non-empty sample passed the filter; the policy is "
+                    "unchanged",
+                    stacklevel=2,
+                )
             return policy
         final_dir = stage_dir / "final"
         if self.resume and (final_dir / "config.json").exists():
-            print(f"{self.name} {stage_dir.relative_to(self.output_dir)}: done before, skipped")
+            if is_main:
+                print(f"{self.name} {stage}: done before, skipped")
             return final_dir
-        write_jsonl(stage_dir / "sft.jsonl", records)
+        if is_main:
+            write_jsonl(stage_dir / "sft.jsonl", records)
+        distributed.barrier(self.runtime)  # every process's SFT stage reads the file
         cfg = sft.SFTConfig(
             model=dataclasses.replace(
                 self.cfg.model, path=str(policy), revision=self._revision(policy)
@@ -314,15 +365,16 @@ class SampleFilterSession:
         return self.cfg.model.revision if str(policy) == self.cfg.model.path else ""
 
     def finish(self, policy: str | Path) -> Path:
-        """Copy the last policy to final_dir (default <output_dir>/final); return it."""
-        self.metrics.close()
+        """Copy the last policy to final_dir (default <output_dir>/final), end the process
+        group; return the folder."""
         final_dir = Path(self.cfg.final_dir or self.output_dir / "final")
         if not Path(policy).is_dir():
             raise RuntimeError(
                 f"{self.name}: no stage had samples to train on, and the base {policy} is not a "
                 "local folder to copy as the final model; lower the filter threshold"
             )
-        with atomic_folder(final_dir) as tmp:
-            shutil.copytree(policy, tmp, dirs_exist_ok=True)
-        print(f"final model: {final_dir}\nmetrics: {self.metrics.path}")
+        if self.runtime.is_main:
+            with atomic_folder(final_dir) as tmp:
+                shutil.copytree(policy, tmp, dirs_exist_ok=True)
+        loop.finish(self.metrics, self.runtime, final_dir)  # its barrier waits for the copy
         return final_dir
