@@ -14,7 +14,9 @@ A recipe reads as its algorithm; everything else lives here:
 each (`alignlab.rl.rollout.rollout`, generation seed derived from (seed, step, rank)), the
 reward (`rl.reward`, `alignlab.rl.rewards.build_reward_fn`), the optional gold reward
 (`rl.gold`, logged beside the proxy, never trained on), the missing-EOS penalty, reward
-clipping and normalisation, then the reference's per-token log-probs when β > 0.
+clipping and normalisation, then the reference's per-token log-probs when the run has a
+reference (`RLConfig.uses_reference`: β > 0, or KL logged for `rl.gold` / guarded by
+`rl.max_kl` even at β = 0).
 
 `update`: `rl.num_iterations` passes over the rollout in shuffled mini-batches of
 `rl.mini_batch_size` samples (one optimizer step each), each split into micro-batches of
@@ -135,7 +137,7 @@ class PromptDataConfig:
 
 @dataclasses.dataclass
 class RLReferenceConfig:
-    """The reference policy of the KL term (loaded only when rl.beta > 0)."""
+    """The reference policy of the KL term (loaded when `RLConfig.uses_reference`)."""
 
     mode: str = option(
         "model",
@@ -180,6 +182,13 @@ class RLConfig(RewardOptions):
         10, "warn when length grows and reward does not over this many steps; 0 = off", min=0
     )
 
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the run needs the reference's log-probs: for the KL term (β > 0), and at
+        β = 0 still for the KL that over-optimisation tracking (`gold`) plots and that
+        `max_kl` guards; β multiplies every use in a loss or reward, so those stay KL-free."""
+        return self.beta > 0 or self.max_kl > 0 or bool(self.gold)
+
     def check(self) -> None:
         self.require_reward("rl.reward")
         rollout_size = self.prompts_per_step * self.samples_per_prompt
@@ -192,7 +201,7 @@ class RLConfig(RewardOptions):
 
 def check_rl(rl: RLConfig, reference: RLReferenceConfig, model: ModelConfig) -> None:
     """Cross-section checks (call from the recipe config's `check`)."""
-    if rl.beta > 0 and reference.mode == "adapter" and not model.lora.enabled:
+    if rl.uses_reference and reference.mode == "adapter" and not model.lora.enabled:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")
 
 
@@ -305,7 +314,7 @@ class Experience:
     """(N,) the reward source's output."""
     gold: torch.Tensor | None
     ref_logps: torch.Tensor | None
-    """(N, T) reference log-probs of the response tokens, or None when β = 0."""
+    """(N, T) reference log-probs of the response tokens, or None without a reference."""
     beta: float
     timings: dict[str, float]
 
@@ -454,7 +463,7 @@ class RLSession:
             self.generation_model.requires_grad_(False)
             distributed.shard_model(self.policy, self.model, runtime)
         self.reference = None
-        if rl.beta > 0:
+        if rl.uses_reference:
             self.reference = RLReference(
                 cfg.reference, cfg.model, self.tokenizer, runtime,
                 train.loss_chunk_size, train.mixed_precision,

@@ -49,3 +49,15 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
     assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4]
     assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(got, ref))
     assert_same_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+
+
+def test_beta_zero_with_gold_still_logs_the_kl_without_training_on_it(rl_assets, tmp_path):
+    """At β = 0 the reference is loaded only to measure the KL that over-optimisation plots
+    need (rl.gold set); the update is the same as without it."""
+    _, _, reward = rl_assets
+    steps = ("train.max_steps=3", "rl.beta=0")
+    plain = run(rl_assets, tmp_path / "plain", *steps)
+    tracked = run(rl_assets, tmp_path / "tracked", *steps, f"rl.gold={reward}:contains")
+    assert all(v == 0 for _, v in metric(tmp_path / "plain", "train/kl_ref"))  # no reference
+    assert metric(tmp_path / "tracked", "train/kl_ref")[-1][1] > 0
+    assert_same_weights(plain, tracked)
