@@ -3,14 +3,18 @@
 1. lab build and the demo's SFT model (both cached: run `make demo` first to save time);
 2. sample K=4 responses per train prompt from the SFT model (temperature 1); a panel of 3
    simulated annotators (Bradley-Terry on gold, temperature 0.15, 10% label flips, majority
-   vote) labels every pair of a prompt's distinct samples (`alignlab.lab.feedback`); the
-   methods train on one pair per prompt, the most-preferred sample against the least
-   (UltraFeedback-style binarisation);
-3. a reward model (recipe `rm`) on all labelled pairs; its scores of the samples give RRHF's
-   ranks;
-4. DPO, cDPO, IPO, SLiC-HF, ORPO, SimPO (recipe `dpo`), KTO (the pairs split in two), RRHF,
-   Chain of Hindsight, each from the SFT model;
-5. heldout evaluation against the SFT model: gold with 95% CIs, KL to SFT, win rate.
+   vote) labels every pair of a prompt's distinct samples (`alignlab.lab.feedback`). From
+   the same labels: every labelled pair ("all"), or one pair per prompt, the most-preferred
+   sample against the least ("best_vs_worst", UltraFeedback-style binarisation);
+3. DPO, cDPO, IPO, SLiC-HF, ORPO, SimPO (recipe `dpo`) and CoH on the pairs of `--pairs`;
+   KTO and RRHF on every labelled pair read as per-sample win rates (`pairs_as=win_rate`:
+   KTO's desirable = won more than half of its comparisons, RRHF's ranks = win rates), each
+   from the SFT model;
+4. heldout evaluation against the SFT model: gold with 95% CIs, KL to SFT, win rate.
+
+A method token is "name" or "name:override:override..." (its own run folder); the override
+`data=all|best_vs_worst|rm_ranked` picks its data (rm_ranked: RRHF on lists ranked by a
+reward model trained on every labelled pair, as in the RRHF paper).
 
     python benchmarks/lab_preference.py                     # everything (on a GPU: --batch-size 512)
     python benchmarks/lab_preference.py --methods dpo,ipo   # a subset
@@ -45,6 +49,7 @@ PAIRED = {  # name -> overrides of the dpo recipe (preset dpo_lab)
     "simpo": ["loss=simpo", "beta=2.0", "simpo_gamma=0.5"],
 }
 OTHERS = {"kto": "kto_lab", "rrhf": "rrhf_lab", "coh": "coh_lab"}  # name -> preset
+WIN_RATE = ("kto", "rrhf")  # trained on every labelled pair, read as per-sample win rates
 COMMON = ["train.micro_batch_size=16", "train.progress=false"]
 
 
@@ -93,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--pairs", default="best_vs_worst", choices=("best_vs_worst", "all"),
-        help="what the methods train on: one pair per prompt, or every labelled pair (the RM's)",
+        help="what the paired methods and CoH train on: one pair per prompt, or every labelled pair",
     )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
@@ -115,13 +120,13 @@ def main() -> None:
         lambda: feedback_stage(lab, sft, out / "feedback", args.n_prompts, args.k, args.batch_size),
     )
     print(f"labels: {feedback['stats']}")
-    pairs = feedback["pairs" if args.pairs == "best_vs_worst" else "rm_pairs"]
+    data = {"best_vs_worst": feedback["pairs"], "all": feedback["rm_pairs"]}
 
-    # --- reward model on every labelled pair, and RM-ranked lists for RRHF ---
-    ranked = out / "ranked.jsonl"
-    if "rrhf" in args.methods:
+    # --- RRHF's original data: lists ranked by a reward model on every labelled pair ---
+    if "data=rm_ranked" in args.methods:
+        data["rm_ranked"] = out / "ranked.jsonl"
         rm = timed("rm", rm_stage, sft, feedback["rm_pairs"], out / "rm", COMMON[1:])
-        write_jsonl(ranked, ranked_lists(feedback["rm_pairs"], rm))
+        write_jsonl(data["rm_ranked"], ranked_lists(feedback["rm_pairs"], rm))
 
     # --- every method from the SFT model ---
     finals: dict[str, Path] = {}
@@ -130,12 +135,16 @@ def main() -> None:
     for token in [m for m in args.methods.split(",") if m]:
         # "dpo" or a variant "dpo:beta=0.5:train.lr=1e-5" (its own run folder)
         method, *variant = token.split(":")
+        default = "all" if method in WIN_RATE else args.pairs
+        choice = next((v[5:] for v in variant if v.startswith("data=")), default)
+        variant = [v for v in variant if not v.startswith("data=")]
+        if choice not in data:
+            raise SystemExit(f"{token}: unknown data {choice!r} (one of {', '.join(data)})")
         base = [f"model.path={sft}", f"train.epochs={args.epochs}", *COMMON]
         if method in PAIRED:
-            recipe, preset, extra = "dpo", "dpo_lab", [f"data.path={pairs}", *PAIRED[method]]
+            recipe, preset, extra = "dpo", "dpo_lab", [f"data.path={data[choice]}", *PAIRED[method]]
         elif method in OTHERS:
-            data = ranked if method == "rrhf" else pairs
-            recipe, preset, extra = method, OTHERS[method], [f"data.path={data}"]
+            recipe, preset, extra = method, OTHERS[method], [f"data.path={data[choice]}"]
         else:
             raise SystemExit(f"unknown method {method}")
         folder = out / token.replace(":", "_").replace("=", "-")

@@ -46,3 +46,17 @@ def sft_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in sft_rows()))
     return path
+
+
+@pytest.fixture(scope="session")
+def three_way_pairs(tmp_path_factory):
+    """Every pair of 3 answers per prompt labelled (right > off by one > refusal), 4 prompts:
+    12 pairs, for the readings of pairs as per-answer win rates."""
+    rows = []
+    for i in range(4):
+        right, off, refuse = f" {i} plus 1 equals {i + 1}.", f" {i} plus 1 equals {i}.", " no"
+        for chosen, rejected in ((right, off), (right, refuse), (off, refuse)):
+            rows.append({"prompt": f"What is {i} plus 1?", "chosen": chosen, "rejected": rejected})
+    path = tmp_path_factory.mktemp("data") / "three_way_pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -22,6 +22,7 @@ bad example: a `DataError` naming file:line:field, or with on_bad_example="skip"
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from typing import Any
@@ -35,6 +36,7 @@ from alignlab.data.schema import DataError, Example, detect_dataset_format, pars
 from alignlab.data.sources import load_records
 from alignlab.data.templates import chat_segments
 from alignlab.data.tokenize import TRUNCATIONS, adds_bos, tokenize_segments, tokenize_sft
+from alignlab.data.win_rate import ranked_by_win_rate, unpaired_by_win_rate
 from alignlab.ops import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "hindsight": ("preference",),
 }
 """Dataset formats each kind accepts (preference data is converted for the other kinds)."""
+
+PAIRS_AS: tuple[str, ...] = ("pairs", "win_rate")
+"""How preference pairs become unpaired or ranked data: each on its own, or by win rate."""
 
 POSITIVE = "A helpful answer:"
 NEGATIVE = "An unhelpful answer:"
@@ -349,6 +354,32 @@ def hindsight_prompt(prompt: str | list[dict[str, Any]], positive: str = POSITIV
     return _with_phrase(prompt, positive)
 
 
+HINDSIGHT_TEMPLATE_MARK = "{#- alignlab: Chain-of-Hindsight conditioning -#}"
+
+
+def hindsight_chat_template(template: str, positive: str = POSITIVE) -> str:
+    """`template` (Jinja) rendering a generation prompt as `hindsight_prompt(messages)`: with
+    add_generation_prompt, the phrase goes after a blank line at the end of the last user
+    message (or in a user message of its own), exactly as in training; other renders are
+    unchanged. Saved with a CoH model, so chat inference conditions on the positive feedback.
+    A template that already has it is returned unchanged."""
+    if HINDSIGHT_TEMPLATE_MARK in template:
+        return template
+    phrase = json.dumps(positive, ensure_ascii=False)  # a valid Jinja string literal
+    return (
+        HINDSIGHT_TEMPLATE_MARK
+        + "{%- if add_generation_prompt is defined and add_generation_prompt -%}"
+        + "{%- if messages and messages[-1]['role'] == 'user' "
+        + "and messages[-1]['content'] is string -%}"
+        + "{%- set messages = messages[:-1] + [{'role': 'user', 'content': "
+        + f"messages[-1]['content'] ~ '\\n\\n' ~ {phrase}}}] -%}}"
+        + "{%- else -%}"
+        + f"{{%- set messages = messages + [{{'role': 'user', 'content': {phrase}}}] -%}}"
+        + "{%- endif -%}{%- endif -%}"
+        + template
+    )
+
+
 def chain_of_hindsight(
     examples: list[Example],
     positive: str = POSITIVE,
@@ -414,17 +445,23 @@ def build_preference_dataset(
     path: str | None = None,
     kind: str = "pairs",
     hindsight: dict[str, Any] | None = None,
+    pairs_as: str = "pairs",
 ) -> tuple[list[Row], DataReport]:
     """Load, validate and tokenize `path` or `cfg.path` for a preference recipe.
 
     kind: "pairs" (`tokenize_pairs`), "unpaired" (`tokenize_unpaired`, paired data split),
     "ranked" (`tokenize_ranked`, pairs become two-response lists) or "hindsight" (SFT rows of
     `chain_of_hindsight`, whose keyword arguments `hindsight` holds; packed when cfg.packing).
+    pairs_as (preference data for the unpaired and ranked kinds): "pairs", each pair on its
+    own (split in two, or a two-response list), or "win_rate", each response labelled or
+    scored by its win rate over all of its prompt's pairs (`alignlab.data.win_rate`).
     Raises a DataError for a format the kind cannot use, a bad record (on_bad_example="error"),
     or when no example is left.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if pairs_as not in PAIRS_AS:
+        raise ValueError(f"pairs_as must be one of {PAIRS_AS}, got {pairs_as!r}")
     source = str(path or cfg.path)
     report = DataReport(truncation=cfg.truncation)
     records = load_records(
@@ -441,6 +478,11 @@ def build_preference_dataset(
             source,
         )
     fmt, examples = parse_examples(records, fmt, cfg.on_bad_example, report)
+    if pairs_as == "win_rate" and fmt == "preference" and kind in ("unpaired", "ranked"):
+        convert = unpaired_by_win_rate if kind == "unpaired" else ranked_by_win_rate
+        fmt = "unpaired_preference" if kind == "unpaired" else "ranked"
+        examples = convert(examples)
+        report.used = len(examples)
     args = (tokenizer, cfg.max_length, cfg.truncation, cfg.on_bad_example, report)
     if kind == "pairs":
         rows = tokenize_pairs(examples, fmt, *args)

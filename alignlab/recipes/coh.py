@@ -3,7 +3,10 @@
 Each pair (x, y_w, y_l) becomes  x \\n P1 R1 \\n P2 R2  with "A helpful answer:" before y_w and
 "An unhelpful answer:" before y_l (order per pair drawn at random, as in the paper), trained
 with the SFT loss on R1 and R2 only (`alignlab.data.preference.chain_of_hindsight` gives the
-exact template). At inference, condition on `hindsight_prompt(x)` = x \\n "A helpful answer:".
+exact template). At inference, condition on `hindsight_prompt(x)` = x \\n "A helpful answer:":
+the final folder's chat template does this itself (`hindsight_chat_template`), so evaluation,
+serving and `apply_chat_template(..., add_generation_prompt=True)` condition on the positive
+feedback with no extra step (string prompts: call `hindsight_prompt` yourself).
 
     loss = - Σ_{response tokens} log π(token | ...) / N_step     (the SFT recipe, unchanged)
 
@@ -19,12 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section, to_dict
-from alignlab.data.preference import NEGATIVE, POSITIVE, chain_of_hindsight
+from alignlab.data.preference import (
+    NEGATIVE,
+    POSITIVE,
+    chain_of_hindsight,
+    hindsight_chat_template,
+)
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, detect_dataset_format, parse_examples
 from alignlab.data.sources import load_records
@@ -46,7 +56,28 @@ class CoHConfig:
         "random", "which response comes first in a sequence (random per pair: the paper)",
         choices=("random", "positive_first", "negative_first", "both"),
     )  # fmt: skip
+    chat_conditioning: bool = option(
+        True,
+        "save the final model with a chat template that appends the positive phrase to the "
+        "generation prompt (inference conditioned on positive feedback, as in the paper)",
+    )
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
+
+
+def condition_chat_template(folder: Path, positive: str) -> None:
+    """Give the HF folder's chat template the positive phrase (`hindsight_chat_template`),
+    rewriting only the tokenizer files, each by an atomic rename."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not isinstance(tokenizer.chat_template, str):
+        print(f"{folder}: no single chat template to condition; prompt with hindsight_prompt(x)")
+        return
+    tokenizer.chat_template = hindsight_chat_template(tokenizer.chat_template, positive)
+    with tempfile.TemporaryDirectory(prefix=".coh-tokenizer-", dir=folder.parent) as tmp:
+        tokenizer.save_pretrained(tmp)
+        for path in Path(tmp).iterdir():
+            os.replace(path, folder / path.name)
 
 
 def hindsight_records(cfg: CoHConfig, path: str) -> tuple[list[dict], DataReport]:
@@ -101,4 +132,7 @@ def run(cfg: CoHConfig) -> Path:
         cfg.data, format="auto", max_examples=0, **{k: str(v) for k, v in files.items()}
     )
     sft_cfg = sft.SFTConfig(model=cfg.model, data=data, train=cfg.train, final_dir=cfg.final_dir)
-    return sft.run(sft_cfg)
+    final = Path(sft.run(sft_cfg))
+    if cfg.chat_conditioning and runtime.is_main:
+        condition_chat_template(final, cfg.positive)
+    return final

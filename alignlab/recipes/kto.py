@@ -13,7 +13,9 @@ before the step's training forwards, as in the paper and TRL (no gradient throug
 
     step loss = Σ_examples loss / N_step   (N_step: examples of the whole optimizer step)
 
-Paired data (chosen/rejected) is split: chosen -> desirable, rejected -> undesirable.
+Paired data (chosen/rejected) is split: chosen -> desirable, rejected -> undesirable; or, with
+`pairs_as=win_rate`, each response is labelled once by the share of its prompt's pairs it won
+(`alignlab.data.win_rate`).
 
 Run: `alignlab kto model.path=... data.path=feedback.jsonl`, or under
 `torchrun --nproc_per_node N -m alignlab.cli kto ...` for FSDP2. docs/methods/kto.md.
@@ -36,7 +38,7 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.collate import collate
-from alignlab.data.preference import build_preference_dataset, mismatched_row
+from alignlab.data.preference import PAIRS_AS, build_preference_dataset, mismatched_row
 from alignlab.losses.preference import kto_loss
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
@@ -69,6 +71,13 @@ class KTOConfig:
     )
     desirable_weight: float = option(1.0, "λ_D: weight of desirable examples", min=0)
     undesirable_weight: float = option(1.0, "λ_U: weight of undesirable examples", min=0)
+    pairs_as: str = option(
+        "pairs",
+        "preference pairs: each split in two (chosen desirable, rejected not), or win_rate: each "
+        "response desirable when it won more than half of its prompt's pairs, not when it lost "
+        "more than half (alignlab.data.win_rate)",
+        choices=PAIRS_AS,
+    )
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
@@ -99,10 +108,14 @@ def run(cfg: KTOConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
     max_length = cfg.data.max_length
-    train_set, report = build_preference_dataset(cfg.data, tokenizer, kind="unpaired")
+    train_set, report = build_preference_dataset(
+        cfg.data, tokenizer, kind="unpaired", pairs_as=cfg.pairs_as
+    )
     eval_set: list[dict] = []
     if cfg.data.eval_path:
-        eval_set, _ = build_preference_dataset(cfg.data, tokenizer, cfg.data.eval_path, "unpaired")
+        eval_set, _ = build_preference_dataset(
+            cfg.data, tokenizer, cfg.data.eval_path, "unpaired", pairs_as=cfg.pairs_as
+        )
     elif cfg.data.eval_fraction > 0:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:

@@ -10,7 +10,8 @@ the best one.
 Yuan et al. 2023, arXiv:2304.05302. Both counts are over the whole optimizer step (all
 micro-batches and processes), so accumulation and data parallelism are exact. No reference
 model. Lists may have different lengths; all responses of a micro-batch go through one forward.
-Preference pairs are two-response lists (chosen scored 1, rejected 0).
+Preference pairs are two-response lists (chosen scored 1, rejected 0), or, with
+`pairs_as=win_rate`, each prompt's responses ranked by the share of its pairs each one won.
 
 Run: `alignlab rrhf model.path=... data.path=ranked.jsonl`, or under
 `torchrun --nproc_per_node N -m alignlab.cli rrhf ...` for FSDP2. docs/methods/rrhf.md.
@@ -26,7 +27,7 @@ import torch
 
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
-from alignlab.data.preference import build_preference_dataset
+from alignlab.data.preference import PAIRS_AS, build_preference_dataset
 from alignlab.losses.preference import rrhf_loss
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
@@ -55,6 +56,12 @@ class RRHFConfig:
     train: TrainConfig = section(TrainConfig, "optimisation loop")
     length_penalty: float = option(1.0, "α: p_i = sum log-prob / length^α (1 = mean)", min=0)
     nll_weight: float = option(1.0, "weight of the NLL of the best response (L_ft)", min=0)
+    pairs_as: str = option(
+        "pairs",
+        "preference pairs: each a two-response list, or win_rate: each prompt's responses "
+        "ranked by the fraction of their pairs they won (alignlab.data.win_rate)",
+        choices=PAIRS_AS,
+    )
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
@@ -110,10 +117,14 @@ def run(cfg: RRHFConfig) -> Path:
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
-    train_set, report = build_preference_dataset(cfg.data, tokenizer, kind="ranked")
+    train_set, report = build_preference_dataset(
+        cfg.data, tokenizer, kind="ranked", pairs_as=cfg.pairs_as
+    )
     eval_set: list[dict] = []
     if cfg.data.eval_path:
-        eval_set, _ = build_preference_dataset(cfg.data, tokenizer, cfg.data.eval_path, "ranked")
+        eval_set, _ = build_preference_dataset(
+            cfg.data, tokenizer, cfg.data.eval_path, "ranked", pairs_as=cfg.pairs_as
+        )
     elif cfg.data.eval_fraction > 0:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:

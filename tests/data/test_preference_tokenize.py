@@ -10,6 +10,7 @@ from alignlab.data.preference import (
     build_preference_dataset,
     chain_of_hindsight,
     collate_pairs,
+    hindsight_chat_template,
     hindsight_prompt,
     mismatched_row,
     split_pairs,
@@ -20,6 +21,7 @@ from alignlab.data.preference import (
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, parse_examples
 from alignlab.data.sources import Record
+from alignlab.data.templates import DEFAULT_CHAT_TEMPLATE
 from alignlab.ops import IGNORE_INDEX
 
 STRING_PAIR = {"prompt": "What color is the sky?", "chosen": " It is blue.", "rejected": " Green."}
@@ -203,3 +205,27 @@ def test_chain_of_hindsight_rows_train_only_the_responses(tokenizer, tmp_path):
         "What color is the sky?\nA helpful answer: It is blue.\nAn unhelpful answer: Green."
         "<|endoftext|>"
     )
+
+
+def test_hindsight_chat_template_conditions_generation_prompts_only(tokenizer):
+    template = hindsight_chat_template(DEFAULT_CHAT_TEMPLATE)
+    assert hindsight_chat_template(template) == template  # a resumed run does not add it twice
+
+    def render(messages, chat_template, generation=True):
+        return tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, add_generation_prompt=generation,
+            tokenize=False,
+        )  # fmt: skip
+
+    for messages in (
+        CHAT_PAIR["prompt"],  # ends with a user turn: the phrase joins it
+        CHAT_PAIR["prompt"] + CHAT_PAIR["chosen"],  # ends with the assistant: a new user turn
+    ):
+        expected = render(hindsight_prompt(messages), DEFAULT_CHAT_TEMPLATE)
+        assert render(messages, template) == expected
+        assert hindsight_prompt(messages) != messages
+        # training renders (no generation prompt) are unchanged
+        assert render(messages, template, False) == render(messages, DEFAULT_CHAT_TEMPLATE, False)
+    assert "sky?\n\nA helpful answer:" in render(CHAT_PAIR["prompt"], template)
+    quoted = hindsight_chat_template(DEFAULT_CHAT_TEMPLATE, 'Très "bien" \\ :')
+    assert render(CHAT_PAIR["prompt"], quoted).count('Très "bien" \\ :') == 1

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab.config import load_config
 from alignlab.data.schema import DataError
@@ -47,6 +47,12 @@ def test_coh_rewrites_pairs_and_trains_with_sft(tiny_model_dir, tmp_path):
     ]
     assert len(losses) == 4 and losses[-1] < losses[0]
     AutoModelForCausalLM.from_pretrained(final)
+    # inference conditions on the positive feedback through the saved chat template
+    chat = [{"role": "user", "content": "What is 2 plus 1?"}]
+    saved = AutoTokenizer.from_pretrained(final)
+    prompt = saved.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert "What is 2 plus 1?\n\nA helpful answer:" in prompt
+    assert "helpful" not in saved.apply_chat_template(chat, tokenize=False)
 
 
 def test_coh_refuses_non_preference_data(tiny_model_dir, tmp_path):

@@ -102,6 +102,15 @@ def test_paired_data_is_split_and_lora_adapter_reference_works(tiny_model_dir, t
     assert series(out, "train/examples_seen")[-1] == 12
 
 
+def test_pairs_as_win_rate_labels_each_answer_once(tiny_model_dir, three_way_pairs, tmp_path):
+    # 12 pairs over 4 prompts: split, 24 examples (the middle answer both desirable and not);
+    # by win rate, 8 (right: 2 of 2 won, desirable; refusal: 0 of 2; middle: 1 of 2, left out)
+    for pairs_as, seen in (("pairs", 24), ("win_rate", 8)):
+        out = tmp_path / pairs_as
+        run_kto(tiny_model_dir, three_way_pairs, out, "train.epochs=1", f"pairs_as={pairs_as}")
+        assert series(out, "train/examples_seen")[-1] == seen
+
+
 def test_kto_needs_two_examples_per_step(tiny_model_dir, feedback_file, tmp_path):
     with pytest.raises(ConfigError, match=">= 2"):
         load_config(

@@ -84,3 +84,11 @@ def test_preference_pairs_train_as_two_response_lists(tiny_model_dir, tmp_path):
     )  # fmt: skip
     run_rrhf(tiny_model_dir, pairs, tmp_path / "run", "train.max_steps=2", "length_penalty=0.5")
     assert len(series(tmp_path / "run", "train/loss")) == 2
+
+
+def test_pairs_as_win_rate_ranks_each_prompts_answers(tiny_model_dir, three_way_pairs, tmp_path):
+    # 12 pairs over 4 prompts: as pairs, 12 two-response lists; by win rate, 4 lists of 3
+    for pairs_as, lists in (("pairs", 12), ("win_rate", 4)):
+        out = tmp_path / pairs_as
+        run_rrhf(tiny_model_dir, three_way_pairs, out, "train.epochs=1", f"pairs_as={pairs_as}")
+        assert series(out, "train/lists_seen")[-1] == lists
