@@ -9,29 +9,41 @@ from alignlab.lab.build import LabBuildConfig, build
 
 
 def eval_main(argv: list[str]) -> None:
-    """`alignlab eval --model DIR [--ref DIR]` on the lab's heldout prompts, scored by gold."""
+    """`alignlab eval --model [NAME=]DIR ... [--ref DIR]` on the lab's heldout (or valid)
+    prompts, scored by gold; several models share the prompts and sampling seeds."""
     from alignlab.eval.report import markdown_table, write_report
     from alignlab.lab.evaluate import HEADLINE, evaluate_lab
     from alignlab.lab.world import LabWorld
 
     parser = argparse.ArgumentParser(prog="alignlab eval", description=eval_main.__doc__)
-    parser.add_argument("--model", required=True, help="model folder or hub id")
+    parser.add_argument(
+        "--model", required=True, action="append",
+        help="model folder or hub id, optionally NAME=DIR; repeat for several models",
+    )  # fmt: skip
     parser.add_argument("--ref", help="reference model for KL and win rate (default: none)")
     parser.add_argument("--out", default="runs/eval", help="report folder")
-    parser.add_argument("--n-prompts", type=int, default=500, help="heldout prompts")
+    parser.add_argument("--n-prompts", type=int, default=500, help="prompts of the split")
+    parser.add_argument(
+        "--split", default="heldout", choices=("heldout", "valid"),
+        help="heldout for reported numbers, valid to choose settings",
+    )  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size")
     parser.add_argument("--seed", type=int, default=0, help="world seed (must match the build)")
     args = parser.parse_args(argv)
+    models: dict[str, str] = {}
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        name = name or (path if len(args.model) > 1 else "model")
+        if name in models:
+            parser.error(f"--model {spec}: the name {name!r} is taken; use distinct NAME=DIR")
+        models[name] = path
     results = evaluate_lab(
-        LabWorld(seed=args.seed),
-        {"model": args.model},
-        ref=args.ref,
-        n_prompts=args.n_prompts,
-        max_new_tokens=args.max_new_tokens,
-    )
-    paths = write_report(
-        results, args.out, title=f"lab evaluation of {args.model}", table_keys=HEADLINE
-    )
+        LabWorld(seed=args.seed), models, ref=args.ref, n_prompts=args.n_prompts,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, split=args.split,
+    )  # fmt: skip
+    title = f"lab evaluation ({args.split}) of {', '.join(models)}"
+    paths = write_report(results, args.out, title=title, table_keys=HEADLINE)
     print(markdown_table(results, table_keys=HEADLINE))
     print(f"report: {paths['markdown']}")
 

@@ -82,6 +82,18 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| oracle |" in out and "gold" in out
     assert (tmp_path / "report.html").exists()
+    # several named models on the same valid prompts, in one table
+    many = ["eval", "--model", f"a={toy_lab.base}", "--model", f"b={toy_lab.base}"]
+    assert main([*many, "--split", "valid", "--out", str(tmp_path / "two"), "--n-prompts", "6",
+                 "--max-new-tokens", "4"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "| a |" in out
+        and "| b |" in out
+        and "(valid)" in (tmp_path / "two" / "report.md").read_text()
+    )
+    with pytest.raises(SystemExit):
+        main([*many[:3], "--model", f"a={toy_lab.base}"])
 
 
 def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
