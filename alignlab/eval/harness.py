@@ -30,6 +30,7 @@ Wilson intervals over samples (rates, slightly too narrow then).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -44,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from alignlab.data.templates import Messages
-from alignlab.eval.generation import Generation, generate
+from alignlab.data.templates import Messages, render_prompt
+from alignlab.eval.generation import Generation, generate, prompt_token_ids
 from alignlab.eval.logprobs import sequence_logps
 from alignlab.eval.stats import (
     distinct_n,
@@ -224,6 +225,30 @@ def _sample(
     return [EvalSample(p, k, g) for (p, k), g in zip(expanded, generations)]
 
 
+def _as_prompted_by(
+    tokenizer: Any, samples: Sequence[EvalSample], prompts: Sequence[EvalPrompt]
+) -> list[Generation]:
+    """The samples' responses after each prompt as `tokenizer` renders it (its chat template).
+
+    KL(π ‖ π_ref) compares the two models on the user's prompt x: when the evaluated model
+    renders x differently (a Chain-of-Hindsight model's template adds its feedback phrase, a
+    model with a baked-in system prompt), the reference scores y after its own rendering of x,
+    not after the policy's."""
+    rendered: dict[int, tuple[str, list[int]]] = {}
+    out = []
+    for sample in samples:
+        generation = sample.generation
+        if sample.prompt_index not in rendered:
+            text = render_prompt(tokenizer, prompts[sample.prompt_index].prompt)
+            ids = generation.prompt_ids
+            if text != generation.prompt_text:
+                ids = prompt_token_ids(tokenizer, text)
+            rendered[sample.prompt_index] = (text, list(ids))
+        text, ids = rendered[sample.prompt_index]
+        out.append(dataclasses.replace(generation, prompt_text=text, prompt_ids=ids))
+    return out
+
+
 def score_samples(
     samples: list[EvalSample],
     prompts: Sequence[EvalPrompt],
@@ -396,7 +421,8 @@ def evaluate_model(
     if ref is not None:
         generations = [s.generation for s in samples]
         logps = sequence_logps(policy.model, policy.tokenizer, generations, batch_size)
-        ref_logps = sequence_logps(ref.model, ref.tokenizer, generations, batch_size)
+        ref_view = _as_prompted_by(ref.tokenizer, samples, prompts)
+        ref_logps = sequence_logps(ref.model, ref.tokenizer, ref_view, batch_size)
         for sample, lp, rlp in zip(samples, logps.tolist(), ref_logps.tolist()):
             sample.logp, sample.ref_logp = lp, rlp
         if temperature != 1.0 or top_p != 1.0:

@@ -1,5 +1,6 @@
 """evaluate(): metrics, scorer and reward hooks, families, a model against itself."""
 
+import dataclasses
 import json
 import shutil
 
@@ -157,3 +158,37 @@ def test_tempered_sampling_warns_about_kl(tiny_model_dir):
             temperature=0.7,
         )
     assert result.metrics["kl"]["exact_sampling"] is False
+
+
+def test_reference_scores_responses_after_its_own_rendering_of_the_prompt(tiny_model_dir, tmp_path):
+    """Same weights, but the evaluated copy's chat template adds a feedback phrase (as a
+    Chain-of-Hindsight model's does): on chat prompts the reference log-probs are of the
+    response after the reference's rendering, so they differ from the policy's; on plain
+    strings (no template) nothing changes."""
+    from transformers import AutoTokenizer
+
+    from alignlab.data.preference import hindsight_chat_template
+    from alignlab.data.templates import render_prompt
+    from alignlab.eval.generation import prompt_token_ids
+    from alignlab.eval.harness import load_for_eval
+    from alignlab.eval.logprobs import sequence_logps
+
+    conditioned = tmp_path / "conditioned"
+    shutil.copytree(tiny_model_dir, conditioned)
+    tokenizer = AutoTokenizer.from_pretrained(conditioned)
+    tokenizer.chat_template = hindsight_chat_template(tokenizer.chat_template)
+    tokenizer.save_pretrained(conditioned)
+    result = evaluate(conditioned, PROMPTS, ref_dir=tiny_model_dir, max_new_tokens=6, seed=3)
+    ref = load_for_eval(tiny_model_dir, device="cpu")
+    for sample in result.samples:
+        prompt = PROMPTS[sample.prompt_index].prompt
+        generation = sample.generation
+        ids = prompt_token_ids(ref.tokenizer, render_prompt(ref.tokenizer, prompt))
+        assert ("helpful answer" in generation.prompt_text) == isinstance(prompt, list)
+        by_hand = dataclasses.replace(generation, prompt_ids=ids)
+        expected = sequence_logps(ref.model, ref.tokenizer, [by_hand])[0].item()
+        assert sample.ref_logp == pytest.approx(expected, abs=1e-5)
+        if isinstance(prompt, str):
+            assert sample.ref_logp == pytest.approx(sample.logp, abs=1e-5)
+        else:
+            assert sample.ref_logp != pytest.approx(sample.logp, abs=1e-3)
