@@ -9,8 +9,10 @@ What is estimated, from `num_samples` responses per prompt:
 - length (response tokens, stop token included), fraction finished (stopped by a stop token),
   distinct-1/2 of the response texts;
 - with a reference: KL(π || π_ref), the mean of log π(y|x) - log π_ref(y|x) over the policy's
-  own samples (teacher-forced log-probs of the same token ids under both models; it is the
-  KL of the distribution sampled only at temperature 1, top_p 1);
+  own samples (teacher-forced log-probs of the same response tokens under both models, each
+  after its own rendering of the prompt, so a model whose chat template adds to the prompt is
+  compared on the user's prompt; it is the KL of the distribution sampled only at
+  temperature 1, top_p 1);
 - each reward fn and each numeric scorer key: mean with a t interval; each boolean scorer
   key: rate with a Wilson interval; both overall and per `meta["family"]`;
 - with a reference and a score: the win rate of the model's samples over the reference's
