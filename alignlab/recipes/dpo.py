@@ -275,6 +275,8 @@ def run(cfg: DPOConfig) -> Path:
             sums.add("rewards/chosen", chosen_r)
             sums.add("rewards/rejected", rejected_r)
             sums.add("rewards/accuracy", (chosen_r > rejected_r).double())
+            if cfg.loss == "slic":  # share of pairs the hinge still pushes (see docs: δ)
+                sums.add("hinge_active", (losses.detach() > 0).double())
             sums.add("logps/chosen", split_pairs(stats.sums)[0])
             sums.add("logps/rejected", split_pairs(stats.sums)[1])
             if ref_sums is not None:

@@ -247,6 +247,9 @@ def test_each_loss_trains_end_to_end(tiny_model_dir, pairs_file, tmp_path, extra
     reference_free = any(x in extra for x in ("loss=slic", "loss=orpo", "loss=simpo"))
     assert bool(series(out, "train/logratio/chosen")) == (not reference_free)
     assert (out / "reference_logps.pt").exists() == ("reference.mode=precomputed" in extra)
+    active = series(out, "train/hinge_active")  # slic: the share of pairs still pushed
+    assert bool(active) == ("loss=slic" in extra)
+    assert all(0.0 <= a <= 1.0 for a in active)
     AutoModelForCausalLM.from_pretrained(final)
     if "model.lora.enabled=true" in extra:
         assert (final / "adapter" / "adapter_config.json").exists()
