@@ -49,10 +49,11 @@ def recipe_stage(
     module_name, config_name = RECIPES[recipe]
     module = importlib.import_module(module_name)
     args = [*overrides, f"train.output_dir={out}"]
-    config = load_config(
-        getattr(module, config_name), resolve_preset(preset) if preset else None, args
-    )
-    return cached(out, _key(recipe, preset, *args, key), out / "final", lambda: module.run(config))
+    preset_path = resolve_preset(preset) if preset else None
+    config = load_config(getattr(module, config_name), preset_path, args)
+    # the preset's text, not its name: an edited preset retrains
+    made_from = _key(recipe, preset_path.read_text() if preset_path else "", *args, key)
+    return cached(out, made_from, out / "final", lambda: module.run(config))
 
 
 def sft_stage(lab: LabArtifacts, out: Path, overrides: Sequence[str] = ()) -> Path:
