@@ -33,7 +33,9 @@ def eval_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     models: dict[str, str] = {}
     for spec in args.model:
-        name, _, path = spec.rpartition("=")
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name:  # a bare folder (whose path may hold "=")
+            name, path = "", spec
         name = name or (path if len(args.model) > 1 else "model")
         if name in models:
             parser.error(f"--model {spec}: the name {name!r} is taken; use distinct NAME=DIR")
