@@ -3,27 +3,16 @@
 accumulation and data parallelism are exact, a killed run resumes to the same result."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from recipe_runs import assert_same_weights, launch, launch_two, records, series
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab.config import load_config
 from alignlab.losses.preference import dpo_loss
 from alignlab.models.tiny import build_tiny_model, tiny_llama_config
 from alignlab.recipes import dpo
-
-RUNNER = """
-import importlib, sys
-from alignlab.config import load_config
-module = importlib.import_module("alignlab.recipes." + sys.argv[1])
-module.run(load_config(getattr(module, sys.argv[2]), None, sys.argv[3:]))
-"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,21 +59,6 @@ def overrides(model_dir, data_file, out, *extra):
 
 def run_dpo(model_dir, data_file, out, *extra):
     return dpo.run(load_config(dpo.DPOConfig, None, overrides(model_dir, data_file, out, *extra)))
-
-
-def records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def series(out, key):
-    return [r[key] for r in records(out) if key in r]
-
-
-def assert_same_weights(a, b, atol):
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
 
 
 def summed_logps(model, tokenizer, prompt, response):
@@ -167,12 +141,6 @@ def test_grad_accumulation_2x2_equals_batch_4(tiny_model_dir, pairs_file, tmp_pa
     assert_same_weights(big, acc, atol=1e-6)
 
 
-def launch(recipe, config, args, crash=None):
-    env = {**os.environ, "ALIGNLAB_CRASH": crash or "", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", RUNNER, recipe, config, *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_killed_run_resumes_to_the_same_result_reusing_reference_cache(
     tiny_model_dir, pairs_file, tmp_path
 ):
@@ -202,16 +170,11 @@ def test_killed_run_resumes_to_the_same_result_reusing_reference_cache(
 
 @pytest.mark.distributed
 def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     common = ("train.max_steps=3", "train.save_every=2", "data.eval_fraction=0.25")
     one = launch("dpo", "DPOConfig", overrides(tiny_model_dir, pairs_file, tmp_path / "one", *common, "train.micro_batch_size=8"))  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(runner), "dpo", "DPOConfig"]
-    cmd += overrides(tiny_model_dir, pairs_file, tmp_path / "two", *common)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
-    two = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    two_args = overrides(tiny_model_dir, pairs_file, tmp_path / "two", *common)
+    two = launch_two("dpo", "DPOConfig", two_args, tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("final model:") == 1
     tolerance = 1e-5  # float summation order differs between one process and a reduce-scatter
