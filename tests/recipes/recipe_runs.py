@@ -43,7 +43,7 @@ def series(out, key):
     return [r[key] for r in records(out) if key in r]
 
 
-def assert_same_weights(a, b, atol):
+def assert_same_weights(a, b, atol=1e-6):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     for key in wa:

@@ -2,7 +2,7 @@
 runners and assertions; the tiny word-level model comes from tests/word_model.py."""
 
 import pytest
-import torch
+from recipe_runs import assert_same_weights, launch  # noqa: F401 - re-exported to the RL tests
 from word_model import _one_thread, build_word_model  # noqa: F401 - _one_thread is a fixture
 
 PROMPTS = ["a b", "b c", "c a b", "b"]
@@ -66,33 +66,6 @@ def reward_rises(out, steps=3):
     would count part of the rise as its start."""
     values = [v for _, v in metric(out, "train/reward_mean")]
     return values[0], sum(values[-steps:]) / steps
-
-
-RUNNER = """
-import importlib, sys
-from alignlab.config import load_config
-module = importlib.import_module("alignlab.recipes." + sys.argv[1])
-module.run(load_config(getattr(module, sys.argv[2]), None, sys.argv[3:]))
-"""
-
-
-def launch(recipe, config_name, args, crash=None):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "ALIGNLAB_CRASH": crash or "", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", RUNNER, recipe, config_name, *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_same_weights(a, b, atol=1e-6):
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
 
 
 def sample_filter_overrides(assets, out, *extra):

@@ -5,6 +5,7 @@ killed run resumes to the same result."""
 import pytest
 import rl_common
 import torch
+from recipe_runs import launch_two
 from rl_common import assert_same_weights, launch, metric, reward_rises, rl_overrides
 from transformers import AutoModelForCausalLM
 
@@ -108,20 +109,9 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
 @pytest.mark.distributed
 def test_torchrun_two_processes_fsdp2(rl_assets, tmp_path):
     """FSDP2 on gloo: sampling from the unsharded copy, sharded log-prob/update forwards."""
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ddp"
-    runner = tmp_path / "runner.py"
-    runner.write_text(rl_common.RUNNER)
     args = rl_overrides(rl_assets, out, "train.max_steps=2", "train.save_every=1")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        str(runner), "grpo", "GRPOConfig", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_two("grpo", "GRPOConfig", args, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [s for s, _ in metric(out, "train/reward_mean")] == [1, 2]
     assert (out / "final" / "model.safetensors").exists()

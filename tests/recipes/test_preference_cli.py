@@ -7,17 +7,9 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from word_model import _one_thread  # noqa: F401 - an autouse fixture
 
 from alignlab.cli import main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 METHODS = {
     "dpo": ("dpo", "dpo_lab", []),
