@@ -4,7 +4,8 @@
 [2/7] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
 [3/7] feedback: 4 SFT samples per train prompt, every pair labelled by simulated annotators
 [4/7] reward model on those labels (recipe `rm`, preset rm_lab)
-[5/7] DPO from SFT on the best-vs-worst pairs (recipe `dpo`, preset dpo_lab)
+[5/7] DPO (+ NLL on the chosen side) from SFT on every labelled pair (recipe `dpo`, preset
+      dpo_lab)
 [6/7] PPO from SFT with the reward model, gold logged beside it (recipe `ppo`, preset
       ppo_demo: a short run of ppo_lab)
 [7/7] heldout evaluation against the base (gold with 95% CIs, KL, win rate) and the report:
@@ -61,10 +62,10 @@ def run_demo(
         print(f"reward model: held-out pair accuracy {rm_eval[-1]['eval/accuracy']:.3f}")
     print(f"reward model: {rm}")
 
-    stage(5, "DPO from SFT on the best-vs-worst pairs")
+    stage(5, "DPO (+ NLL) from SFT on every labelled pair")
     dpo = recipe_stage(
         "dpo", "dpo_lab",
-        [f"model.path={sft}", f"data.path={feedback['pairs']}", *overrides.get("dpo", [])],
+        [f"model.path={sft}", f"data.path={feedback['rm_pairs']}", *overrides.get("dpo", [])],
         out / "dpo",
     )  # fmt: skip
 
