@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from recipe_runs import series
 from transformers import AutoModelForCausalLM
 
 from alignlab.config import ConfigError, load_config
@@ -43,11 +44,6 @@ def run_kto(model_dir, data_file, out, *extra):
         "train.micro_batch_size=4", *extra,
     ]  # fmt: skip
     return kto.run(load_config(kto.KTOConfig, None, args))
-
-
-def series(out, key):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r[key] for r in rows if key in r]
 
 
 def test_kto_trains_and_separates_desirable_from_undesirable(

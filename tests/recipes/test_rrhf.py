@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from recipe_runs import series
 
 from alignlab.config import load_config
 from alignlab.recipes import rrhf
@@ -45,11 +46,6 @@ def run_rrhf(model_dir, data_file, out, *extra):
         "train.micro_batch_size=4", *extra,
     ]  # fmt: skip
     return rrhf.run(load_config(rrhf.RRHFConfig, None, args))
-
-
-def series(out, key):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r[key] for r in rows if key in r]
 
 
 def test_rrhf_trains_on_lists_of_different_lengths(tiny_model_dir, ranked_file, tmp_path):
