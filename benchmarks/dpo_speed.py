@@ -1,19 +1,24 @@
 """DPO speed and memory: alignlab's DPO recipe against TRL's DPOTrainer, in one run.
 
-Same model (the ~3M-parameter Llama body of sft_speed.py), same pairs, same batch, sigmoid
-DPO loss with beta 0.1, a frozen reference model on both sides (TRL copies the policy when
-ref_model is None; alignlab uses reference.mode=model), one process, fp32 and bf16 autocast
-set explicitly on both sides (TRL's configs default to bf16). Two shapes:
-  tiny:      vocabulary ~300,    16 pairs of 16 prompt + 48 response tokens
-  realistic: vocabulary 32,000,   8 pairs of 50 prompt + 200 response tokens
+Same model, same pairs, same batch, sigmoid DPO loss with beta 0.1, a frozen reference model
+on both sides (TRL copies the policy when ref_model is None; alignlab uses
+reference.mode=model), one process per run, fp32 and bf16 autocast set explicitly on both
+sides (TRL's configs default to bf16). Shapes (bodies as in sft_speed.py):
+  tiny:      small Llama body, vocabulary ~300,    16 pairs of 16 prompt + 48 response tokens
+  realistic: small Llama body, vocabulary 32,000,   8 pairs of 50 prompt + 200 response tokens
+  qwen0.5b:  Qwen2.5-0.5B-like (494M),               2 pairs of 64 prompt + 256 response tokens
+  qwen1.5b:  Qwen2.5-1.5B-like (1.54B), the same pairs: ~43 GB of RAM in fp32 with the
+             reference copy, skipped with a message on a machine with less
 A word-level tokenizer maps each word `w<i>` to token i, so both sides see identical ids
-(each response also gets an EOS on both sides). Each (framework, shape, precision) runs in a
-fresh subprocess; peak memory is that process's max RSS. Seconds/step is the median over the
-timed steps after warm-up. Targets at the realistic shape: >= 2x TRL's steps/s, <= 0.6x its
-peak memory.
+(each response also gets an EOS on both sides). Assets are built once per shape in their own
+process; each run trains in a fresh subprocess, and peak memory is that process's max RSS.
+Seconds/step is the median over the steps after the first; `--repeats`, `--weights` and the
+matmul reference as in sft_speed.py. Achieved FLOP/s counts the policy's forward and backward
+and the reference's forward: 8 x params x tokens, plus attention.
 
     python benchmarks/dpo_speed.py --shapes tiny --steps 4
     python benchmarks/dpo_speed.py --shapes realistic
+    python benchmarks/dpo_speed.py --shapes qwen0.5b --precision fp32 --steps 5 --repeats 2
 """
 
 from __future__ import annotations
@@ -21,32 +26,47 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_speed import make_assets, run_worker, step_gaps, trl_clock  # noqa: E402
+from real_shapes import QWEN_05B, QWEN_15B, QWEN_VOCAB, model_flops  # noqa: E402
+from sft_speed import (  # noqa: E402 - benchmarks/ is not a package
+    BODY,
+    add_run_arguments,
+    make_assets,
+    print_table,
+    run_dir,
+    run_pairs,
+    step_gaps,
+    trl_clock,
+    trl_model,
+    worker_main,
+)
 
 SHAPES = {
-    "tiny": {"vocab": 300, "batch": 16, "prompt": 16, "response": 48},
-    "realistic": {"vocab": 32000, "batch": 8, "prompt": 50, "response": 200},
+    "tiny": {"vocab": 300, "batch": 16, "prompt": 16, "response": 48, "body": BODY},
+    "realistic": {"vocab": 32000, "batch": 8, "prompt": 50, "response": 200, "body": BODY},
+    "qwen0.5b": {"vocab": QWEN_VOCAB, "batch": 2, "prompt": 64, "response": 256, "body": QWEN_05B},
+    "qwen1.5b": {"vocab": QWEN_VOCAB, "batch": 2, "prompt": 64, "response": 256, "body": QWEN_15B},
 }
 BETA = 0.1
 
 
 def make_pairs(shape: dict, folder: Path, num_pairs: int) -> tuple[Path, Path]:
-    """The sft_speed tokenizer + model, and a JSONL of (prompt, chosen, rejected) word texts."""
+    """The sft_speed tokenizer + model, and a JSONL of (prompt, chosen, rejected) word texts
+    (kept when `folder` already holds them)."""
     seq = shape["prompt"] + shape["response"] + 1
-    model_dir, _ = make_assets({"vocab": shape["vocab"], "seq": seq}, folder, 0)
+    model_dir, _ = make_assets({**shape, "seq": seq}, folder, 0)
+    data = folder / "pairs.jsonl"
+    if data.exists():
+        return model_dir, data
     rng = random.Random(0)
     words = shape["vocab"] - 4  # the 4 special tokens come first
 
     def text(n: int) -> str:
         return " ".join(f"w{rng.randrange(words)}" for _ in range(n))
 
-    data = folder / "pairs.jsonl"
     with data.open("w") as handle:
         for _ in range(num_pairs):
             record = {
@@ -59,19 +79,27 @@ def make_pairs(shape: dict, folder: Path, num_pairs: int) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
+def make_shape_assets(shape: dict, folder: Path, steps: int) -> None:
+    make_pairs(shape, folder, shape["batch"] * steps)
+
+
+def worker_alignlab(
+    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32"
+) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import dpo
 
     model_dir, data = make_pairs(shape, folder, shape["batch"] * steps)
+    out = run_dir(folder)
     cfg = load_config(
         dpo.DPOConfig,
         None,
         [
             f"model.path={model_dir}",
+            f"model.dtype={weights}",
             f"data.path={data}",
             f"data.max_length={shape['prompt'] + shape['response'] + 1}",
-            f"train.output_dir={folder / 'run'}",
+            f"train.output_dir={out}",
             f"train.micro_batch_size={shape['batch']}",
             f"train.max_steps={steps}",
             "train.lr=1e-6",
@@ -83,23 +111,25 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, precision: str) -> li
         ],
     )
     dpo.run(cfg)
-    return step_gaps(folder / "run")
+    return step_gaps(out)
 
 
-def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[float]:
+def worker_trl(
+    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32"
+) -> list[float]:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     model_dir, data = make_pairs(shape, folder, shape["batch"] * steps)
     clock, stamps = trl_clock()
 
     trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        model=trl_model(model_dir, weights),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         train_dataset=load_dataset("json", data_files=str(data), split="train"),
         args=DPOConfig(
-            output_dir=str(folder / "trl"),
+            output_dir=str(run_dir(folder)),
             per_device_train_batch_size=shape["batch"],
             max_length=shape["prompt"] + shape["response"] + 1,
             max_steps=steps,
@@ -120,54 +150,26 @@ def worker_trl(shape: dict, steps: int, folder: Path, precision: str) -> list[fl
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def shape_flops(shape: dict) -> float:
+    """Policy forward + backward (6) and reference forward (2) over both sequences of a pair."""
+    seq = shape["prompt"] + shape["response"] + 1
+    return model_flops(shape["body"], shape["vocab"], 2 * shape["batch"] * seq, seq) * 8 / 6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=7, help="optimizer steps per run")
-    parser.add_argument("--shapes", default="tiny,realistic")
-    parser.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16, both sides")
-    parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
+    add_run_arguments(parser, "tiny,realistic")
     args = parser.parse_args()
-
     if args.worker:
-        with tempfile.TemporaryDirectory() as tmp:
-            fn = worker_alignlab if args.worker == "alignlab" else worker_trl
-            gaps = fn(SHAPES[args.shapes], args.steps, Path(tmp), args.precision)
-        timed = gaps[1:] if len(gaps) > 2 else gaps  # the first gaps include warm-up
-        print(json.dumps({"s_per_step": statistics.median(timed), "steps_timed": len(timed)}))
+        worker_main(args, SHAPES, make_shape_assets, worker_alignlab, worker_trl)
         return
 
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
-    runs = [(s, p) for p in args.precision.split(",") for s in args.shapes.split(",")]
-    for shape_name, precision in runs:
-        results = {}
-        for framework in ("trl", "alignlab"):
-            payload = run_worker(
-                __file__,
-                [framework, "--shapes", shape_name, "--steps", str(args.steps),
-                 "--precision", precision],
-            )  # fmt: skip
-            results[framework] = payload
-            print(f"  {shape_name:9s} {precision} {framework:8s} {payload}", flush=True)
-        rows.append((f"{shape_name} {precision}", results))
-
-    print("\n| shape | framework | s/step | peak GB |")
-    print("|---|---|---|---|")
-    for name, results in rows:
-        for framework, r in results.items():
-            if "error" in r:
-                print(f"| {name} | {framework} | error: {r['error']} | |")
-                continue
-            print(f"| {name} | {framework} | {r['s_per_step']:.3f} | {r['peak_gb']:.2f} |")
-        if all("error" not in r for r in results.values()):
-            speed = results["trl"]["s_per_step"] / results["alignlab"]["s_per_step"]
-            memory = results["alignlab"]["peak_gb"] / results["trl"]["peak_gb"]
-            print(f"| {name} | **alignlab vs TRL** | **{speed:.2f}x steps/s** | "
-                  f"**{memory:.2f}x memory** |")  # fmt: skip
+    print_table(run_pairs(__file__, SHAPES, args, copies=1), shape_flops)
 
 
 if __name__ == "__main__":
