@@ -1,5 +1,7 @@
 import torch
+from allocations import peak_new_bytes
 
+from alignlab import ops
 from alignlab.ops import (
     IGNORE_INDEX,
     gather_log_probs,
@@ -73,3 +75,39 @@ def test_linear_log_probs_under_bf16_autocast_is_close():
     assert out.dtype == torch.float32 and hidden.grad.dtype == torch.float32
     naive = torch.log_softmax(hidden @ weight.T, -1).gather(-1, labels[:, None])[:, 0]
     torch.testing.assert_close(out, naive, atol=0.5, rtol=0.05)
+
+
+def _projection(rows, hidden_size, vocab):
+    torch.manual_seed(0)
+    hidden = torch.randn(rows, hidden_size, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size, requires_grad=True)
+    return hidden, weight, torch.randint(0, vocab, (rows,))
+
+
+def test_linear_log_probs_holds_one_chunk_of_logits():
+    # forward: one (chunk, V) float32 buffer at a time; backward: that plus the (V, H)
+    # weight gradient. Everything else is (N, H) or (N,) sized: the slack.
+    rows, hidden_size, vocab, chunk = 64, 32, 4000, 16
+    hidden, weight, labels = _projection(rows, hidden_size, vocab)
+    logits_chunk, weight_grad = chunk * vocab * 4, vocab * hidden_size * 4
+    slack = 4 * rows * hidden_size * 4 + 4 * vocab * 4
+    forward = peak_new_bytes(
+        lambda: linear_log_probs(hidden.detach(), weight.detach(), labels, chunk_size=chunk)
+    )
+    assert forward <= logits_chunk + slack
+    out = linear_log_probs(hidden, weight, labels, chunk_size=chunk)
+    backward = peak_new_bytes(lambda: out.sum().backward())
+    assert backward <= weight_grad + logits_chunk + slack
+
+
+def test_linear_log_probs_caps_chunk_rows_by_vocabulary(monkeypatch):
+    # a chunk never holds more than CHUNK_LOGITS logits, whatever chunk_size asks for
+    monkeypatch.setattr(ops, "CHUNK_LOGITS", 8 * 4000)
+    hidden, weight, labels = _projection(64, 32, 4000)
+    peak = peak_new_bytes(
+        lambda: linear_log_probs(hidden.detach(), weight.detach(), labels, chunk_size=64)
+    )
+    assert peak <= 8 * 4000 * 4 + 4 * 64 * 32 * 4 + 4 * 4000 * 4
+    out = linear_log_probs(hidden, weight, labels, chunk_size=64)
+    naive = torch.log_softmax(hidden @ weight.T, -1).gather(-1, labels[:, None])[:, 0]
+    torch.testing.assert_close(out, naive)
