@@ -5,15 +5,31 @@ projects only the positions that carry a label through the output layer, chunk b
 (`ops.linear_log_probs`), so the (tokens x vocabulary) logits are never stored. With a 32k
 vocabulary that tensor is where SFT and DPO memory goes. It is an `nn.Module` so FSDP2 can
 shard it as the root: its forward unshards the embeddings and output projection it reads.
+
+At real model sizes the decoder's own activations dominate instead, a third of them in the
+MLPs' elementwise intermediates: `TokenLogProbs` switches the model's plain Llama-family MLPs
+to `ops.swiglu_mlp` (`lean_mlps`), which keeps two (tokens x intermediate) tensors per layer
+fewer for backward and computes the same values and gradients.
 """
 
 from __future__ import annotations
+
+import types
 
 import torch
 from torch import nn
 
 from alignlab.models.loading import unwrap_peft
-from alignlab.ops import IGNORE_INDEX, gather_log_probs, linear_log_probs, shift_labels
+from alignlab.ops import (
+    IGNORE_INDEX,
+    gather_log_probs,
+    linear_log_probs,
+    shift_labels,
+    swiglu_mlp,
+)
+
+SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+"""transformers MLP classes whose forward is exactly down(act(gate(x)) * up(x))."""
 
 
 def needs_full_logits(hf_model: nn.Module) -> bool:
@@ -25,6 +41,38 @@ def needs_full_logits(hf_model: nn.Module) -> bool:
         or getattr(config, "logits_scaling", None)
         or getattr(config, "output_multiplier_scale", None)
     )
+
+
+def _lean_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return swiglu_mlp(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+
+
+def _is_plain_swiglu(module: nn.Module) -> bool:
+    """A known SwiGLU MLP with SiLU and bias-free, unwrapped nn.Linear projections: LoRA or
+    quantised layers, and hooks on the projections, keep the module's own forward."""
+    if type(module).__name__ not in SWIGLU_MLPS or type(module.act_fn).__name__ not in (
+        "SiLU",
+        "SiLUActivation",
+    ):
+        return False
+    projections = [module.gate_proj, module.up_proj, module.down_proj]
+    return all(
+        type(p) is nn.Linear and p.bias is None and not (p._forward_hooks or p._forward_pre_hooks)
+        for p in projections
+    )
+
+
+def lean_mlps(model: nn.Module) -> int:
+    """Run every plain SwiGLU MLP of `model` through `ops.swiglu_mlp`; return how many.
+
+    The forward is bound on each module instance (the class is untouched; `deepcopy` keeps
+    it, saved weights are unchanged)."""
+    count = 0
+    for module in model.modules():
+        if _is_plain_swiglu(module):
+            module.forward = types.MethodType(_lean_mlp_forward, module)
+            count += 1
+    return count
 
 
 class TokenLogProbs(nn.Module):
@@ -39,6 +87,7 @@ class TokenLogProbs(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        lean_mlps(model)
 
     @property
     def hf_model(self) -> nn.Module:
