@@ -9,7 +9,8 @@ shard it as the root: its forward unshards the embeddings and output projection 
 At real model sizes the decoder's own activations dominate instead, a third of them in the
 MLPs' elementwise intermediates: `TokenLogProbs` switches the model's plain Llama-family MLPs
 to `ops.swiglu_mlp` (`lean_mlps`), which keeps two (tokens x intermediate) tensors per layer
-fewer for backward and computes the same values and gradients.
+fewer for backward and computes the same values and gradients; and for a model of 100M
+parameters or more it has freed host memory returned to the system (`host_memory`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from alignlab.ops import (
     shift_labels,
     swiglu_mlp,
 )
+from alignlab.training.host_memory import return_freed_memory
 
 SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 """transformers MLP classes whose forward is exactly down(act(gate(x)) * up(x))."""
@@ -88,6 +90,7 @@ class TokenLogProbs(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
         lean_mlps(model)
+        return_freed_memory(sum(p.numel() for p in model.parameters()))
 
     @property
     def hf_model(self) -> nn.Module:

@@ -19,8 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alignlab.training.host_memory import return_freed_memory
-
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
@@ -43,9 +41,7 @@ class Runtime:
 
 
 def init_runtime() -> Runtime:
-    """Join the process group when launched by torchrun; pick CUDA when present; have freed
-    host memory returned to the system (`host_memory`)."""
-    return_freed_memory()
+    """Join the process group when launched by torchrun; pick CUDA when present."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
