@@ -175,7 +175,13 @@ class TrainConfig:
     micro_batch_size: int = option(8, "sequences per forward pass per process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
     lr: float = option(2e-5, "peak learning rate", min=0, min_exclusive=True)
-    weight_decay: float = option(0.0, "AdamW decoupled weight decay (not on norms/biases)", min=0)
+    optimizer: str = option(
+        "adamw",
+        "adamw; or sgd: plain SGD, no optimizer state (its updates are linear in the gradient, "
+        "so runs that differ only in float summation order stay close)",
+        choices=("adamw", "sgd"),
+    )
+    weight_decay: float = option(0.0, "decoupled weight decay (not on norms/biases)", min=0)
     adam_beta1: float = option(0.9, "AdamW beta1", min=0, max=1)
     adam_beta2: float = option(0.999, "AdamW beta2", min=0, max=1)
     adam_eps: float = option(1e-8, "AdamW epsilon", min=0, min_exclusive=True)

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay and a warm-up + decay learning-rate schedule."""
+"""AdamW (or plain SGD) with decoupled weight decay and a warm-up + decay learning-rate
+schedule."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from torch import nn
 from alignlab.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; norms and biases (1-D tensors) get no weight decay."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over trainable parameters; norms and biases (1-D tensors) get no weight
+    decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -19,6 +21,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        # SGD's L2 term lr·wd·w is exactly AdamW's decoupled decay, so the groups carry over
+        return torch.optim.SGD(groups, lr=cfg.lr)
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
     )
