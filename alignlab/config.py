@@ -59,9 +59,12 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def section(cls: type, doc: str) -> Any:
-    """A nested config section (a dataclass instance built with defaults)."""
-    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+def section(cls: type, doc: str, **defaults: Any) -> Any:
+    """A nested config section (a dataclass instance built with defaults); `defaults` are this
+    recipe's own defaults for some of its fields (e.g. `output_dir="runs/dpo"`)."""
+    return dataclasses.field(
+        default_factory=lambda: cls(**defaults), metadata={"doc": doc, "defaults": defaults}
+    )
 
 
 # --- shared sections ---
@@ -166,7 +169,9 @@ class DataConfig:
 class TrainConfig:
     """The optimisation loop shared by the recipes."""
 
-    output_dir: str = option("runs/sft", "folder for checkpoints, metrics.jsonl and tensorboard/")
+    output_dir: str = option(
+        "runs/train", "folder for checkpoints, metrics.jsonl and tensorboard/ (runs/<recipe>)"
+    )
     seed: int = option(0, "seed for init, shuffling and sampling")
     epochs: float = option(
         1.0, "passes over the data (fractions allowed)", min=0, min_exclusive=True
@@ -204,11 +209,25 @@ class TrainConfig:
     )
     keep_checkpoints: int = option(2, "how many step checkpoints to keep (oldest removed)", min=1)
     resume: bool = option(False, "continue from the last checkpoint in output_dir")
+    overwrite: bool = option(
+        False,
+        "replace the run already in output_dir (another recipe's or config's, or one with "
+        "checkpoints): its folder is emptied when this run first writes",
+    )
     loss_chunk_size: int = option(
         1024, "tokens per chunk of the output-projection log-softmax", min=1
     )
     progress: bool = option(True, "show a tqdm progress bar (rank 0)")
     tensorboard: bool = option(True, "also write metrics to output_dir/tensorboard")
+
+    def check(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("train.output_dir is required: the folder this run writes")
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                "train.resume=true continues the run in output_dir, train.overwrite=true "
+                "replaces it: set one of them"
+            )
 
 
 # --- machinery ---
@@ -306,7 +325,8 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
         f = fields[key]
         name = f"{where}{key}"
         if dataclasses.is_dataclass(f.type):
-            kwargs[key] = build(f.type, value or {}, f"{name}.")
+            values_here = {**f.metadata.get("defaults", {}), **(value or {})}
+            kwargs[key] = build(f.type, values_here, f"{name}.")
         else:
             kwargs[key] = _coerce(value, f.type, name)
             _check_range(kwargs[key], f, name)
@@ -371,15 +391,17 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: `key (type, default): doc`, for --help."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field: `key = default  doc`, for --help (`defaults`: an instance of `cls`
+    holding this recipe's defaults)."""
+    defaults = cls() if defaults is None else defaults
     lines = []
     for name, f in fields_of(cls).items():
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(f.type):
             lines.append(f"{prefix}{name}: {f.metadata.get('doc', '')}")
-            lines.extend(describe(f.type, f"{prefix}{name}."))
+            lines.extend(describe(f.type, f"{prefix}{name}.", default))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         extra = (
             f"; one of {', '.join(map(str, f.metadata['choices']))}"
             if f.metadata.get("choices")

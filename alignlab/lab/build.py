@@ -167,6 +167,7 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
             "data.completion_only_loss=false",
             f"data.max_length={cfg.max_length}",
             f"train.output_dir={out / 'pretrain'}",
+            "train.overwrite=true",  # the lab's own cache folder: a rebuild replaces it
             f"final_dir={out / 'base'}",
             f"train.epochs={cfg.pretrain_epochs}",
             f"train.lr={cfg.pretrain_lr}",

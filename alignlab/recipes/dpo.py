@@ -74,7 +74,7 @@ class DPOConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/dpo")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs (dpo, ipo)")
     loss: str = option("dpo", "pairwise loss", choices=LOSSES)
     beta: float = option(
@@ -163,7 +163,8 @@ def run(cfg: DPOConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
     distributed.barrier(runtime)
 
     # --- data ---
@@ -186,6 +187,7 @@ def run(cfg: DPOConfig) -> Path:
             cfg.reference, cfg.model, tokenizer, runtime,
             chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
             batch_size=2 * train_cfg.micro_batch_size, cache_dir=output_dir,
+            claim_folder=folder.claim,
         )  # fmt: skip
         reference.prepare(pair_items(train_set, "train") + pair_items(eval_set, "eval"))
 
@@ -205,7 +207,7 @@ def run(cfg: DPOConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, pairs_seen = state["step"], state["pairs_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
     nll_coef = cfg.nll_coef
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ class GRPOConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/grpo")
     rl: RLConfig = section(RLConfig, "sampling, reward and update")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     dr_grpo: bool = option(False, "Dr. GRPO: no std scaling, constant length normalisation")

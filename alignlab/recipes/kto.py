@@ -64,7 +64,7 @@ class KTOConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: DataConfig = section(DataConfig, "unpaired feedback or preference pairs")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/kto")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs")
     beta: float = option(
         0.1, "β: scale of the log-ratio inside the sigmoid", min=0, min_exclusive=True
@@ -101,7 +101,8 @@ def run(cfg: KTOConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
     distributed.barrier(runtime)
 
     # --- data ---
@@ -138,6 +139,7 @@ def run(cfg: KTOConfig) -> Path:
         cfg.reference, cfg.model, tokenizer, runtime,
         chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
         batch_size=2 * train_cfg.micro_batch_size, cache_dir=output_dir,
+            claim_folder=folder.claim,
     )  # fmt: skip
     if cfg.reference.mode == "precomputed":
         keys = [("train", "x", i) for i in range(len(train_set))]
@@ -165,7 +167,7 @@ def run(cfg: KTOConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, examples_seen = state["step"], state["examples_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}

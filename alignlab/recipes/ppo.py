@@ -81,7 +81,9 @@ class PPOConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop (policy; critic.lr for critic)")
+    train: TrainConfig = section(
+        TrainConfig, "optimisation loop (policy; critic.lr for critic)", output_dir="runs/ppo"
+    )
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     critic: CriticConfig = section(CriticConfig, "the value model")

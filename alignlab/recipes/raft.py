@@ -39,7 +39,9 @@ class RAFTConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to improve")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "each iteration's SFT (output_dir: the run)")
+    train: TrainConfig = section(
+        TrainConfig, "each iteration's SFT (output_dir: the run)", output_dir="runs/raft"
+    )
     sampling: SampleConfig = section(SampleConfig, "sampling (K = samples_per_prompt), reward")
     iterations: int = option(3, "T: rounds of sample, pick the best, fine-tune", min=1)
     prompts_per_iteration: int = option(

@@ -39,7 +39,7 @@ class ReinforcePPConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/reinforce_pp")
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")

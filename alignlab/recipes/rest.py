@@ -41,7 +41,9 @@ class ReSTConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to improve")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "each Improve step's SFT (output_dir: the run)")
+    train: TrainConfig = section(
+        TrainConfig, "each Improve step's SFT (output_dir: the run)", output_dir="runs/rest"
+    )
     sampling: SampleConfig = section(SampleConfig, "the Grow step's sampling and reward")
     grow_steps: int = option(2, "G: Grow steps, each sampling from the latest policy", min=1)
     improve_steps: int = option(3, "I: Improve steps per Grow step, one per threshold", min=1)

@@ -83,7 +83,7 @@ class RMConfig:
 
     model: ModelConfig = section(ModelConfig, "the causal LM the reward model starts from")
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rm")
     reward: RewardConfig = section(RewardConfig, "reward-model objective and ensembles")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
@@ -170,7 +170,8 @@ def run(cfg: RMConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg, reward_cfg = cfg.train, cfg.reward
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -202,7 +203,7 @@ def run(cfg: RMConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=rewards
         )
         start_step, pairs_seen = state["step"], state["pairs_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
     # LoRA step checkpoints keep the adapter (head included) for resuming; the final folder
     # gets the merged weights (`save_reward_folder` names the head as plain HF does)
     checkpoint_lora = (

@@ -53,7 +53,7 @@ class RRHFConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to train")
     data: DataConfig = section(DataConfig, "ranked responses or preference pairs")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rrhf")
     length_penalty: float = option(1.0, "α: p_i = sum log-prob / length^α (1 = mean)", min=0)
     nll_weight: float = option(1.0, "weight of the NLL of the best response (L_ft)", min=0)
     pairs_as: str = option(
@@ -112,7 +112,8 @@ def run(cfg: RRHFConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -145,7 +146,7 @@ def run(cfg: RRHFConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, lists_seen = state["step"], state["lists_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def prepare(rows: list[dict]) -> tuple[dict[str, torch.Tensor], list[int], torch.Tensor, list]:
         sequences, sizes, scores = flatten(rows)

@@ -30,6 +30,7 @@ from alignlab.training.checkpoint import (
     save_checkpoint,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
+from alignlab.training.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -38,17 +39,19 @@ class SFTConfig:
 
     model: ModelConfig = section(ModelConfig, "the model to fine-tune")
     data: DataConfig = section(DataConfig, "training data")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/sft")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
-def run(cfg: SFTConfig) -> Path:
-    """Train; return the folder of the final model (a plain HF folder)."""
+def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
+    """Train; return the folder of the final model (a plain HF folder). `parent`: the run this
+    SFT is a stage of (Chain of Hindsight, ReST, RAFT), which owns its output folder."""
     # --- setup ---
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime, parent)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -76,7 +79,7 @@ def run(cfg: SFTConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, tokens_seen = state["step"], state["tokens_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}

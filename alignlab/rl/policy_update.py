@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
@@ -68,14 +67,12 @@ from alignlab.config import (
     ModelConfig,
     TrainConfig,
     option,
-    to_dict,
 )
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.data.templates import render_prompt
 from alignlab.eval.generation import prompt_token_ids
-from alignlab.fileio import atomic_write_text
 from alignlab.losses.policy import (
     ppo_clip_token_losses,
     sequence_mean,
@@ -98,7 +95,6 @@ from alignlab.training.checkpoint import (
     save_hf_folder,
 )
 from alignlab.training.loop import autocast
-from alignlab.training.metrics import MetricsLogger
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 AGGREGATIONS: tuple[str, ...] = (
@@ -408,17 +404,8 @@ class RLSession:
         rl: RLConfig = cfg.rl
         self.train_cfg, self.rl = train, rl
         self.output_dir = Path(train.output_dir)
-        torch.manual_seed(train.seed)
-        resume_from = latest_checkpoint(self.output_dir) if train.resume else None
-        self.resume_from = resume_from
-        if runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            atomic_write_text(self.output_dir / "config.yaml", config_text)
-            if train.resume:
-                print(
-                    f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet"
-                )
+        self.folder = loop.start_run(cfg, runtime)
+        self.resume_from = resume_from = self.folder.resume_from
 
         # --- prompts ---
         self.tokenizer = load_tokenizer(cfg.model)
@@ -488,12 +475,7 @@ class RLSession:
             self.start_step = state["step"]
             self.kl_ctl.load_state_dict(state["kl_controller"])
             self.length_watch.load_state_dict(state.get("length_watch", {}))
-        self.metrics = MetricsLogger(
-            self.output_dir,
-            enabled=runtime.is_main,
-            tensorboard=train.tensorboard,
-            resume_step=self.start_step if resume_from is not None else None,
-        )
+        self.metrics = loop.open_metrics(self.folder, train, self.start_step)
 
         # --- rewards ---
         self.reward_fn, self.gold_fn = rl.build(device)

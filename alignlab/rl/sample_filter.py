@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from alignlab.config import (
     ConfigError,
@@ -54,11 +53,10 @@ from alignlab.config import (
     ModelConfig,
     check_all,
     option,
-    to_dict,
 )
 from alignlab.data.templates import Messages
 from alignlab.eval.generation import Generation
-from alignlab.fileio import atomic_folder, atomic_write_text, write_jsonl
+from alignlab.fileio import atomic_folder, write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptRow, load_prompt_rows
@@ -251,14 +249,12 @@ class SampleFilterSession:
         self.runtime = runtime = distributed.init_runtime()
         self.resume = cfg.train.resume
         self.output_dir = Path(cfg.train.output_dir)
-        if runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            atomic_write_text(self.output_dir / "config.yaml", config_text)
+        self.folder = loop.start_run(cfg, runtime)
         self.device = runtime.device
         self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
         self.reward_fn, self.gold_fn = cfg.sampling.build(self.device)
         # a resumed run logs its completed stages again from their files: one record per stage
+        self.folder.claim()
         self.metrics = MetricsLogger(
             self.output_dir,
             enabled=runtime.is_main,
@@ -358,7 +354,7 @@ class SampleFilterSession:
             train=dataclasses.replace(self.cfg.train, output_dir=str(stage_dir)),
         )
         check_all(cfg)
-        return sft.run(cfg)
+        return sft.run(cfg, parent=self.folder)
 
     def _revision(self, policy: str | Path) -> str:
         """The base's hub revision; stage folders are local, a revision does not apply."""
