@@ -1,13 +1,24 @@
 """Chat templates: the default ChatML template, rendering, and the trained assistant spans.
 
 Assistant spans are found without knowing the template: for each assistant turn i, render
-messages[:i] with the generation prompt and messages[:i + 1] without it; the text between is
-what the model must produce for that turn, end-of-turn marker included.
+messages[:i] with the generation prompt and messages[:i + 1] without it. The trained span
+starts where the generation prompt ends and runs as far as the full conversation continues the
+second rendering (a template may end a conversation differently from a turn that others
+follow: Phi-3 appends EOS), cut right after the last special token that follows the content.
+
+So every assistant turn trains its content and its end-of-turn marker (a special token in every
+template we know), and the last turn also what the template appends, through its last special
+token, to end the conversation (Phi-3: `<|end|>\n<|endoftext|>`; that EOS is there so that the
+model learns to stop, and a model whose only stop token is EOS needs it). Text after the marker
+(ChatML's and Gemma's newline) is framing before the next turn: a response ends at its stop
+token, so that text is never generated, and it is not trained.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from alignlab.data.schema import DataError
@@ -45,6 +56,21 @@ def ensure_chat_template(tokenizer: Any) -> None:
         )
 
 
+def _added_tokens(tokenizer: Any, special_only: bool) -> set[str]:
+    try:
+        decoder = tokenizer.added_tokens_decoder
+    except (AttributeError, NotImplementedError):
+        decoder = {}
+    tokens = {
+        str(getattr(token, "content", token))
+        for token in decoder.values()
+        if getattr(token, "special", True) or not special_only
+    }
+    tokens.update(str(t) for t in getattr(tokenizer, "all_special_tokens", None) or ())
+    tokens.discard("")
+    return tokens
+
+
 def render_messages(tokenizer: Any, messages: Messages, add_generation_prompt: bool = False) -> str:
     """The chat template applied to `messages` as text (ChatML when the tokenizer has none).
 
@@ -80,8 +106,8 @@ def chat_segments(
     """The rendered conversation as [(text, trained?)] segments.
 
     Trained: every assistant message at index >= `train_from`, from the end of its generation
-    prompt through its end-of-turn marker (or the whole text when `train_all`). The texts join
-    to the full rendering of `messages`.
+    prompt through its end-of-turn marker (see the module docstring), or the whole text when
+    `train_all`. The texts join to the full rendering of `messages`.
 
     When a template renders earlier turns differently once later turns follow (it is not
     "prefix-consistent"), the assistant text is searched for in the full rendering instead.
@@ -89,6 +115,7 @@ def chat_segments(
     full = render_messages(tokenizer, messages)
     if train_all:
         return [(full, True)]
+    markers = _special_token_pattern(tokenizer)
     segments: list[tuple[str, bool]] = []
     cursor = 0
     for i, message in enumerate(messages):
@@ -96,7 +123,7 @@ def chat_segments(
             continue
         before = render_messages(tokenizer, messages[:i], add_generation_prompt=True)
         after = render_messages(tokenizer, messages[: i + 1])
-        start, end = _locate_turn(full, before, after, message["content"], cursor, i)
+        start, end = _locate_turn(full, before, after, message["content"], cursor, i, markers)
         segments.append((full[cursor:start], False))
         segments.append((full[start:end], True))
         cursor = end
@@ -104,28 +131,90 @@ def chat_segments(
     return [(text, trained) for text, trained in segments if text]
 
 
+def _special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex matching the tokenizer's special tokens (longest first), None when it has none.
+
+    Special only: some tokenizers add plain text (Gemma's runs of newlines) as non-special
+    tokens, and those are no end-of-turn marker.
+    """
+    tokens = _added_tokens(tokenizer, special_only=True)
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
 def _locate_turn(
-    full: str, before: str, after: str, content: str, cursor: int, index: int
+    full: str,
+    before: str,
+    after: str,
+    content: str,
+    cursor: int,
+    index: int,
+    markers: re.Pattern[str] | None,
 ) -> tuple[int, int]:
     """[start, end) of assistant turn `index` in `full`."""
-    if after.startswith(before) and full.startswith(after) and len(before) >= cursor:
-        return len(before), len(after)
-    if after.startswith(before) and len(after) > len(before):
-        piece = after[len(before) :]
-        found = full.find(piece, cursor)
+    for start, turn in _turn_starts(full, before, after, content.strip(), cursor):
+        length = _trained_length(turn, full[start:], content, markers)
+        if length is not None:
+            return start, start + length
+    raise DataError(
+        "cannot find this assistant message in the rendered chat template, so its tokens "
+        "cannot be marked for training",
+        field=f"messages[{index}].content",
+        reason="chat template error",
+    )
+
+
+def _turn_starts(
+    full: str, before: str, after: str, body: str, cursor: int
+) -> Iterator[tuple[int, str]]:
+    """Where the turn may start in `full`, with its text rendered as the conversation's end,
+    in order of preference: the end of the generation prompt (a prefix-consistent template),
+    the turn's text found further on, its content found (the text a template puts before the
+    content when the turn is last, e.g. a think block, is then left out)."""
+    if after.startswith(before):
+        turn = after[len(before) :]
+        if full.startswith(before) and len(before) >= cursor:
+            yield len(before), turn
+        found = full.find(turn, cursor)
         if found >= 0:
-            return found, found + len(piece)
-    found = full.find(content, cursor)
-    if found < 0:
-        raise DataError(
-            "cannot find this assistant message in the rendered chat template, so its tokens "
-            "cannot be marked for training",
-            field=f"messages[{index}].content",
-            reason="chat template error",
-        )
-    end = found + len(content)
-    at = after.rfind(content)
-    tail = after[at + len(content) :] if at >= 0 else ""
-    if tail and full.startswith(tail, end):  # the end-of-turn marker
-        end += len(tail)
-    return found, end
+            yield found, turn
+    found, at = full.find(body, cursor), after.rfind(body)
+    if body and found >= 0 and at >= 0:
+        yield found, after[at:]
+
+
+def _trained_length(
+    turn: str, rest: str, content: str, markers: re.Pattern[str] | None
+) -> int | None:
+    """How much of `rest` (the full rendering from where an assistant turn starts) is trained,
+    None when `rest` does not continue `turn` through its content.
+
+    `turn` is that turn rendered as the end of the conversation. The trained text is their
+    common prefix, cut after the last special token that follows the content: a cut there is
+    a whole-token boundary (comparing characters alone would cut Phi-3's `<|endoftext|>`
+    against `<|user|>` after `<|`) and it drops the framing text after the marker. Without a
+    special token after the content (a template of plain-text markers) the common prefix is
+    trained whole.
+    """
+    common = _common_prefix_length(turn, rest)
+    body = content.strip()
+    at = turn.rfind(body, 0, common)
+    if at < 0 or common == 0:
+        return None
+    tail = at + len(body) if body else 0
+    found = list(markers.finditer(turn, tail, common)) if markers is not None else []
+    return found[-1].end() if found else common
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    if b.startswith(a):
+        return len(a)
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the length is <= high
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
