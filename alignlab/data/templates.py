@@ -1,4 +1,4 @@
-"""Chat templates: the default ChatML template, rendering, and the trained assistant spans.
+"""Chat templates: the fallback ChatML templates, rendering, and the trained assistant spans.
 
 Assistant spans are found without knowing the template: for each assistant turn i, render
 messages[:i] with the generation prompt and messages[:i + 1] without it. The trained span
@@ -25,14 +25,29 @@ from alignlab.data.schema import DataError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHAT_TEMPLATE: str = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML_END_OF_TURN = "<|im_end|>"
+
+
+def _chatml(end_of_turn: str) -> str:
+    """ChatML with `end_of_turn` (a jinja expression) closing every message."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        + end_of_turn
+        + " + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+DEFAULT_CHAT_TEMPLATE: str = _chatml(f"'{CHATML_END_OF_TURN}'")
 """ChatML: `<|im_start|>role\\ncontent<|im_end|>\\n` per message, generation prompt
-`<|im_start|>assistant\\n`. Used when a tokenizer has no chat template."""
+`<|im_start|>assistant\\n`. The fallback of a tokenizer that has `<|im_end|>` as one token."""
+
+EOS_CHAT_TEMPLATE: str = _chatml("eos_token")
+"""ChatML with the tokenizer's EOS in place of `<|im_end|>`: the fallback of a tokenizer
+without `<|im_end|>` (GPT-2), whose turns then end with one token that is trained and that
+generation stops on, rather than with `<|im_end|>` split into BPE pieces."""
 
 Messages = list[dict[str, Any]]
 
@@ -41,19 +56,51 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def fallback_chat_template(tokenizer: Any) -> str:
+    """The template of a tokenizer without one: ChatML, each turn ended by a single token that
+    is a stop token of `alignlab.eval.generation.stop_token_ids`: `<|im_end|>` where the
+    tokenizer has it as a token of its own, else its EOS (EOS_CHAT_TEMPLATE).
+
+    Raises a ValueError when it has neither (`ensure_chat_template` adds one).
+    """
+    if _is_added_token(tokenizer, CHATML_END_OF_TURN):
+        return DEFAULT_CHAT_TEMPLATE
+    if getattr(tokenizer, "eos_token", None):
+        return EOS_CHAT_TEMPLATE
+    raise ValueError(
+        "the tokenizer has no chat template, no EOS token and no <|im_end|> token, so nothing "
+        "can end a turn; load it with alignlab.models.loading.load_tokenizer "
+        "(ensure_chat_template adds one)"
+    )
+
+
 def ensure_chat_template(tokenizer: Any) -> None:
-    """Give `tokenizer` DEFAULT_CHAT_TEMPLATE when it has no chat template of its own."""
+    """Give `tokenizer` its `fallback_chat_template` when it has no chat template of its own.
+
+    A tokenizer that has neither an EOS nor `<|im_end|>` gets `<|im_end|>` as a new special
+    token and EOS (`load_model` resizes the embeddings for it), so turns end with it.
+    """
     if has_chat_template(tokenizer):
         return
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]
-    if missing:
+    if not _is_added_token(tokenizer, CHATML_END_OF_TURN) and not getattr(
+        tokenizer, "eos_token", None
+    ):
+        tokenizer.add_special_tokens({"eos_token": CHATML_END_OF_TURN})
         logger.info(
-            "tokenizer has no chat template: using ChatML; %s are not single tokens in its "
-            "vocabulary and will be split into pieces",
-            " and ".join(missing),
+            "tokenizer has no chat template and no EOS: added %s as its EOS and end of turn",
+            CHATML_END_OF_TURN,
         )
+    tokenizer.chat_template = fallback_chat_template(tokenizer)
+    if tokenizer.chat_template == EOS_CHAT_TEMPLATE:
+        logger.info(
+            "tokenizer has no chat template: using ChatML with its EOS %r ending every turn",
+            tokenizer.eos_token,
+        )
+
+
+def _is_added_token(tokenizer: Any, text: str) -> bool:
+    """Whether `text` is one of the tokenizer's added tokens (encoded whole, never split)."""
+    return text in _added_tokens(tokenizer, special_only=False)
 
 
 def _added_tokens(tokenizer: Any, special_only: bool) -> set[str]:
@@ -72,11 +119,14 @@ def _added_tokens(tokenizer: Any, special_only: bool) -> set[str]:
 
 
 def render_messages(tokenizer: Any, messages: Messages, add_generation_prompt: bool = False) -> str:
-    """The chat template applied to `messages` as text (ChatML when the tokenizer has none).
+    """The chat template applied to `messages` as text (`fallback_chat_template` when the
+    tokenizer has none).
 
     A template that fails (e.g. roles that do not alternate) raises a DataError on 'messages'.
     """
-    kwargs = {} if has_chat_template(tokenizer) else {"chat_template": DEFAULT_CHAT_TEMPLATE}
+    kwargs = (
+        {} if has_chat_template(tokenizer) else {"chat_template": fallback_chat_template(tokenizer)}
+    )
     try:
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
