@@ -20,20 +20,25 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer with a pad token and a chat template guaranteed."""
+    """The model's tokenizer with a chat template and a pad token guaranteed.
+
+    The template first: a tokenizer without one may get an EOS token with it (its end of
+    turn), which padding can then reuse.
+    """
     tokenizer = AutoTokenizer.from_pretrained(
         cfg.tokenizer or cfg.path,
         revision=cfg.revision or None,
         trust_remote_code=cfg.trust_remote_code,
     )
+    ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
-        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged; padding is masked
-        # out of attention and loss, so the model never learns from it.
+        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged. Padding is told
+        # apart by the attention mask and the labels, never by its id, so a real EOS (the
+        # trained end of turn of the fallback template) keeps its loss and its log-prob.
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    ensure_chat_template(tokenizer)
     return tokenizer
 
 
