@@ -107,7 +107,14 @@ class ModelConfig:
     dtype: str = option("fp32", "weight dtype", choices=("fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward")
     attn_implementation: str = option(
-        "sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2")
+        "auto",
+        "attention kernel; auto = what from_pretrained picks for the architecture",
+        choices=("auto", "sdpa", "eager", "flash_attention_2", "flex_attention"),
+    )
+    disable_dropout: bool = option(
+        False,
+        "set every dropout of the model to 0, so the trained model computes what its frozen "
+        "reference computes; preference and RL recipes default to true (as their papers' code)",
     )
     trust_remote_code: bool = option(False, "allow model code from the hub")
     revision: str = option("", "hub revision (branch, tag or commit); empty is the default")

@@ -42,6 +42,7 @@ from alignlab.fileio import atomic_folder
 from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
+    disable_dropout,
     is_peft,
     load_tokenizer,
     merged_state_dict,
@@ -101,11 +102,12 @@ def load_reward_model(
     source = str(weights_from) if weights_from and not lora.enabled else cfg.path
     kwargs: dict[str, Any] = {
         "dtype": DTYPES[cfg.dtype],
-        "attn_implementation": cfg.attn_implementation,
         "trust_remote_code": cfg.trust_remote_code,
         "num_labels": 1,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if cfg.attn_implementation != "auto":  # auto: what from_pretrained picks for the model
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.revision and source == cfg.path:
         kwargs["revision"] = cfg.revision
     if lora.load_in_4bit:
@@ -125,6 +127,8 @@ def load_reward_model(
     if lora.enabled:
         adapter = Path(weights_from) / "adapter" if weights_from else None
         model = apply_reward_lora(model, lora, adapter_from=adapter)
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if device is not None and not lora.load_in_4bit:
         model = model.to(device)
     return model

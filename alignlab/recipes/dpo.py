@@ -38,6 +38,7 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import (
     dpo_loss,
     ipo_loss,
@@ -46,7 +47,7 @@ from alignlab.losses.preference import (
     slic_loss,
 )
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -72,7 +73,7 @@ class DPOConfig:
     """Paired preference optimisation (DPO, cDPO, IPO, SLiC-HF, ORPO, SimPO) on chosen/rejected
     data."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/dpo")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs (dpo, ipo)")
@@ -178,6 +179,8 @@ def run(cfg: DPOConfig) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- reference (before the policy: a precomputed reference is freed before it loads) ---

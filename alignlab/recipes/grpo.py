@@ -36,7 +36,7 @@ from alignlab.rl.policy_update import (
 class GRPOConfig:
     """GRPO / Dr. GRPO: K samples per prompt, group-normalised advantages, KL in the loss."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/grpo")
     rl: RLConfig = section(RLConfig, "sampling, reward and update")

@@ -39,9 +39,10 @@ from alignlab.config import (
 )
 from alignlab.data.collate import collate
 from alignlab.data.preference import PAIRS_AS, build_preference_dataset, mismatched_row
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import kto_loss
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -62,7 +63,7 @@ from alignlab.training.reference import ReferenceConfig, ReferenceLogProbs, chec
 class KTOConfig:
     """KTO on unpaired binary feedback (prompt, completion, label), or on pairs split in two."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "unpaired feedback or preference pairs")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/kto")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs")
@@ -122,6 +123,8 @@ def run(cfg: KTOConfig) -> Path:
     if runtime.is_main:
         desirable = sum(row["label"] for row in train_set)
         print(f"{report.summary()}; {desirable} desirable, {len(train_set) - desirable} not")
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
     rows = {"train": train_set, "eval": eval_set}
 

@@ -79,7 +79,7 @@ class PtxConfig:
 class PPOConfig:
     """PPO-RLHF (InstructGPT): KL-penalised reward, GAE with a learned critic, PPO-clip."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
     train: TrainConfig = section(
         TrainConfig, "optimisation loop (policy; critic.lr for critic)", output_dir="runs/ppo"

@@ -37,12 +37,12 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
-from alignlab.data.report import DataReport
+from alignlab.data.report import DataReport, longest_sequence
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
 from alignlab.losses.reward import bradley_terry_loss
-from alignlab.models.loading import load_tokenizer, unwrap_peft
+from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
@@ -81,7 +81,9 @@ class RewardConfig:
 class RMConfig:
     """Reward model on preference pairs: Bradley-Terry loss, optional margin and centring."""
 
-    model: ModelConfig = section(ModelConfig, "the causal LM the reward model starts from")
+    model: ModelConfig = section(
+        ModelConfig, "the causal LM the reward model starts from", disable_dropout=True
+    )
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rm")
     reward: RewardConfig = section(RewardConfig, "reward-model objective and ensembles")
@@ -185,6 +187,8 @@ def run(cfg: RMConfig) -> Path:
         train_set = bootstrap_resample(train_set, train_cfg.seed)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---

@@ -28,9 +28,10 @@ import torch
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
 from alignlab.data.preference import PAIRS_AS, build_preference_dataset
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import rrhf_loss
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -51,7 +52,7 @@ from alignlab.training.preference_step import (
 class RRHFConfig:
     """RRHF on ranked lists (prompt, responses, scores), or on pairs as two-response lists."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "ranked responses or preference pairs")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rrhf")
     length_penalty: float = option(1.0, "α: p_i = sum log-prob / length^α (1 = mean)", min=0)
@@ -130,6 +131,8 @@ def run(cfg: RRHFConfig) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---

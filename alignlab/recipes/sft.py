@@ -20,9 +20,10 @@ import torch
 
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
+from alignlab.data.report import longest_sequence
 from alignlab.data.tokenize import build_sft_dataset
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -63,6 +64,8 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---

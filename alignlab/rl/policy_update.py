@@ -80,7 +80,7 @@ from alignlab.losses.policy import (
     token_sum_constant,
 )
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import is_peft, load_model, load_tokenizer
+from alignlab.models.loading import check_positions, is_peft, load_model, load_tokenizer
 from alignlab.ops import masked_sum
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from alignlab.rl.rewards import RewardOptions
@@ -415,6 +415,19 @@ class RLSession:
                 f"rl.prompts_per_step={rl.prompts_per_step} must be a multiple of the "
                 f"{runtime.world_size} processes"
             )
+        tokenizer = self.tokenizer
+        longest_prompt = max(
+            (
+                len(prompt_token_ids(tokenizer, render_prompt(tokenizer, r.prompt)))
+                for r in self.rows
+            ),
+            default=0,
+        )
+        check_positions(
+            cfg.model, longest_prompt + rl.max_new_tokens,
+            f"rl.max_new_tokens={rl.max_new_tokens} after prompts of up to {longest_prompt} tokens",
+            "lower rl.max_new_tokens, or drop long prompts with data.max_prompt_tokens",
+        )  # fmt: skip
         self.prompts_per_rank = rl.prompts_per_step // runtime.world_size
         self.local_samples = self.prompts_per_rank * rl.samples_per_prompt
         global_mini = rl.mini_batch_size or rl.prompts_per_step * rl.samples_per_prompt
