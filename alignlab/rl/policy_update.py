@@ -210,6 +210,21 @@ class PromptRow:
     extras: dict[str, Any]
 
 
+def check_generation_fits(
+    model_cfg: ModelConfig, tokenizer: Any, rows: list[PromptRow], setting: str, new_tokens: int
+) -> None:
+    """Refuse, before any sampling, prompts + `new_tokens` longer than the model's positions."""
+    longest_prompt = max(
+        (len(prompt_token_ids(tokenizer, render_prompt(tokenizer, r.prompt))) for r in rows),
+        default=0,
+    )
+    check_positions(
+        model_cfg, longest_prompt + new_tokens,
+        f"{setting}={new_tokens} after prompts of up to {longest_prompt} tokens",
+        f"lower {setting}, or drop long prompts with data.max_prompt_tokens",
+    )  # fmt: skip
+
+
 def load_prompt_rows(
     cfg: PromptDataConfig, tokenizer: Any, report: DataReport | None = None
 ) -> list[PromptRow]:
@@ -415,19 +430,8 @@ class RLSession:
                 f"rl.prompts_per_step={rl.prompts_per_step} must be a multiple of the "
                 f"{runtime.world_size} processes"
             )
-        tokenizer = self.tokenizer
-        longest_prompt = max(
-            (
-                len(prompt_token_ids(tokenizer, render_prompt(tokenizer, r.prompt)))
-                for r in self.rows
-            ),
-            default=0,
-        )
-        check_positions(
-            cfg.model, longest_prompt + rl.max_new_tokens,
-            f"rl.max_new_tokens={rl.max_new_tokens} after prompts of up to {longest_prompt} tokens",
-            "lower rl.max_new_tokens, or drop long prompts with data.max_prompt_tokens",
-        )  # fmt: skip
+        new_tokens = rl.max_new_tokens
+        check_generation_fits(cfg.model, self.tokenizer, self.rows, "rl.max_new_tokens", new_tokens)
         self.prompts_per_rank = rl.prompts_per_step // runtime.world_size
         self.local_samples = self.prompts_per_rank * rl.samples_per_prompt
         global_mini = rl.mini_batch_size or rl.prompts_per_step * rl.samples_per_prompt

@@ -59,7 +59,7 @@ from alignlab.eval.generation import Generation
 from alignlab.fileio import atomic_folder, write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.recipes import sft
-from alignlab.rl.policy_update import PromptRow, load_prompt_rows
+from alignlab.rl.policy_update import PromptRow, check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions
 from alignlab.rl.rollout import rollout
 from alignlab.training import distributed, loop
@@ -251,7 +251,12 @@ class SampleFilterSession:
         self.output_dir = Path(cfg.train.output_dir)
         self.folder = loop.start_run(cfg, runtime)
         self.device = runtime.device
-        self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
+        tokenizer = load_tokenizer(cfg.model)
+        self.rows: list[PromptRow] = load_prompt_rows(cfg.data, tokenizer)
+        new_tokens = cfg.sampling.max_new_tokens
+        check_generation_fits(
+            cfg.model, tokenizer, self.rows, "sampling.max_new_tokens", new_tokens
+        )
         self.reward_fn, self.gold_fn = cfg.sampling.build(self.device)
         # a resumed run logs its completed stages again from their files: one record per stage
         self.folder.claim()
