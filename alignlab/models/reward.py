@@ -38,7 +38,6 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from alignlab.config import LoraConfig, ModelConfig
-from alignlab.fileio import atomic_folder
 from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
@@ -48,8 +47,6 @@ from alignlab.models.loading import (
     merged_state_dict,
     unwrap_peft,
 )
-from alignlab.training.checkpoint import full_model_state, save_hf_folder
-from alignlab.training.distributed import Runtime, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -251,31 +248,3 @@ def reward_state_dict(
             key = f"{head}.{param}"
         result[key] = value
     return result
-
-
-def save_reward_folder(
-    target: str | Path,
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    runtime: Runtime,
-    lora: LoraConfig | None = None,
-    adapter: bool = True,
-) -> Path:
-    """Save a reward model as a plain HF sequence-classification folder, atomically. Collective.
-
-    Full models go through `save_hf_folder`; LoRA models get merged weights with the head
-    under its plain name (`reward_state_dict`) and, when `adapter`, the adapter (head
-    included) in `adapter/`.
-    """
-    if not is_peft(model):
-        return save_hf_folder(target, model, tokenizer, runtime, lora=lora, adapter=adapter)
-    state = full_model_state(model, runtime)
-    if runtime.is_main:
-        with atomic_folder(target) as tmp:
-            if lora is None or lora.save_merged:
-                unwrap_peft(model).save_pretrained(tmp, state_dict=reward_state_dict(model, state))
-            if adapter:
-                model.save_pretrained(tmp / "adapter", state_dict=state)
-            tokenizer.save_pretrained(tmp)
-    barrier(runtime)
-    return Path(target)

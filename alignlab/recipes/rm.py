@@ -43,12 +43,13 @@ from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
 from alignlab.losses.reward import bradley_terry_loss
 from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
-from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
+from alignlab.models.reward import SequenceRewards, load_reward_model
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
+    save_reward_folder,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
 

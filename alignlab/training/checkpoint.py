@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from alignlab.config import ConfigError, LoraConfig
 from alignlab.fileio import atomic_folder
 from alignlab.models.loading import is_peft, merged_state_dict, unwrap_peft
+from alignlab.models.reward import reward_state_dict
 from alignlab.training.distributed import Runtime, all_gather_objects, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -150,6 +151,34 @@ def save_hf_folder(
                 else:
                     torch.save(obj, tmp / name)
             crash_point("save", int((extra or {}).get("trainer_state.json", {}).get("step", -1)))
+    barrier(runtime)
+    return Path(target)
+
+
+def save_reward_folder(
+    target: str | Path,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    runtime: Runtime,
+    lora: LoraConfig | None = None,
+    adapter: bool = True,
+) -> Path:
+    """Save a reward model as a plain HF sequence-classification folder, atomically. Collective.
+
+    Full models go through `save_hf_folder`; LoRA models get merged weights with the head
+    under its plain name (`reward_state_dict`) and, when `adapter`, the adapter (head
+    included) in `adapter/`.
+    """
+    if not is_peft(model):
+        return save_hf_folder(target, model, tokenizer, runtime, lora=lora, adapter=adapter)
+    state = full_model_state(model, runtime)
+    if runtime.is_main:
+        with atomic_folder(target) as tmp:
+            if lora is None or lora.save_merged:
+                unwrap_peft(model).save_pretrained(tmp, state_dict=reward_state_dict(model, state))
+            if adapter:
+                model.save_pretrained(tmp / "adapter", state_dict=state)
+            tokenizer.save_pretrained(tmp)
     barrier(runtime)
     return Path(target)
 

@@ -14,9 +14,10 @@ from weights import assert_identical_weights
 
 from alignlab.config import ConfigError, ModelConfig, load_config
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder, score_head
+from alignlab.models.reward import load_reward_model, score_head
 from alignlab.recipes import grpo, ppo
 from alignlab.rl.policy_update import RLSession
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 _one_thread = rl_common._one_thread  # module fixtures shared by the RL recipe tests

@@ -15,8 +15,9 @@ from alignlab.lab.gold import gold_score
 from alignlab.lab.rewards import gold_reward
 from alignlab.lab.world import LabWorld
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder
+from alignlab.models.reward import load_reward_model
 from alignlab.rl.rewards import RewardError, build_reward_fn, callable_reward
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
