@@ -22,6 +22,7 @@ import dataclasses
 from pathlib import Path
 
 from alignlab.config import ModelConfig, TrainConfig, option, section
+from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptDataConfig
 from alignlab.rl.sample_filter import (
     SampleConfig,
@@ -59,7 +60,7 @@ class RAFTConfig:
 def run(cfg: RAFTConfig) -> Path:
     """Sample, rank, fine-tune for `iterations` rounds; return the final model's folder."""
     # --- setup: prompts, reward and gold functions, metrics ---
-    session = SampleFilterSession(cfg, "raft")
+    session = SampleFilterSession(cfg, "raft", sft.stage)
     policy = cfg.model.path
     per_iteration = cfg.prompts_per_iteration or len(session.rows)
     schedule = BatchSchedule(len(session.rows), per_iteration, cfg.train.seed)

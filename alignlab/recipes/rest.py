@@ -24,6 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptDataConfig
 from alignlab.rl.sample_filter import (
     SampleConfig,
@@ -76,7 +77,7 @@ class ReSTConfig:
 def run(cfg: ReSTConfig) -> Path:
     """Grow and Improve; return the folder of the final model (a plain HF folder)."""
     # --- setup: prompts, reward and gold functions, metrics ---
-    session = SampleFilterSession(cfg, "rest")
+    session = SampleFilterSession(cfg, "rest", sft.stage)
     policy = cfg.model.path
 
     for grow in range(cfg.grow_steps):

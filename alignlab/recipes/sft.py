@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
+from alignlab.config import DataConfig, ModelConfig, TrainConfig, check_all, option, section
 from alignlab.data.collate import collate
 from alignlab.data.report import longest_sequence
 from alignlab.data.tokenize import build_sft_dataset
@@ -42,6 +42,13 @@ class SFTConfig:
     data: DataConfig = section(DataConfig, "training data")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/sft")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
+
+
+def stage(model: ModelConfig, data: DataConfig, train: TrainConfig, parent: RunFolder) -> Path:
+    """SFT as a stage of another run (ReST, RAFT): the config from its sections, checked."""
+    cfg = SFTConfig(model=model, data=data, train=train)
+    check_all(cfg)
+    return run(cfg, parent)
 
 
 def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
