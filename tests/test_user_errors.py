@@ -45,6 +45,10 @@ def one_argument(response):
 
 def too_few(prompts, completions, **kwargs):  # TRL's convention, one reward for the batch
     return [1.0]
+
+
+def buggy(prompt, response):
+    return 1 / 0
 """
 
 
@@ -236,6 +240,13 @@ def test_a_fresh_interpreter_prints_the_same(cli, inputs):
     fresh = fresh_cli(argv, ENV, inputs["root"])
     assert_one_line(fresh, ["rl.reward="])
     assert fresh.stderr == cli.run(argv, inputs["root"]).stderr
+
+
+def test_a_bug_keeps_its_traceback(cli, inputs):
+    # a reward function that raises is the user's code failing: its traceback shows where
+    result = cli.run(grpo(inputs, f"rl.reward={inputs['rewards']}:buggy"), inputs["root"])
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
 
 
 def test_machine_os_errors_are_one_line_and_others_are_bugs():
