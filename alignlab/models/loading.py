@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignlab.config import ConfigError, LoraConfig, ModelConfig
 from alignlab.data.templates import ensure_chat_template
+from alignlab.models.folders import load_error
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def from_pretrained(auto_class: Any, source: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained(source, **kwargs)`; a source it cannot read (a hub id it
+    cannot fetch, an unreadable, corrupt or truncated file) raises a one-line UserInputError
+    naming it. `alignlab.models.folders.check_model_source` catches most of these earlier."""
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except (OSError, SafetensorError) as err:
+        what = "tokenizer" if "Tokenizer" in auto_class.__name__ else "model"
+        raise load_error(str(source), what, err) from err
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -25,7 +39,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     The template first: a tokenizer without one may get an EOS token with it (its end of
     turn), which padding can then reuse.
     """
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = from_pretrained(
+        AutoTokenizer,
         cfg.tokenizer or cfg.path,
         revision=cfg.revision or None,
         trust_remote_code=cfg.trust_remote_code,
@@ -63,7 +78,7 @@ def load_model(
     if lora.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config(cfg)
         kwargs["device_map"] = {"": device or torch.device("cuda")}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = from_pretrained(AutoModelForCausalLM, source, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -125,12 +140,12 @@ def check_positions(cfg: ModelConfig, longest: int, setting: str, fix: str = "")
 
 
 def _four_bit_config(cfg: ModelConfig) -> object:
-    if not torch.cuda.is_available():
-        raise RuntimeError("model.lora.load_in_4bit=true (QLoRA) needs a CUDA device")
+    if not torch.cuda.is_available():  # LoraConfig.check refuses this before loading
+        raise ConfigError("model.lora.load_in_4bit=true (QLoRA) needs a CUDA device")
     try:
         from transformers import BitsAndBytesConfig
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise RuntimeError("QLoRA needs bitsandbytes: pip install 'alignlab[qlora]'") from err
+        raise ConfigError("QLoRA needs bitsandbytes: pip install 'alignlab[qlora]'") from err
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -37,11 +37,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from alignlab.config import LoraConfig, ModelConfig
+from alignlab.config import LoraConfig, ModelConfig, UserInputError
 from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
     disable_dropout,
+    from_pretrained,
     is_peft,
     load_tokenizer,
     merged_state_dict,
@@ -110,8 +111,8 @@ def load_reward_model(
     if lora.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config(cfg)
         kwargs["device_map"] = {"": device or torch.device("cuda")}
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        source, output_loading_info=True, **kwargs
+    model, info = from_pretrained(
+        AutoModelForSequenceClassification, source, output_loading_info=True, **kwargs
     )
     if any(key.split(".")[0] == HEAD for key in info.get("missing_keys", ())):
         init_score_head(model, seed)
@@ -159,9 +160,12 @@ def load_reward_folder(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer) of a saved reward-model folder."""
     tokenizer = load_tokenizer(ModelConfig(path=str(path)))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype])
+    model = from_pretrained(AutoModelForSequenceClassification, str(path), dtype=DTYPES[dtype])
     if model.config.num_labels != 1:
-        raise ValueError(f"{path}: num_labels={model.config.num_labels}; a reward model has 1")
+        raise UserInputError(
+            f"{path}: num_labels={model.config.num_labels}; a reward model has 1 (train one "
+            "with `alignlab rm`)"
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     if device is not None:
         model = model.to(device)

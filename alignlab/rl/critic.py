@@ -60,7 +60,9 @@ class CriticConfig:
     """The value model V(s_t) of PPO: all weights trained, its own AdamW."""
 
     path: str = option(
-        "", "RM folder or causal LM; empty = rl.reward if it is one RM folder, else model.path"
+        "",
+        "RM folder or causal LM; empty = rl.reward if it is one RM folder, else model.path",
+        kind="model",
     )
     init: str = option(
         "auto",

@@ -140,7 +140,7 @@ class RLReferenceConfig:
         "model: a frozen copy of reference.path; adapter: the LoRA policy with adapters disabled",
         choices=("model", "adapter"),
     )
-    path: str = option("", "reference model (hub id or folder); empty = model.path")
+    path: str = option("", "reference model (hub id or folder); empty = model.path", kind="model")
 
 
 @dataclasses.dataclass

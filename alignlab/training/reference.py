@@ -53,7 +53,7 @@ class ReferenceConfig:
         "output_dir; adapter: the LoRA policy with adapters disabled",
         choices=MODES,
     )
-    path: str = option("", "reference model (hub id or folder); empty = model.path")
+    path: str = option("", "reference model (hub id or folder); empty = model.path", kind="model")
     batch_size: int = option(
         0, "sequences per forward of the precompute pass; 0 = 2 x train.micro_batch_size", min=0
     )

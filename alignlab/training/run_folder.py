@@ -6,7 +6,8 @@ every step checkpoint carries the same record (plus the number of processes). Be
 with nothing written (`open_run_folder`):
 - a fresh run refuses a folder that holds another recipe's or another config's run, a run with
   checkpoints (resume it, or start over), or files that are not a run, unless
-  `train.overwrite=true`: then the old run is deleted when the new one first writes;
+  `train.overwrite=true`: then the old run is deleted when the new one first writes (as is,
+  without asking, a run that failed before it saved any model: it holds nothing to lose);
 - a resumed run refuses a checkpoint of another recipe, another config or another number of
   processes, naming the keys that differ; keys that are safe to change are allowed, and the
   ones that change the schedule are named;
@@ -118,7 +119,7 @@ class RunFolder:
                 shutil.rmtree(
                     entry
                 ) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            print(f"train.overwrite: removed the earlier run in {self.path}")
+            print(f"removed the earlier run in {self.path}")
         self.path.mkdir(parents=True, exist_ok=True)
         for folder in (self.path, self.path / "checkpoints"):
             clear_leftovers(folder)
@@ -145,6 +146,15 @@ def clear_leftovers(folder: Path, only: str | None = None) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+MODEL_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.*")
+
+
+def holds_a_model(folder: Path) -> bool:
+    """Whether any model weights (a checkpoint, a final model, a stage's model) are under
+    `folder`: a run folder without them has nothing a new run could lose."""
+    return any(next(folder.rglob(pattern), None) is not None for pattern in MODEL_FILES)
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -211,8 +221,8 @@ def _check_fresh(folder: RunFolder, checkpoint: Path | None, overwrite: bool) ->
             f"{_where(path)} is not empty and holds no alignlab run ({names}); pick a new or "
             "empty folder, or set train.overwrite=true to write into it anyway"
         )
-    folder.replace = overwrite
-    if overwrite:
+    folder.replace = overwrite or not holds_a_model(path)
+    if folder.replace:  # told to, or an earlier run that failed before it saved any model
         return
     recipe = record.get("recipe")
     if recipe and recipe != folder.record["recipe"]:
@@ -247,13 +257,6 @@ def _check_resume(folder: RunFolder, checkpoint: Path) -> None:
             f"{where} is a checkpoint of a {saved.get('recipe')} run, not of this {recipe} run; "
             "pick another train.output_dir, or drop train.resume to start a new run"
         )
-    world_size = state.get("world_size", folder.runtime.world_size)
-    if world_size != folder.runtime.world_size:
-        raise ConfigError(
-            f"{where} was saved by {world_size} process(es); resume it with {world_size} "
-            f"(torchrun --nproc_per_node {world_size}), not {folder.runtime.world_size}: the "
-            "data order and random streams are per process"
-        )
     old, new = saved["config"], folder.record["config"]
     allowed = NEUTRAL_KEYS | set(SCHEDULE_KEYS) | set(BATCH_KEYS)
     changes = _differs(old, new, allowed)
@@ -262,6 +265,13 @@ def _check_resume(folder: RunFolder, checkpoint: Path) -> None:
             f"{where} belongs to another config ({describe_changes(changes)}); resuming would "
             "splice two runs. Pick another train.output_dir, or drop train.resume to start "
             "over (with train.overwrite=true)"
+        )
+    world_size = state.get("world_size", folder.runtime.world_size)
+    if world_size != folder.runtime.world_size:
+        raise ConfigError(
+            f"{where} was saved by {world_size} process(es); resume it with {world_size} "
+            f"(torchrun --nproc_per_node {world_size}), not {folder.runtime.world_size}: the "
+            "data order and random streams are per process"
         )
     (old_micro, old_accum), (micro, accum) = (
         [flatten(c).get(k, 1) for k in BATCH_KEYS] for c in (old, new)

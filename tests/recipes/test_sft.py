@@ -52,7 +52,7 @@ def test_cli_smoke_trains_and_writes_loadable_checkpoint(tiny_model_dir, sft_fil
 
 def test_cli_reports_bad_config_and_bad_data(tiny_model_dir, tmp_path, capsys):
     assert main(["sft", f"model.path={tiny_model_dir}", "data.path=x.jsonl", "train.lrr=1"]) == 2
-    assert "did you mean lr?" in capsys.readouterr().err
+    assert "did you mean train.lr?" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "completion": "yo"}\n{"prompt": "hi", "completion": ""}\n')
     code = main(["sft", *overrides(tiny_model_dir, bad, tmp_path / "o")])

@@ -4,6 +4,7 @@ folders, refusals that name what differs, resume checks, clean-up after a kill, 
 import contextlib
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -126,6 +127,17 @@ def test_overwrite_replaces_another_run_and_never_deletes_foreign_files(
     assert sft(tiny_model_dir, sft_file, foreign, "train.overwrite=true") == 0
     assert (foreign / "notes.txt").read_text() == "keep me" and (foreign / "final").is_dir()
     assert sft(tiny_model_dir, sft_file, out, "train.overwrite=true", "train.resume=true") == 2
+
+
+def test_an_earlier_run_that_saved_no_model_is_replaced_without_asking(
+    tiny_model_dir, sft_file, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert sft(tiny_model_dir, sft_file, out) == 0
+    shutil.rmtree(out / "final")  # as a run that failed in its first step leaves the folder
+    assert sft(tiny_model_dir, sft_file, out, "train.lr=1e-3") == 0
+    assert "removed the earlier run" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["lr"] == 1e-3
 
 
 def test_a_run_that_fails_before_training_leaves_the_folder_as_it_found_it(
