@@ -19,11 +19,11 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alignlab.cli import RECIPES, resolve_preset
 from alignlab.config import load_config
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.build import LabArtifacts
 from alignlab.lab.feedback import label_samples, sample_responses
+from alignlab.recipes import RECIPES, resolve_preset
 
 
 def _key(*parts: object) -> str:
