@@ -7,7 +7,6 @@ folder is built here (a BPE vocabulary trained on a few lines, a GPT-2 of 2 laye
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformers import PreTrainedTokenizerFast as FastTokenizer
 from word_model import _one_thread  # noqa: F401 - an autouse fixture
@@ -25,6 +24,7 @@ from alignlab.data.tokenize import tokenize_segments
 from alignlab.eval.generation import generate, stop_token_ids
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.tiny import train_bpe
 from alignlab.ops import IGNORE_INDEX
 
 TEXTS = [
@@ -38,17 +38,7 @@ CHAT += [{"role": "assistant", "content": "Blue."}]
 
 
 def _bpe(special_tokens):
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(TEXTS, trainer)
-    return bpe
+    return train_bpe(TEXTS, 300, special_tokens)
 
 
 def _save_with_gpt2(tokenizer, folder, eos_id):
