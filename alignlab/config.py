@@ -79,7 +79,7 @@ def option(
     """A dataclass field with a one-line doc and an allowed range or set of values.
 
     `kind` marks a field that names something outside the config ("model", "tokenizer",
-    "reward", "output"): `alignlab.preflight.check_inputs` checks it exists and is usable
+    "reward", "data", "output"): `alignlab.preflight.check_inputs` checks it exists and is usable
     before any model loads.
     """
     metadata = {
@@ -193,9 +193,13 @@ class ModelConfig:
 class DataConfig:
     """Where the examples come from and how they become token sequences."""
 
-    path: str = option("", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id")
+    path: str = option(
+        "", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id", kind="data"
+    )
     split: str = option("train", "split to read from a hub dataset or a saved DatasetDict")
-    eval_path: str = option("", "held-out file/dataset for eval loss; empty uses eval_fraction")
+    eval_path: str = option(
+        "", "held-out file/dataset for eval loss; empty uses eval_fraction", kind="data"
+    )
     eval_fraction: float = option(0.0, "fraction of `path` held out for eval loss", min=0, max=0.5)
     format: str = option(
         "auto",

@@ -6,6 +6,7 @@
 - "model": a model folder or hub id (`alignlab.models.folders.check_model_source`); it must
   also hold a tokenizer when its section's "tokenizer" field is empty;
 - "tokenizer": a tokenizer folder or hub id;
+- "data": a data file or folder that must exist when it cannot be a hub dataset id;
 - "reward": a reward spec (`alignlab.rl.rewards.check_reward_spec`: the function exists and
   takes (prompt, response), the reward-model folders are reward models);
 - "output": a folder the run can create or write into.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config import ConfigError, fields_of
+from alignlab.data.sources import looks_local
 from alignlab.models.folders import check_model_source
 from alignlab.rl.rewards import check_reward_spec
 
@@ -48,6 +50,8 @@ def check_inputs(config: Any, where: str = "") -> None:
             check_model_source(value, key, weights=False, revision=getattr(config, "revision", ""))
         elif kind == "reward":
             check_reward_spec(value, key)
+        elif kind == "data" and looks_local(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value}: no such file or folder")
         elif kind == "output":
             check_output_folder(value, key)
 

@@ -1,4 +1,4 @@
-"""`check_inputs` finds every field that names a model, tokenizer, reward or output folder,
+"""`check_inputs` finds every field that names a model, tokenizer, reward, data or output folder,
 in any recipe's config, and names it by its full dotted key."""
 
 import shutil
@@ -13,7 +13,9 @@ from alignlab.recipes.rest import ReSTConfig
 
 
 def config(cls, model_dir, tmp_path, *extra):
-    base = [f"model.path={model_dir}", "data.path=d.jsonl", f"train.output_dir={tmp_path / 'run'}"]
+    (tmp_path / "d.jsonl").touch()
+    data = f"data.path={tmp_path / 'd.jsonl'}"
+    base = [f"model.path={model_dir}", data, f"train.output_dir={tmp_path / 'run'}"]
     return load_config(cls, None, [*base, *extra])
 
 
@@ -29,6 +31,8 @@ def test_every_kind_of_field_is_checked_under_its_own_key(tiny_model_dir, tmp_pa
         (PPOConfig, [*reward, "rl.gold=alignlab.lab.rewards:nope"], "rl.gold="),
         (ReSTConfig, ["sampling.reward=alignlab.lab.rewards:nope"], "sampling.reward="),
         (DPOConfig, [f"train.output_dir={tiny_model_dir / 'config.json'}"], "train.output_dir="),
+        (DPOConfig, [f"data.eval_path={missing}.jsonl"], "data.eval_path="),
+        (PPOConfig, [*reward, f"ptx.path={missing}.jsonl", "ptx.coef=0.1"], "ptx.path="),
     ]
     for cls, extra, key in cases:
         with pytest.raises(ConfigError, match=f"^{key}"):

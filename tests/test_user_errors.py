@@ -211,6 +211,8 @@ CASES = [
      ["override 'train.lr=[1,'", "not valid YAML", "line 1"], None),
     ("bad_yaml_preset", lambda p: ["sft", "--config", str(p["bad_yaml"]), *sft(p)[1:]],
      ["bad.yaml: not valid YAML", "line 3"], None),
+    ("data_file_missing", lambda p: sft(p, f"data.path={p['root'] / 'nope.jsonl'}"),
+     ["data.path=", "nope.jsonl: no such file or folder"], None),
     ("null_data_field_reads_null", lambda p: sft(p, f"data.path={p['null_prompt']}"),
      ["null_prompt.jsonl:1: field 'prompt': null"], None),
     # the tools

@@ -116,7 +116,9 @@ class KLRunawayError(RuntimeError):
 class PromptDataConfig:
     """Prompt-only rows: `prompt` (string or message list); other keys go to reward fns."""
 
-    path: str = option("", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id")
+    path: str = option(
+        "", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id", kind="data"
+    )
     split: str = option("train", "split to read from a hub dataset or a saved DatasetDict")
     max_examples: int = option(0, "use at most this many prompts; 0 = all", min=0)
     max_prompt_tokens: int = option(
