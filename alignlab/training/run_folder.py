@@ -237,6 +237,12 @@ def _check_fresh(folder: RunFolder, checkpoint: Path | None, overwrite: bool) ->
             f"{_where(path)} holds another {recipe or 'alignlab'} run ({describe_changes(changes)});"
             " pick another train.output_dir, or set train.overwrite=true to replace it"
         )
+    if checkpoint is not None and folder.final_dir.exists():
+        raise ConfigError(
+            f"{_where(path)} holds this run, finished ({folder.final_dir.name}/ and checkpoints "
+            f"up to {checkpoint.name}); run it again with train.overwrite=true, or pick another "
+            "train.output_dir"
+        )
     if checkpoint is not None:
         raise ConfigError(
             f"{_where(path)} holds this run's checkpoints (up to {checkpoint.name}); continue "
