@@ -100,7 +100,13 @@ def test_resume_refuses_another_config_and_names_the_keys(tiny_model_dir, sft_fi
     assert "train.lr: 2e-05 -> 0.001" in capsys.readouterr().err
     # the same config again without resume: it has checkpoints, so resume or overwrite
     assert sft(tiny_model_dir, sft_file, out, "train.save_every=1", "train.max_steps=3") == 2
-    assert "train.resume=true" in capsys.readouterr().err
+    assert "finished" in capsys.readouterr().err  # final/ is there: only overwrite redoes it
+    final = out / "final"
+    final.rename(out.parent / "kept_final")  # as if it had been killed before the end
+    assert sft(tiny_model_dir, sft_file, out, "train.save_every=1", "train.max_steps=3") == 2
+    assert "continue it with train.resume=true" in capsys.readouterr().err
+    (out.parent / "kept_final").rename(final)
+    before = snapshot(out)
     # safe changes pass: a longer schedule (said) and another split of the same batch
     extra = ("train.max_steps=4", "train.micro_batch_size=2", "train.grad_accum=2")
     assert sft(tiny_model_dir, sft_file, out, "train.resume=true", *extra) == 0
