@@ -106,7 +106,7 @@ def test_resume_refuses_another_config_and_names_the_keys(tiny_model_dir, sft_fi
     assert sft(tiny_model_dir, sft_file, out, "train.save_every=1", "train.max_steps=3") == 2
     assert "continue it with train.resume=true" in capsys.readouterr().err
     (out.parent / "kept_final").rename(final)
-    before = snapshot(out)
+    assert snapshot(out) == before  # refusals wrote nothing
     # safe changes pass: a longer schedule (said) and another split of the same batch
     extra = ("train.max_steps=4", "train.micro_batch_size=2", "train.grad_accum=2")
     assert sft(tiny_model_dir, sft_file, out, "train.resume=true", *extra) == 0
