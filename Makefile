@@ -5,16 +5,20 @@ BIN := $(VENV)/bin
 # The CPU build of torch when no NVIDIA GPU is present: seconds instead of a multi-GB download.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
+# The versions the suite was run with (`make lock` refreshes it); pyproject keeps the ranges
+# for people who install alignlab as a library.
+LOCK := requirements.lock
+EXTRAS ?= dev
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: setup
@@ -28,11 +32,24 @@ test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[bench]"
 	$(BIN)/python benchmarks/sft_speed.py
 	$(BIN)/python benchmarks/dpo_speed.py
 	$(BIN)/python benchmarks/rl_speed.py
 	$(BIN)/python benchmarks/generation_speed.py
+
+# Resolve the newest versions pyproject allows in a scratch venv, with pip (uv and poetry would
+# download a CUDA torch), and pin them; torch is pinned as TORCH_SPEC installs it.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.lock-venv/bin/python -m pip install -q -e ".[dev,bench,serve]"
+	{ echo "# make lock: the versions the test suite ran with (pip install -c $(LOCK) ...)"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

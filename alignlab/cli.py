@@ -1,61 +1,32 @@
 """Command line: `alignlab <recipe> --config PRESET key.sub=value ...` and a few tools.
 
-Thin on purpose: parse, build the recipe's config, call its `run`.
+Thin on purpose: parse, build the recipe's config, check what it names
+(`alignlab.preflight`), call its `run`.
+
+A user's mistake, or what their machine lacks, is one line on stderr and exit code 2:
+`ConfigError`, `DataError`, any other `UserInputError` (a model that cannot load, a reward
+function answering the wrong thing), a full disk, a folder without permission, out of memory.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import shutil
 import sys
 from pathlib import Path
 
-from alignlab.config import ConfigError, describe, load_config
-
-RECIPE_DIR = Path(__file__).parent / "recipes"
-RECIPES = {
-    "sft": ("alignlab.recipes.sft", "SFTConfig"),
-    "rm": ("alignlab.recipes.rm", "RMConfig"),
-    "dpo": ("alignlab.recipes.dpo", "DPOConfig"),
-    "kto": ("alignlab.recipes.kto", "KTOConfig"),
-    "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
-    "coh": ("alignlab.recipes.coh", "CoHConfig"),
-    "grpo": ("alignlab.recipes.grpo", "GRPOConfig"),
-    "rloo": ("alignlab.recipes.rloo", "RLOOConfig"),
-    "reinforce_pp": ("alignlab.recipes.reinforce_pp", "ReinforcePPConfig"),
-    "ppo": ("alignlab.recipes.ppo", "PPOConfig"),
-    "rest": ("alignlab.recipes.rest", "ReSTConfig"),
-    "raft": ("alignlab.recipes.raft", "RAFTConfig"),
-    "bon": ("alignlab.eval.best_of_n", "BestOfNConfig"),
-}
-
-
-def presets(recipe: str | None = None) -> list[Path]:
-    """Shipped YAML presets, named `<recipe>_<variant>.yaml` next to the recipes."""
-    found = sorted(RECIPE_DIR.glob("*.yaml"))
-    return [p for p in found if recipe is None or p.stem.startswith(f"{recipe}_")]
-
-
-def resolve_preset(name: str) -> Path:
-    """A path, or the name of a shipped preset (with or without .yaml)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if shipped.exists():
-        return shipped
-    names = ", ".join(p.stem for p in presets())
-    raise ConfigError(
-        f"config {name!r}: no such file, and no shipped preset of that name ({names})"
-    )
+from alignlab.config import ArgumentParser, ConfigError, UserInputError, describe, load_config
+from alignlab.recipes import RECIPES, presets, resolve_preset
 
 
 def run_recipe(name: str, argv: list[str]) -> None:
     module_name, config_name = RECIPES[name]
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"alignlab {name}",
         description=(config_cls.__doc__ or "").strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,6 +37,9 @@ def run_recipe(name: str, argv: list[str]) -> None:
     args = parser.parse_args(argv)
     preset = resolve_preset(args.config) if args.config else None
     config = load_config(config_cls, preset, args.overrides)
+    from alignlab.preflight import check_inputs
+
+    check_inputs(config)
     module.run(config)
 
 
@@ -84,7 +58,10 @@ def copy_preset(name: str, dest: str) -> None:
         target = target / source.name
     if target.exists():
         raise ConfigError(f"{target} exists; not overwriting it")
-    shutil.copyfile(source, target)
+    try:
+        shutil.copyfile(source, target)
+    except OSError as err:
+        raise ConfigError(f"cp {name} {dest}: cannot write {target}: {err.strerror}") from err
     print(f"copied {source.name} -> {target}")
 
 
@@ -129,17 +106,41 @@ def main(argv: list[str] | None = None) -> int:
             lab_main(rest)
         else:
             raise ConfigError(f"unknown command {command!r}; try: {', '.join([*RECIPES, *tools])}")
-    except ConfigError as err:
-        print(f"alignlab: config error: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
-        from alignlab.data.schema import DataError
-
-        if isinstance(err, DataError):
-            print(f"alignlab: data error: {err}", file=sys.stderr)
-            return 2
-        raise
+        message = user_error_line(err)
+        if message is None:
+            raise
+        print(f"alignlab: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+"""OSErrors that are the machine's, not alignlab's: full disk or quota, no permission."""
+
+
+def user_error_line(err: BaseException) -> str | None:
+    """The one line printed for a user's or machine's error; None for a bug (a traceback)."""
+    from alignlab.data.schema import DataError
+
+    if isinstance(err, ConfigError):
+        text = f"config error: {err}"
+    elif isinstance(err, DataError):
+        text = f"data error: {err}"
+    elif isinstance(err, UserInputError):
+        text = f"error: {err}"
+    elif isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:
+        where = f" ({err.filename})" if err.filename else ""
+        text = f"error: {err.strerror}{where}"
+    elif type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
+        detail = " ".join(str(err).split())[:160]
+        text = (
+            f"error: out of accelerator memory ({detail}); use smaller micro-batches or "
+            "sequences, or model.gradient_checkpointing=true"
+        )
+    else:
+        return None
+    return " ".join(text.split())  # one line, whatever the message held
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ allowed, and each section's `check()` refuses conflicting settings.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import importlib.util
 import re
 import types
 import typing
@@ -39,8 +41,29 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+class UserInputError(Exception):
+    """Something a user gave, or the machine they run on, cannot be used: a model folder, a
+    reward function, a missing CUDA device. The message is one line naming the field or file
+    and what is wrong; the CLI prints it and exits with code 2, never a traceback."""
+
+
+class ConfigError(UserInputError, ValueError):
     """A config value, key or combination that is not allowed; the message says which."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are a ConfigError (one line, exit code 2 through the CLI)
+    instead of the usage text and SystemExit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def option(
@@ -51,17 +74,33 @@ def option(
     min: float | None = None,  # noqa: A002 - reads naturally at the call site
     max: float | None = None,  # noqa: A002
     min_exclusive: bool = False,
+    kind: str | None = None,
 ) -> Any:
-    """A dataclass field with a one-line doc and an allowed range or set of values."""
-    metadata = {"doc": doc, "choices": choices, "min": min, "max": max, "gt": min_exclusive}
+    """A dataclass field with a one-line doc and an allowed range or set of values.
+
+    `kind` marks a field that names something outside the config ("model", "tokenizer",
+    "reward", "data", "output"): `alignlab.preflight.check_inputs` checks it exists and is usable
+    before any model loads.
+    """
+    metadata = {
+        "doc": doc,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "gt": min_exclusive,
+        "kind": kind,
+    }
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def section(cls: type, doc: str) -> Any:
-    """A nested config section (a dataclass instance built with defaults)."""
-    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+def section(cls: type, doc: str, **defaults: Any) -> Any:
+    """A nested config section (a dataclass instance built with defaults); `defaults` are this
+    recipe's own defaults for some of its fields (e.g. `output_dir="runs/dpo"`)."""
+    return dataclasses.field(
+        default_factory=lambda: cls(**defaults), metadata={"doc": doc, "defaults": defaults}
+    )
 
 
 # --- shared sections ---
@@ -86,25 +125,54 @@ class LoraConfig:
     def check(self) -> None:
         if self.enabled and any(m == "lm_head" for m in self.target_modules):
             raise ConfigError(
-                "lora.target_modules: 'lm_head' is not supported (the loss reads the output "
-                "projection directly); train it fully or leave it frozen"
+                "model.lora.target_modules: 'lm_head' is not supported (the loss reads the "
+                "output projection directly); train it fully or leave it frozen"
             )
         if self.load_in_4bit and not self.enabled:
-            raise ConfigError("lora.load_in_4bit=true needs lora.enabled=true (QLoRA)")
+            raise ConfigError("model.lora.load_in_4bit=true needs model.lora.enabled=true (QLoRA)")
+        if self.load_in_4bit:
+            _check_qlora_machine()
         if self.enabled and not (self.save_merged or self.save_adapter):
-            raise ConfigError("lora: save_merged and save_adapter are both false; nothing to save")
+            raise ConfigError(
+                "model.lora: save_merged and save_adapter are both false; nothing to save"
+            )
+
+
+def _check_qlora_machine() -> None:
+    """4-bit loading needs a CUDA device and bitsandbytes: refuse here, not at load time."""
+    import torch  # here, so that reading a config does not import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "model.lora.load_in_4bit=true (QLoRA) needs a CUDA device and this machine has "
+            "none; set model.lora.load_in_4bit=false to train LoRA on full-precision weights"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "model.lora.load_in_4bit=true (QLoRA) needs bitsandbytes, which is not installed: "
+            "pip install 'alignlab[qlora]'"
+        )
 
 
 @dataclasses.dataclass
 class ModelConfig:
     """Which causal LM to load and how."""
 
-    path: str = option("", "hub id or local folder of an HF causal LM")
-    tokenizer: str = option("", "tokenizer hub id or folder; empty means the model's")
+    path: str = option("", "hub id or local folder of an HF causal LM", kind="model")
+    tokenizer: str = option(
+        "", "tokenizer hub id or folder; empty means the model's", kind="tokenizer"
+    )
     dtype: str = option("fp32", "weight dtype", choices=("fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward")
     attn_implementation: str = option(
-        "sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2")
+        "auto",
+        "attention kernel; auto = what from_pretrained picks for the architecture",
+        choices=("auto", "sdpa", "eager", "flash_attention_2", "flex_attention"),
+    )
+    disable_dropout: bool = option(
+        False,
+        "set every dropout of the model to 0, so the trained model computes what its frozen "
+        "reference computes; preference and RL recipes default to true (as their papers' code)",
     )
     trust_remote_code: bool = option(False, "allow model code from the hub")
     revision: str = option("", "hub revision (branch, tag or commit); empty is the default")
@@ -113,15 +181,25 @@ class ModelConfig:
     def check(self) -> None:
         if not self.path:
             raise ConfigError("model.path is required: a hub id or a local model folder")
+        flash = self.attn_implementation == "flash_attention_2"
+        if flash and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(
+                "model.attn_implementation=flash_attention_2 needs the flash-attn package, "
+                "which is not installed; use sdpa (the default)"
+            )
 
 
 @dataclasses.dataclass
 class DataConfig:
     """Where the examples come from and how they become token sequences."""
 
-    path: str = option("", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id")
+    path: str = option(
+        "", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id", kind="data"
+    )
     split: str = option("train", "split to read from a hub dataset or a saved DatasetDict")
-    eval_path: str = option("", "held-out file/dataset for eval loss; empty uses eval_fraction")
+    eval_path: str = option(
+        "", "held-out file/dataset for eval loss; empty uses eval_fraction", kind="data"
+    )
     eval_fraction: float = option(0.0, "fraction of `path` held out for eval loss", min=0, max=0.5)
     format: str = option(
         "auto",
@@ -166,7 +244,11 @@ class DataConfig:
 class TrainConfig:
     """The optimisation loop shared by the recipes."""
 
-    output_dir: str = option("runs/sft", "folder for checkpoints, metrics.jsonl and tensorboard/")
+    output_dir: str = option(
+        "runs/train",
+        "folder for checkpoints, metrics.jsonl and tensorboard/ (runs/<recipe>)",
+        kind="output",
+    )
     seed: int = option(0, "seed for init, shuffling and sampling")
     epochs: float = option(
         1.0, "passes over the data (fractions allowed)", min=0, min_exclusive=True
@@ -175,7 +257,13 @@ class TrainConfig:
     micro_batch_size: int = option(8, "sequences per forward pass per process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
     lr: float = option(2e-5, "peak learning rate", min=0, min_exclusive=True)
-    weight_decay: float = option(0.0, "AdamW decoupled weight decay (not on norms/biases)", min=0)
+    optimizer: str = option(
+        "adamw",
+        "adamw; or sgd: plain SGD, no optimizer state (its updates are linear in the gradient, "
+        "so runs that differ only in float summation order stay close)",
+        choices=("adamw", "sgd"),
+    )
+    weight_decay: float = option(0.0, "decoupled weight decay (not on norms/biases)", min=0)
     adam_beta1: float = option(0.9, "AdamW beta1", min=0, max=1)
     adam_beta2: float = option(0.999, "AdamW beta2", min=0, max=1)
     adam_eps: float = option(1e-8, "AdamW epsilon", min=0, min_exclusive=True)
@@ -198,11 +286,25 @@ class TrainConfig:
     )
     keep_checkpoints: int = option(2, "how many step checkpoints to keep (oldest removed)", min=1)
     resume: bool = option(False, "continue from the last checkpoint in output_dir")
+    overwrite: bool = option(
+        False,
+        "replace the run already in output_dir (another recipe's or config's, or one with "
+        "checkpoints): its folder is emptied when this run first writes",
+    )
     loss_chunk_size: int = option(
         1024, "tokens per chunk of the output-projection log-softmax", min=1
     )
     progress: bool = option(True, "show a tqdm progress bar (rank 0)")
     tensorboard: bool = option(True, "also write metrics to output_dir/tensorboard")
+
+    def check(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("train.output_dir is required: the folder this run writes")
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                "train.resume=true continues the run in output_dir, train.overwrite=true "
+                "replaces it: set one of them"
+            )
 
 
 # --- machinery ---
@@ -224,6 +326,11 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: YAML's `null`, not Python's None."""
+    return "null" if value is None else repr(value)
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check `value` against a field annotation; ints are accepted for floats."""
     origin = typing.get_origin(annotation)
@@ -236,21 +343,24 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, option_type, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} is not {_describe(annotation)}")
+        raise ConfigError(f"{where}: {_shown(value)} is not {_describe(annotation)}")
     if origin is Literal:
         if value not in typing.get_args(annotation):
-            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(annotation)}")
+            allowed = ", ".join(_shown(a) for a in typing.get_args(annotation))
+            raise ConfigError(f"{where}: {_shown(value)} is not one of {allowed}")
         return value
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if isinstance(value, str):  # `key=a,b` on the command line
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {_describe(item_type)}, got {value!r}")
+            raise ConfigError(
+                f"{where}: expected a list of {_describe(item_type)}, got {_shown(value)}"
+            )
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_shown(value)}")
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -263,6 +373,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if annotation is int and isinstance(value, bool):
             raise ConfigError(f"{where}: expected int, got {value!r}")
         return value
+    if value is None:
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, got null")
     raise ConfigError(
         f"{where}: expected {_describe(annotation)}, got {value!r} ({type(value).__name__})"
     )
@@ -271,8 +383,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
     meta = f.metadata
     if meta.get("choices") is not None and value not in meta["choices"]:
-        allowed = ", ".join(repr(c) for c in meta["choices"])
-        raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {allowed}")
+        allowed = ", ".join(_shown(c) for c in meta["choices"])
+        raise ConfigError(f"{where}: {_shown(value)} is not allowed; choose one of {allowed}")
     low, high = meta.get("min"), meta.get("max")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if low is not None and (value < low or (meta.get("gt") and value == low)):
@@ -282,9 +394,14 @@ def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
             raise ConfigError(f"{where}: {value!r} is out of range; it must be <= {high}")
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+def _unknown_key(key: Any, valid: list[str], where: str) -> ConfigError:
+    """The unknown key and the closest valid one, both as full dotted keys (`train.lr`)."""
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+    if close:
+        hint = f"; did you mean {where}{close[0]}?"
+    else:
+        section_name = f" of {where.rstrip('.')}" if where else ""
+        hint = f"; valid keys{section_name}: {', '.join(valid)}"
     return ConfigError(f"unknown key '{where}{key}'{hint}")
 
 
@@ -300,7 +417,8 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
         f = fields[key]
         name = f"{where}{key}"
         if dataclasses.is_dataclass(f.type):
-            kwargs[key] = build(f.type, value or {}, f"{name}.")
+            values_here = {**f.metadata.get("defaults", {}), **(value or {})}
+            kwargs[key] = build(f.type, values_here, f"{name}.")
         else:
             kwargs[key] = _coerce(value, f.type, name)
             _check_range(kwargs[key], f, name)
@@ -316,7 +434,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = read_yaml(raw) if raw else ""
+    try:
+        value = read_yaml(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML: {yaml_problem(err)}"
+        ) from err
     if value is None and raw not in ("null", "~"):
         value = raw
     return key.strip().split("."), value
@@ -338,9 +461,11 @@ def load_config(cls: type[C], preset: str | Path | None = None, overrides: list[
         try:
             values = read_yaml(Path(preset).read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{preset}: not valid YAML: {err}") from err
+            raise ConfigError(f"{preset}: not valid YAML: {yaml_problem(err)}") from err
         except OSError as err:
             raise ConfigError(f"cannot read config {preset}: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{preset}: not a YAML text file ({err.reason})") from err
         if not isinstance(values, dict):
             raise ConfigError(f"{preset}: the top level must be a mapping of sections")
     for text in overrides:
@@ -365,15 +490,17 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: `key (type, default): doc`, for --help."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field: `key = default  doc`, for --help (`defaults`: an instance of `cls`
+    holding this recipe's defaults)."""
+    defaults = cls() if defaults is None else defaults
     lines = []
     for name, f in fields_of(cls).items():
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(f.type):
             lines.append(f"{prefix}{name}: {f.metadata.get('doc', '')}")
-            lines.extend(describe(f.type, f"{prefix}{name}."))
+            lines.extend(describe(f.type, f"{prefix}{name}.", default))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         extra = (
             f"; one of {', '.join(map(str, f.metadata['choices']))}"
             if f.metadata.get("choices")

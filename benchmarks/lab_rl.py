@@ -113,8 +113,8 @@ def main() -> None:
         split=args.eval_split,
     )  # fmt: skip
     if args.bon:
-        from alignlab.eval.best_of_n import evaluate_best_of_n
         from alignlab.eval.harness import load_for_eval
+        from alignlab.rl.best_of_n import evaluate_best_of_n
 
         policy = load_for_eval(str(sft))
         for n in [int(x) for x in args.bon.split(",")]:

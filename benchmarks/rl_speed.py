@@ -69,7 +69,8 @@ def reward_model(model_dir: Path, folder: Path) -> Path:
 
     from alignlab.config import ModelConfig
     from alignlab.models.loading import load_tokenizer
-    from alignlab.models.reward import load_reward_model, save_reward_folder
+    from alignlab.models.reward import load_reward_model
+    from alignlab.training.checkpoint import save_reward_folder
     from alignlab.training.distributed import Runtime
 
     cfg = ModelConfig(path=str(model_dir))

@@ -61,3 +61,15 @@ class DataReport:
         if self.packed_rows:
             text += f"; packed into {self.packed_rows} sequences of <= {self.packed_length} tokens"
         return text
+
+
+def longest_sequence(rows: list[dict]) -> int:
+    """Tokens in the longest sequence of tokenized `rows` (any `*input_ids` key: one sequence or
+    a list of them, as in ranked rows)."""
+    longest = 0
+    for row in rows:
+        for key, value in row.items():
+            if key.endswith("input_ids") and value:
+                sequences = value if isinstance(value[0], list) else [value]
+                longest = max(longest, *(len(s) for s in sequences))
+    return longest

@@ -182,9 +182,14 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _absent(data: dict[str, Any] | None, key: str) -> str:
+    """How a None value reads: "null" when the record holds the key, else "missing"."""
+    return "null" if data is not None and key in data else "missing"
+
+
 def _get(data: dict[str, Any], key: str) -> Any:
-    if key not in data or data[key] is None:
-        raise _bad("missing", key, f"missing {key}")
+    if data.get(key) is None:
+        raise _bad(_absent(data, key), key, f"missing {key}")
     return data[key]
 
 
@@ -217,7 +222,7 @@ def _messages(value: Any, field: str, *, allow_empty: bool = False) -> list[dict
             )
         role = message.get("role")
         if role is None:
-            raise _bad("missing", f"{where}.role", "missing role")
+            raise _bad(_absent(message, "role"), f"{where}.role", "missing role")
         if role not in ROLES:
             raise _bad(
                 f"unknown role {role!r}; expected one of {', '.join(ROLES)}",
@@ -226,7 +231,7 @@ def _messages(value: Any, field: str, *, allow_empty: bool = False) -> list[dict
             )
         content = message.get("content")
         if content is None:
-            raise _bad("missing", f"{where}.content", "missing message content")
+            raise _bad(_absent(message, "content"), f"{where}.content", "missing message content")
         if not isinstance(content, str):
             raise _bad(
                 f"expected a string, got {_type_name(content)}",
@@ -244,12 +249,21 @@ def _has_assistant(messages: list[dict[str, Any]]) -> bool:
     return any(m["role"] == "assistant" for m in messages)
 
 
-def _pair(prompt: Any, value: Any, field: str, *, prompt_optional: bool = False) -> tuple:
-    """(prompt, value) validated: both strings or both message lists (`field` names `value`)."""
+def _pair(
+    prompt: Any,
+    value: Any,
+    field: str,
+    *,
+    prompt_optional: bool = False,
+    data: dict[str, Any] | None = None,
+) -> tuple:
+    """(prompt, value) validated: both strings or both message lists (`field` names `value`;
+    `data`, the record, tells a null value from a missing one)."""
     if prompt is None and not prompt_optional:
-        raise _bad("missing", "prompt", "missing prompt")
+        raise _bad(_absent(data, "prompt"), "prompt", "missing prompt")
     if value is None:
-        raise _bad("missing", field, f"missing {field.split('[')[0]}")
+        shown = "null" if "[" in field else _absent(data, field)
+        raise _bad(shown, field, f"missing {field.split('[')[0]}")
     base = field.split("[")[0]
     if isinstance(value, list):
         if prompt is not None and not isinstance(prompt, list):
@@ -288,7 +302,7 @@ def _parse_language_modeling(record: Record) -> Example:
 
 def _parse_prompt_completion(record: Record) -> Example:
     data = record.data
-    prompt, completion = _pair(data.get("prompt"), data.get("completion"), "completion")
+    prompt, completion = _pair(data.get("prompt"), data.get("completion"), "completion", data=data)
     return Example(prompt=prompt, completion=completion, record=record)
 
 
@@ -324,8 +338,10 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 
 def _parse_preference(record: Record) -> Example:
     data = record.data
-    prompt, chosen = _pair(data.get("prompt"), data.get("chosen"), "chosen", prompt_optional=True)
-    _, rejected = _pair(prompt, data.get("rejected"), "rejected", prompt_optional=True)
+    prompt, chosen = _pair(
+        data.get("prompt"), data.get("chosen"), "chosen", prompt_optional=True, data=data
+    )
+    _, rejected = _pair(prompt, data.get("rejected"), "rejected", prompt_optional=True, data=data)
     if isinstance(chosen, list) != isinstance(rejected, list):
         raise _bad(
             "chosen and rejected must both be strings or both be message lists",
@@ -345,7 +361,7 @@ def _parse_preference(record: Record) -> Example:
 
 def _parse_unpaired_preference(record: Record) -> Example:
     data = record.data
-    prompt, completion = _pair(data.get("prompt"), data.get("completion"), "completion")
+    prompt, completion = _pair(data.get("prompt"), data.get("completion"), "completion", data=data)
     label = _get(data, "label")
     if not isinstance(label, bool):
         raise _bad(

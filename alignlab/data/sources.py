@@ -60,7 +60,7 @@ def load_records(
         return _load_folder(local, source, split, reader)
     if local.is_file():
         return _load_file(local, reader, split)
-    if _looks_local(source):
+    if looks_local(source):
         raise DataError("no such file or folder", source)
     return _load_hub(source, split, max_records)
 
@@ -98,7 +98,9 @@ class _Reader:
         self.report.skip(reason, f"{self.source}:{line}", str(error))
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
+    """Whether `path` can only be a local file or folder (a data suffix, or a path prefix),
+    not a hub dataset id."""
     lowered = path.lower()
     return (
         lowered.endswith(_DATA_SUFFIXES)

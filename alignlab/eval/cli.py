@@ -17,17 +17,23 @@ meta (e.g. "family").
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignlab.config import ArgumentParser, ConfigError
 from alignlab.data.schema import DataError, extract_prompt
 from alignlab.data.sources import Record, load_records
 from alignlab.eval.harness import EvalPrompt, evaluate_many
 from alignlab.eval.report import markdown_table, write_report
+from alignlab.models.folders import check_model_source
 
 _PROMPT_KEYS = ("prompt", "messages", "chosen", "rejected", "completion", "responses")
 
@@ -76,42 +82,103 @@ def load_prompts(path: str, split: str = "train", max_prompts: int = 0) -> list[
     return [prompt_of(record) for record in records]
 
 
-def resolve_callable(spec: str) -> Callable[..., Any]:
-    """`module:function` (dotted attribute allowed) or `path/to/file.py:function`."""
+def resolve_callable(spec: str, field: str = "--reward") -> Callable[..., Any]:
+    """`module:function` (dotted attribute allowed) or `path/to/file.py:function`.
+
+    A file is imported once per process (under a module name derived from its path), however
+    often it is resolved. Problems are ConfigErrors naming `field` and the spec.
+    """
+    where = f"{field}={spec}"
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--reward {spec!r}: expected module:function")
-    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise ValueError(f"--reward {spec!r}: no such file {path}")
-        module_spec = importlib.util.spec_from_file_location(f"_alignlab_reward_{path.stem}", path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--reward {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
+        raise ConfigError(f"{where}: expected module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+            module = _import_file(Path(module_name), where)
+        else:
+            module = importlib.import_module(module_name)
+    except SyntaxError as err:
+        raise ConfigError(
+            f"{where}: {err.filename or module_name} line {err.lineno}: SyntaxError: {err.msg}"
+        ) from None
+    except ImportError as err:
+        raise ConfigError(f"{where}: cannot import {module_name}: {err}") from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"--reward {spec!r}: {module_name} has no attribute {attr!r}")
+            defined = sorted(
+                name
+                for name, value in vars(module).items()
+                if callable(value)
+                and not name.startswith("_")
+                and getattr(value, "__module__", None) == module.__name__
+            )
+            hint = f" (it defines: {', '.join(defined[:10])})" if defined else ""
+            raise ConfigError(f"{where}: {module_name} has no attribute {attr!r}{hint}")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(f"--reward {spec!r} is not callable")
+        raise ConfigError(f"{where}: {attr} is a {type(target).__name__}, not a function")
     return target
+
+
+def _import_file(path: Path, where: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file {path}")
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    name = f"_alignlab_reward_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"{where}: cannot import {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # before running it, as `import` does (dataclasses need it)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _reward_fns(specs: list[str]) -> dict[str, Callable[..., Any]]:
     names = [spec.rpartition(":")[2] for spec in specs]
-    return {
-        (name if names.count(name) == 1 else spec): resolve_callable(spec)
-        for name, spec in zip(names, specs)
-    }
+    fns = {}
+    for name, spec in zip(names, specs):
+        fn = resolve_callable(spec)
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError as err:
+            raise ConfigError(
+                f"--reward={spec}: cannot be called as fn(prompt, response) -> float ({err})"
+            ) from None
+        except ValueError:  # no signature to check
+            pass
+        fns[name if names.count(name) == 1 else spec] = fn
+    return fns
+
+
+def _check_device(device: str | None, field: str = "--device") -> None:
+    """ConfigError when `device` (e.g. "cuda:1") is not on this machine; None means auto."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"{field}={device}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{field}={device}: this machine has no CUDA device")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"{field}={device}: this machine has {count} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{field}={device}: MPS is not available on this machine")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab eval",
         description="Sample from a model and report length, diversity, finished rate, KL to a "
         "reference and reward callables, with confidence intervals.",
@@ -146,8 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """Run `alignlab eval` with `argv` (without the leading 'eval')."""
     args = build_parser().parse_args(argv)
-    prompts = load_prompts(args.prompts, args.split, args.max_prompts)
+    check_model_source(args.model, "--model", tokenizer=True)
+    if args.ref:
+        check_model_source(args.ref, "--ref", tokenizer=True)
+    _check_device(args.device)
     reward_fns = _reward_fns(args.reward)
+    prompts = load_prompts(args.prompts, args.split, args.max_prompts)
     name = Path(args.model).name or args.model
     results = evaluate_many(
         {name: args.model},

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignlab.config import ConfigError
 from alignlab.data.templates import Messages, render_prompt
 from alignlab.eval.generation import Generation, generate, prompt_token_ids
 from alignlab.eval.logprobs import sequence_logps
@@ -187,7 +188,7 @@ def _same_folder(a: str | Path, b: str | Path) -> bool:
 
 def _check_same_vocab(policy: LoadedModel, ref: LoadedModel) -> None:
     if policy.tokenizer.get_vocab() != ref.tokenizer.get_vocab():
-        raise ValueError(
+        raise ConfigError(
             f"the reference {ref.name or '(ref)'} has a different tokenizer vocabulary from "
             f"{policy.name or 'the model'}: the KL needs both models to score the same token ids"
         )

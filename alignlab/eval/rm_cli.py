@@ -11,17 +11,18 @@ the lab's columns by default when present), the Spearman correlation of reward w
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from alignlab.config import ArgumentParser
 from alignlab.data.schema import DataError, parse_examples
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_ensemble import AGGREGATES, RewardScorer
 from alignlab.eval.reward_eval import evaluate_pairs, gold_correlation
 from alignlab.fileio import atomic_write_text
+from alignlab.models.folders import check_model_source
 
 
 def _response_text(response: str | list[dict[str, Any]]) -> str:
@@ -84,7 +85,7 @@ def evaluate_reward_models(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab rm-eval",
         description="Evaluate reward model(s) on held-out preference pairs.",
     )
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pairs", type=int, default=0, help="0 = all")
     parser.add_argument("--out", default="", help="write the report here as JSON")
     args = parser.parse_args(argv)
+    for path in args.rm:
+        check_model_source(path, "--rm", tokenizer=True, reward_model=True)
     gold = None
     if args.gold:
         parts = args.gold.split(",")

@@ -34,7 +34,9 @@ produces, so that cached builds made by older code are rebuilt instead of reused
 class LabBuildConfig:
     """The lab's world, base model and pretraining budget."""
 
-    out: str = option("runs/lab", "cache folder for the tokenizer, base model and datasets")
+    out: str = option(
+        "runs/lab", "cache folder for the tokenizer, base model and datasets", kind="output"
+    )
     seed: int = option(0, "world and training seed")
     vocab_size: int = option(1000, "BPE vocabulary size", min=300)
     hidden_size: int = option(256, "model width", min=16)
@@ -167,6 +169,7 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
             "data.completion_only_loss=false",
             f"data.max_length={cfg.max_length}",
             f"train.output_dir={out / 'pretrain'}",
+            "train.overwrite=true",  # the lab's own cache folder: a rebuild replaces it
             f"final_dir={out / 'base'}",
             f"train.epochs={cfg.pretrain_epochs}",
             f"train.lr={cfg.pretrain_lr}",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from alignlab.config import describe, load_config
+from alignlab.config import ArgumentParser, describe, load_config
 from alignlab.lab.build import LabBuildConfig, build
+from alignlab.models.folders import check_model_source
+from alignlab.preflight import check_inputs, check_output_folder
 
 
 def eval_main(argv: list[str]) -> None:
@@ -15,7 +17,7 @@ def eval_main(argv: list[str]) -> None:
     from alignlab.lab.evaluate import HEADLINE, evaluate_lab
     from alignlab.lab.world import LabWorld
 
-    parser = argparse.ArgumentParser(prog="alignlab eval", description=eval_main.__doc__)
+    parser = ArgumentParser(prog="alignlab eval", description=eval_main.__doc__)
     parser.add_argument(
         "--model", required=True, action="append",
         help="model folder or hub id, optionally NAME=DIR; repeat for several models",
@@ -40,6 +42,10 @@ def eval_main(argv: list[str]) -> None:
         if name in models:
             parser.error(f"--model {spec}: the name {name!r} is taken; use distinct NAME=DIR")
         models[name] = path
+    for path in models.values():
+        check_model_source(path, "--model", tokenizer=True)
+    if args.ref:
+        check_model_source(args.ref, "--ref", tokenizer=True)
     results = evaluate_lab(
         LabWorld(seed=args.seed), models, ref=args.ref, n_prompts=args.n_prompts,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, split=args.split,
@@ -51,7 +57,7 @@ def eval_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab lab",
         description="The lab: a simulated HHH world with a gold reward (docs/lab.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,9 +81,14 @@ def main(argv: list[str]) -> None:
     demo_cmd.add_argument("--out", default="runs/demo")
     demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
     args = parser.parse_args(argv)
+    if args.command in ("export", "demo"):
+        check_output_folder(args.out, "--out")
+    if args.command in ("build", "demo"):
+        config = load_config(LabBuildConfig, None, args.overrides)
+        check_inputs(config)
 
     if args.command == "build":
-        build(load_config(LabBuildConfig, None, args.overrides))
+        build(config)
     elif args.command == "export":
         from alignlab.lab.export import export_datasets
         from alignlab.lab.world import LabWorld
@@ -94,4 +105,4 @@ def main(argv: list[str]) -> None:
     elif args.command == "demo":
         from alignlab.lab.demo import run_demo
 
-        run_demo(args.out, load_config(LabBuildConfig, None, args.overrides))
+        run_demo(args.out, config)

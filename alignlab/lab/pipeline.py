@@ -19,11 +19,11 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alignlab.cli import RECIPES, resolve_preset
 from alignlab.config import load_config
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.build import LabArtifacts
 from alignlab.lab.feedback import label_samples, sample_responses
+from alignlab.recipes import RECIPES, resolve_preset
 
 
 def _key(*parts: object) -> str:
@@ -50,7 +50,8 @@ def recipe_stage(
     module = importlib.import_module(module_name)
     args = [*overrides, f"train.output_dir={out}"]
     preset_path = resolve_preset(preset) if preset else None
-    config = load_config(getattr(module, config_name), preset_path, args)
+    # the stage's folder is the pipeline's cache: a stale stage is replaced, not refused
+    config = load_config(getattr(module, config_name), preset_path, [*args, "train.overwrite=true"])
     # the preset's text, not its name: an edited preset retrains
     made_from = _key(recipe, preset_path.read_text() if preset_path else "", *args, key)
     return cached(out, made_from, out / "final", lambda: module.run(config))

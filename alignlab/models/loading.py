@@ -8,32 +8,52 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from alignlab.config import LoraConfig, ModelConfig
+from alignlab.config import ConfigError, LoraConfig, ModelConfig
 from alignlab.data.templates import ensure_chat_template
+from alignlab.models.folders import load_error
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def from_pretrained(auto_class: Any, source: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained(source, **kwargs)`; a source it cannot read (a hub id it
+    cannot fetch, an unreadable, corrupt or truncated file) raises a one-line UserInputError
+    naming it. `alignlab.models.folders.check_model_source` catches most of these earlier."""
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except (OSError, SafetensorError) as err:
+        what = "tokenizer" if "Tokenizer" in auto_class.__name__ else "model"
+        raise load_error(str(source), what, err) from err
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer with a pad token and a chat template guaranteed."""
-    tokenizer = AutoTokenizer.from_pretrained(
+    """The model's tokenizer with a chat template and a pad token guaranteed.
+
+    The template first: a tokenizer without one may get an EOS token with it (its end of
+    turn), which padding can then reuse.
+    """
+    tokenizer = from_pretrained(
+        AutoTokenizer,
         cfg.tokenizer or cfg.path,
         revision=cfg.revision or None,
         trust_remote_code=cfg.trust_remote_code,
     )
+    ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
-        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged; padding is masked
-        # out of attention and loss, so the model never learns from it.
+        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged. Padding is told
+        # apart by the attention mask and the labels, never by its id, so a real EOS (the
+        # trained end of turn of the fallback template) keeps its loss and its log-prob.
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    ensure_chat_template(tokenizer)
     return tokenizer
 
 
@@ -50,17 +70,15 @@ def load_model(
     """
     lora = cfg.lora
     source = str(weights_from) if weights_from and not lora.enabled else cfg.path
-    kwargs = {
-        "dtype": DTYPES[cfg.dtype],
-        "attn_implementation": cfg.attn_implementation,
-        "trust_remote_code": cfg.trust_remote_code,
-    }
+    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation != "auto":  # auto: what from_pretrained picks for the model
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.revision and source == cfg.path:
         kwargs["revision"] = cfg.revision
     if lora.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config(cfg)
         kwargs["device_map"] = {"": device or torch.device("cuda")}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = from_pretrained(AutoModelForCausalLM, source, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -71,18 +89,63 @@ def load_model(
         model = apply_lora(
             model, lora, adapter_from=Path(weights_from) / "adapter" if weights_from else None
         )
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if device is not None and not lora.load_in_4bit:
         model = model.to(device)
     return model
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout in `model` to 0: its `nn.Dropout` modules and the float rates attention
+    modules keep for the attention kernel (`attention_dropout`, GPT-2's `attn_dropout.p`), so
+    train mode computes exactly what eval mode does. The saved config keeps its rates."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "attn_dropout", "dropout_p"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+# config.json keys that hold the number of positions a model has, first match wins
+POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length")
+
+
+def position_limit(cfg: ModelConfig) -> tuple[int, str] | None:
+    """(positions, config key) of `cfg.path` from its config alone (no weights), or None."""
+    config = AutoConfig.from_pretrained(
+        cfg.path, revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code
+    )
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in POSITION_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, key
+    return None
+
+
+def check_positions(cfg: ModelConfig, longest: int, setting: str, fix: str = "") -> None:
+    """Refuse, before any training, sequences longer than the model's positions (a learned
+    position table such as GPT-2's fails on them with an IndexError; rotary models run past
+    their trained length only to degrade). `setting` names what makes them that long, `fix`
+    what to change (default: lower `setting`)."""
+    found = position_limit(cfg) if longest else None
+    if found is not None and longest > found[0]:
+        limit, key = found
+        raise ConfigError(
+            f"{setting}: sequences of up to {longest} tokens, but {cfg.path} has {limit} "
+            f"positions ({key} in its config.json); {fix or f'set it to at most {limit}'}"
+        )
+
+
 def _four_bit_config(cfg: ModelConfig) -> object:
-    if not torch.cuda.is_available():
-        raise RuntimeError("model.lora.load_in_4bit=true (QLoRA) needs a CUDA device")
+    if not torch.cuda.is_available():  # LoraConfig.check refuses this before loading
+        raise ConfigError("model.lora.load_in_4bit=true (QLoRA) needs a CUDA device")
     try:
         from transformers import BitsAndBytesConfig
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise RuntimeError("QLoRA needs bitsandbytes: pip install 'alignlab[qlora]'") from err
+        raise ConfigError("QLoRA needs bitsandbytes: pip install 'alignlab[qlora]'") from err
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -37,18 +37,17 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from alignlab.config import LoraConfig, ModelConfig
-from alignlab.fileio import atomic_folder
+from alignlab.config import LoraConfig, ModelConfig, UserInputError
 from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
+    disable_dropout,
+    from_pretrained,
     is_peft,
     load_tokenizer,
     merged_state_dict,
     unwrap_peft,
 )
-from alignlab.training.checkpoint import full_model_state, save_hf_folder
-from alignlab.training.distributed import Runtime, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +100,19 @@ def load_reward_model(
     source = str(weights_from) if weights_from and not lora.enabled else cfg.path
     kwargs: dict[str, Any] = {
         "dtype": DTYPES[cfg.dtype],
-        "attn_implementation": cfg.attn_implementation,
         "trust_remote_code": cfg.trust_remote_code,
         "num_labels": 1,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if cfg.attn_implementation != "auto":  # auto: what from_pretrained picks for the model
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.revision and source == cfg.path:
         kwargs["revision"] = cfg.revision
     if lora.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config(cfg)
         kwargs["device_map"] = {"": device or torch.device("cuda")}
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        source, output_loading_info=True, **kwargs
+    model, info = from_pretrained(
+        AutoModelForSequenceClassification, source, output_loading_info=True, **kwargs
     )
     if any(key.split(".")[0] == HEAD for key in info.get("missing_keys", ())):
         init_score_head(model, seed)
@@ -125,6 +125,8 @@ def load_reward_model(
     if lora.enabled:
         adapter = Path(weights_from) / "adapter" if weights_from else None
         model = apply_reward_lora(model, lora, adapter_from=adapter)
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if device is not None and not lora.load_in_4bit:
         model = model.to(device)
     return model
@@ -158,9 +160,12 @@ def load_reward_folder(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer) of a saved reward-model folder."""
     tokenizer = load_tokenizer(ModelConfig(path=str(path)))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype])
+    model = from_pretrained(AutoModelForSequenceClassification, str(path), dtype=DTYPES[dtype])
     if model.config.num_labels != 1:
-        raise ValueError(f"{path}: num_labels={model.config.num_labels}; a reward model has 1")
+        raise UserInputError(
+            f"{path}: num_labels={model.config.num_labels}; a reward model has 1 (train one "
+            "with `alignlab rm`)"
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     if device is not None:
         model = model.to(device)
@@ -247,31 +252,3 @@ def reward_state_dict(
             key = f"{head}.{param}"
         result[key] = value
     return result
-
-
-def save_reward_folder(
-    target: str | Path,
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    runtime: Runtime,
-    lora: LoraConfig | None = None,
-    adapter: bool = True,
-) -> Path:
-    """Save a reward model as a plain HF sequence-classification folder, atomically. Collective.
-
-    Full models go through `save_hf_folder`; LoRA models get merged weights with the head
-    under its plain name (`reward_state_dict`) and, when `adapter`, the adapter (head
-    included) in `adapter/`.
-    """
-    if not is_peft(model):
-        return save_hf_folder(target, model, tokenizer, runtime, lora=lora, adapter=adapter)
-    state = full_model_state(model, runtime)
-    if runtime.is_main:
-        with atomic_folder(target) as tmp:
-            if lora is None or lora.save_merged:
-                unwrap_peft(model).save_pretrained(tmp, state_dict=reward_state_dict(model, state))
-            if adapter:
-                model.save_pretrained(tmp / "adapter", state_dict=state)
-            tokenizer.save_pretrained(tmp)
-    barrier(runtime)
-    return Path(target)

@@ -20,19 +20,27 @@ from alignlab.fileio import atomic_folder
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with ChatML special tokens and the default chat template."""
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str] = SPECIAL_TOKENS
+) -> Tokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (special tokens first)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with ChatML special tokens and the default chat template."""
+    tokenizer = train_bpe(texts, vocab_size)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|endoftext|>",

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from alignlab.config import ModelConfig
+from alignlab.config import ConfigError, ModelConfig
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import unwrap_peft
+from alignlab.models.loading import from_pretrained, unwrap_peft
 from alignlab.models.reward import init_score_head, load_reward_model, score_head
 
 HEAD_INITS: tuple[str, ...] = ("auto", "zero", "normal")
@@ -44,10 +44,10 @@ def check_vocabulary(path: str, tokenizer: PreTrainedTokenizerBase) -> None:
     reads the policy's token ids, so it must share its vocabulary."""
     if not (Path(path) / "tokenizer_config.json").is_file():
         return  # no tokenizer saved with the weights (or a hub id): nothing to compare
-    own = AutoTokenizer.from_pretrained(path).get_vocab()
+    own = from_pretrained(AutoTokenizer, path).get_vocab()
     policy = tokenizer.get_vocab()
     if any(policy.get(token) != index for token, index in own.items()):
-        raise ValueError(
+        raise ConfigError(
             f"critic.path={path}: its tokenizer differs from the policy's; the critic reads the "
             "policy's token ids, so it must share the vocabulary (set critic.path to a reward "
             "model or causal LM trained with the policy's tokenizer)"

@@ -26,9 +26,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section, to_dict
+from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.preference import (
     NEGATIVE,
     POSITIVE,
@@ -40,7 +38,7 @@ from alignlab.data.schema import DataError, detect_dataset_format, parse_example
 from alignlab.data.sources import load_records
 from alignlab.fileio import atomic_write_text
 from alignlab.recipes import sft
-from alignlab.training import distributed
+from alignlab.training import distributed, loop
 
 
 @dataclasses.dataclass
@@ -49,7 +47,9 @@ class CoHConfig:
 
     model: ModelConfig = section(ModelConfig, "the model to fine-tune")
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
-    train: TrainConfig = section(TrainConfig, "optimisation loop (the SFT recipe's)")
+    train: TrainConfig = section(
+        TrainConfig, "optimisation loop (the SFT recipe's)", output_dir="runs/coh"
+    )
     positive: str = option(POSITIVE, "feedback phrase before the chosen response")
     negative: str = option(NEGATIVE, "feedback phrase before the rejected response")
     order: str = option(
@@ -111,6 +111,7 @@ def hindsight_records(cfg: CoHConfig, path: str) -> tuple[list[dict], DataReport
 def run(cfg: CoHConfig) -> Path:
     """Rewrite the pairs, then train with the SFT recipe; return the final model folder."""
     runtime = distributed.init_runtime()
+    folder = loop.start_run(cfg, runtime)  # the folder holds a coh run; its SFT is a stage
     output_dir = Path(cfg.train.output_dir)
     files = {"path": output_dir / "coh_train.jsonl"}
     sources = {"path": cfg.data.path}
@@ -119,9 +120,8 @@ def run(cfg: CoHConfig) -> Path:
         sources["eval_path"] = cfg.data.eval_path
     # every process reads the pairs (so a data error stops all of them); rank 0 writes
     rewritten = {key: hindsight_records(cfg, source) for key, source in sources.items()}
+    folder.claim()
     if runtime.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / "coh_config.yaml", yaml.safe_dump(to_dict(cfg)))
         for key, (records, report) in rewritten.items():
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             atomic_write_text(files[key], text)
@@ -132,7 +132,7 @@ def run(cfg: CoHConfig) -> Path:
         cfg.data, format="auto", max_examples=0, **{k: str(v) for k, v in files.items()}
     )
     sft_cfg = sft.SFTConfig(model=cfg.model, data=data, train=cfg.train, final_dir=cfg.final_dir)
-    final = Path(sft.run(sft_cfg))
+    final = Path(sft.run(sft_cfg, parent=folder))
     if cfg.chat_conditioning and runtime.is_main:
         condition_chat_template(final, cfg.positive)
     return final

@@ -38,6 +38,7 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import (
     dpo_loss,
     ipo_loss,
@@ -46,7 +47,7 @@ from alignlab.losses.preference import (
     slic_loss,
 )
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -72,9 +73,9 @@ class DPOConfig:
     """Paired preference optimisation (DPO, cDPO, IPO, SLiC-HF, ORPO, SimPO) on chosen/rejected
     data."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/dpo")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs (dpo, ipo)")
     loss: str = option("dpo", "pairwise loss", choices=LOSSES)
     beta: float = option(
@@ -163,7 +164,8 @@ def run(cfg: DPOConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
     distributed.barrier(runtime)
 
     # --- data ---
@@ -177,6 +179,8 @@ def run(cfg: DPOConfig) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- reference (before the policy: a precomputed reference is freed before it loads) ---
@@ -186,6 +190,7 @@ def run(cfg: DPOConfig) -> Path:
             cfg.reference, cfg.model, tokenizer, runtime,
             chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
             batch_size=2 * train_cfg.micro_batch_size, cache_dir=output_dir,
+            claim_folder=folder.claim,
         )  # fmt: skip
         reference.prepare(pair_items(train_set, "train") + pair_items(eval_set, "eval"))
 
@@ -205,7 +210,7 @@ def run(cfg: DPOConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, pairs_seen = state["step"], state["pairs_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
     nll_coef = cfg.nll_coef
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

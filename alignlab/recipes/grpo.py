@@ -36,9 +36,9 @@ from alignlab.rl.policy_update import (
 class GRPOConfig:
     """GRPO / Dr. GRPO: K samples per prompt, group-normalised advantages, KL in the loss."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/grpo")
     rl: RLConfig = section(RLConfig, "sampling, reward and update")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     dr_grpo: bool = option(False, "Dr. GRPO: no std scaling, constant length normalisation")

@@ -39,9 +39,10 @@ from alignlab.config import (
 )
 from alignlab.data.collate import collate
 from alignlab.data.preference import PAIRS_AS, build_preference_dataset, mismatched_row
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import kto_loss
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -62,9 +63,9 @@ from alignlab.training.reference import ReferenceConfig, ReferenceLogProbs, chec
 class KTOConfig:
     """KTO on unpaired binary feedback (prompt, completion, label), or on pairs split in two."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "unpaired feedback or preference pairs")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/kto")
     reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs")
     beta: float = option(
         0.1, "β: scale of the log-ratio inside the sigmoid", min=0, min_exclusive=True
@@ -101,7 +102,8 @@ def run(cfg: KTOConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
     distributed.barrier(runtime)
 
     # --- data ---
@@ -121,6 +123,8 @@ def run(cfg: KTOConfig) -> Path:
     if runtime.is_main:
         desirable = sum(row["label"] for row in train_set)
         print(f"{report.summary()}; {desirable} desirable, {len(train_set) - desirable} not")
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
     rows = {"train": train_set, "eval": eval_set}
 
@@ -138,6 +142,7 @@ def run(cfg: KTOConfig) -> Path:
         cfg.reference, cfg.model, tokenizer, runtime,
         chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
         batch_size=2 * train_cfg.micro_batch_size, cache_dir=output_dir,
+            claim_folder=folder.claim,
     )  # fmt: skip
     if cfg.reference.mode == "precomputed":
         keys = [("train", "x", i) for i in range(len(train_set))]
@@ -165,7 +170,7 @@ def run(cfg: KTOConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, examples_seen = state["step"], state["examples_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}

@@ -63,7 +63,9 @@ from alignlab.training.loop import autocast
 class PtxConfig:
     """PPO-ptx: a pretraining / SFT log-likelihood term in every policy step (InstructGPT)."""
 
-    path: str = option("", "text, prompt/completion or messages rows (SFT formats); empty = off")
+    path: str = option(
+        "", "text, prompt/completion or messages rows (SFT formats); empty = off", kind="data"
+    )
     coef: float = option(0.0, "γ_ptx: weight of the ptx token-mean NLL in the policy loss", min=0)
     batch_size: int = option(8, "ptx sequences per policy optimizer step (all processes)", min=1)
     max_length: int = option(512, "max tokens per ptx sequence (longer ones are cut)", min=1)
@@ -79,9 +81,11 @@ class PtxConfig:
 class PPOConfig:
     """PPO-RLHF (InstructGPT): KL-penalised reward, GAE with a learned critic, PPO-clip."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop (policy; critic.lr for critic)")
+    train: TrainConfig = section(
+        TrainConfig, "optimisation loop (policy; critic.lr for critic)", output_dir="runs/ppo"
+    )
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     critic: CriticConfig = section(CriticConfig, "the value model")

@@ -22,6 +22,7 @@ import dataclasses
 from pathlib import Path
 
 from alignlab.config import ModelConfig, TrainConfig, option, section
+from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptDataConfig
 from alignlab.rl.sample_filter import (
     SampleConfig,
@@ -39,7 +40,9 @@ class RAFTConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to improve")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "each iteration's SFT (output_dir: the run)")
+    train: TrainConfig = section(
+        TrainConfig, "each iteration's SFT (output_dir: the run)", output_dir="runs/raft"
+    )
     sampling: SampleConfig = section(SampleConfig, "sampling (K = samples_per_prompt), reward")
     iterations: int = option(3, "T: rounds of sample, pick the best, fine-tune", min=1)
     prompts_per_iteration: int = option(
@@ -57,7 +60,7 @@ class RAFTConfig:
 def run(cfg: RAFTConfig) -> Path:
     """Sample, rank, fine-tune for `iterations` rounds; return the final model's folder."""
     # --- setup: prompts, reward and gold functions, metrics ---
-    session = SampleFilterSession(cfg, "raft")
+    session = SampleFilterSession(cfg, "raft", sft.stage)
     policy = cfg.model.path
     per_iteration = cfg.prompts_per_iteration or len(session.rows)
     schedule = BatchSchedule(len(session.rows), per_iteration, cfg.train.seed)

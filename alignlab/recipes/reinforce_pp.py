@@ -37,9 +37,9 @@ from alignlab.rl.policy_update import (
 class ReinforcePPConfig:
     """REINFORCE++: per-token KL in the reward, batch-normalised returns, PPO-clip, no critic."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/reinforce_pp")
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")

@@ -24,6 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.recipes import sft
 from alignlab.rl.policy_update import PromptDataConfig
 from alignlab.rl.sample_filter import (
     SampleConfig,
@@ -41,7 +42,9 @@ class ReSTConfig:
 
     model: ModelConfig = section(ModelConfig, "the policy to improve")
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "each Improve step's SFT (output_dir: the run)")
+    train: TrainConfig = section(
+        TrainConfig, "each Improve step's SFT (output_dir: the run)", output_dir="runs/rest"
+    )
     sampling: SampleConfig = section(SampleConfig, "the Grow step's sampling and reward")
     grow_steps: int = option(2, "G: Grow steps, each sampling from the latest policy", min=1)
     improve_steps: int = option(3, "I: Improve steps per Grow step, one per threshold", min=1)
@@ -74,7 +77,7 @@ class ReSTConfig:
 def run(cfg: ReSTConfig) -> Path:
     """Grow and Improve; return the folder of the final model (a plain HF folder)."""
     # --- setup: prompts, reward and gold functions, metrics ---
-    session = SampleFilterSession(cfg, "rest")
+    session = SampleFilterSession(cfg, "rest", sft.stage)
     policy = cfg.model.path
 
     for grow in range(cfg.grow_steps):

@@ -35,9 +35,9 @@ from alignlab.rl.policy_update import (
 class RLOOConfig:
     """RLOO: K samples per prompt, leave-one-out baseline, sequence-level REINFORCE."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rloo")
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     clip: bool = option(False, "PPO-clip the token ratios (off: plain importance-weighted)")

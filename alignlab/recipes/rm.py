@@ -37,18 +37,19 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
-from alignlab.data.report import DataReport
+from alignlab.data.report import DataReport, longest_sequence
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
 from alignlab.losses.reward import bradley_terry_loss
-from alignlab.models.loading import load_tokenizer, unwrap_peft
-from alignlab.models.reward import SequenceRewards, load_reward_model, save_reward_folder
+from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
+from alignlab.models.reward import SequenceRewards, load_reward_model
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
+    save_reward_folder,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
 
@@ -81,9 +82,11 @@ class RewardConfig:
 class RMConfig:
     """Reward model on preference pairs: Bradley-Terry loss, optional margin and centring."""
 
-    model: ModelConfig = section(ModelConfig, "the causal LM the reward model starts from")
+    model: ModelConfig = section(
+        ModelConfig, "the causal LM the reward model starts from", disable_dropout=True
+    )
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rm")
     reward: RewardConfig = section(RewardConfig, "reward-model objective and ensembles")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
@@ -170,7 +173,8 @@ def run(cfg: RMConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg, reward_cfg = cfg.train, cfg.reward
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -184,6 +188,8 @@ def run(cfg: RMConfig) -> Path:
         train_set = bootstrap_resample(train_set, train_cfg.seed)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---
@@ -202,7 +208,7 @@ def run(cfg: RMConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=rewards
         )
         start_step, pairs_seen = state["step"], state["pairs_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
     # LoRA step checkpoints keep the adapter (head included) for resuming; the final folder
     # gets the merged weights (`save_reward_folder` names the head as plain HF does)
     checkpoint_lora = (

@@ -28,9 +28,10 @@ import torch
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
 from alignlab.data.preference import PAIRS_AS, build_preference_dataset
+from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import rrhf_loss
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -51,9 +52,9 @@ from alignlab.training.preference_step import (
 class RRHFConfig:
     """RRHF on ranked lists (prompt, responses, scores), or on pairs as two-response lists."""
 
-    model: ModelConfig = section(ModelConfig, "the policy to train")
+    model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "ranked responses or preference pairs")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/rrhf")
     length_penalty: float = option(1.0, "α: p_i = sum log-prob / length^α (1 = mean)", min=0)
     nll_weight: float = option(1.0, "weight of the NLL of the best response (L_ft)", min=0)
     pairs_as: str = option(
@@ -112,7 +113,8 @@ def run(cfg: RRHFConfig) -> Path:
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -129,6 +131,8 @@ def run(cfg: RRHFConfig) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---
@@ -145,7 +149,7 @@ def run(cfg: RRHFConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, lists_seen = state["step"], state["lists_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def prepare(rows: list[dict]) -> tuple[dict[str, torch.Tensor], list[int], torch.Tensor, list]:
         sequences, sizes, scores = flatten(rows)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
+from alignlab.config import DataConfig, ModelConfig, TrainConfig, check_all, option, section
 from alignlab.data.collate import collate
+from alignlab.data.report import longest_sequence
 from alignlab.data.tokenize import build_sft_dataset
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.checkpoint import (
@@ -30,6 +31,7 @@ from alignlab.training.checkpoint import (
     save_checkpoint,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
+from alignlab.training.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -38,17 +40,26 @@ class SFTConfig:
 
     model: ModelConfig = section(ModelConfig, "the model to fine-tune")
     data: DataConfig = section(DataConfig, "training data")
-    train: TrainConfig = section(TrainConfig, "optimisation loop")
+    train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/sft")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
-def run(cfg: SFTConfig) -> Path:
-    """Train; return the folder of the final model (a plain HF folder)."""
+def stage(model: ModelConfig, data: DataConfig, train: TrainConfig, parent: RunFolder) -> Path:
+    """SFT as a stage of another run (ReST, RAFT): the config from its sections, checked."""
+    cfg = SFTConfig(model=model, data=data, train=train)
+    check_all(cfg)
+    return run(cfg, parent)
+
+
+def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
+    """Train; return the folder of the final model (a plain HF folder). `parent`: the run this
+    SFT is a stage of (Chain of Hindsight, ReST, RAFT), which owns its output folder."""
     # --- setup ---
     runtime = distributed.init_runtime()
     train_cfg = cfg.train
     output_dir = Path(train_cfg.output_dir)
-    resume_from = loop.start_run(cfg, train_cfg, runtime)
+    folder = loop.start_run(cfg, runtime, parent)
+    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -60,6 +71,8 @@ def run(cfg: SFTConfig) -> Path:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
     if runtime.is_main:
         print(report.summary())
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
     schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
 
     # --- model ---
@@ -76,7 +89,7 @@ def run(cfg: SFTConfig) -> Path:
             resume_from, optimizer, scheduler, runtime, scaler, root=policy
         )
         start_step, tokens_seen = state["step"], state["tokens_seen"]
-    metrics = loop.open_metrics(train_cfg, runtime, start_step, resumed=resume_from is not None)
+    metrics = loop.open_metrics(folder, train_cfg, start_step)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(runtime.device) for k, v in batch.items()}

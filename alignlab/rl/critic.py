@@ -38,7 +38,6 @@ import torch
 from alignlab.config import LoraConfig, option
 from alignlab.losses.policy import clipped_value_loss
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.reward import save_reward_folder
 from alignlab.models.value import HEAD_INITS, TokenValues, load_value_model
 from alignlab.ops import masked_sum
 from alignlab.rl.policy_update import RLSession
@@ -48,6 +47,7 @@ from alignlab.training.checkpoint import (
     full_model_state,
     full_optimizer_state,
     load_full_optimizer_state,
+    save_reward_folder,
 )
 from alignlab.training.loop import autocast
 from alignlab.training.optim import build_optimizer, build_scheduler
@@ -60,7 +60,9 @@ class CriticConfig:
     """The value model V(s_t) of PPO: all weights trained, its own AdamW."""
 
     path: str = option(
-        "", "RM folder or causal LM; empty = rl.reward if it is one RM folder, else model.path"
+        "",
+        "RM folder or causal LM; empty = rl.reward if it is one RM folder, else model.path",
+        kind="model",
     )
     init: str = option(
         "auto",

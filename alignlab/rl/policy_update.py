@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
@@ -68,14 +67,12 @@ from alignlab.config import (
     ModelConfig,
     TrainConfig,
     option,
-    to_dict,
 )
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.data.templates import render_prompt
 from alignlab.eval.generation import prompt_token_ids
-from alignlab.fileio import atomic_write_text
 from alignlab.losses.policy import (
     ppo_clip_token_losses,
     sequence_mean,
@@ -83,7 +80,7 @@ from alignlab.losses.policy import (
     token_sum_constant,
 )
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.loading import is_peft, load_model, load_tokenizer
+from alignlab.models.loading import check_positions, is_peft, load_model, load_tokenizer
 from alignlab.ops import masked_sum
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from alignlab.rl.rewards import RewardOptions
@@ -98,7 +95,6 @@ from alignlab.training.checkpoint import (
     save_hf_folder,
 )
 from alignlab.training.loop import autocast
-from alignlab.training.metrics import MetricsLogger
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 AGGREGATIONS: tuple[str, ...] = (
@@ -120,7 +116,9 @@ class KLRunawayError(RuntimeError):
 class PromptDataConfig:
     """Prompt-only rows: `prompt` (string or message list); other keys go to reward fns."""
 
-    path: str = option("", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id")
+    path: str = option(
+        "", "JSONL/JSON/Parquet file, a `datasets` folder, or a hub dataset id", kind="data"
+    )
     split: str = option("train", "split to read from a hub dataset or a saved DatasetDict")
     max_examples: int = option(0, "use at most this many prompts; 0 = all", min=0)
     max_prompt_tokens: int = option(
@@ -144,7 +142,7 @@ class RLReferenceConfig:
         "model: a frozen copy of reference.path; adapter: the LoRA policy with adapters disabled",
         choices=("model", "adapter"),
     )
-    path: str = option("", "reference model (hub id or folder); empty = model.path")
+    path: str = option("", "reference model (hub id or folder); empty = model.path", kind="model")
 
 
 @dataclasses.dataclass
@@ -212,6 +210,21 @@ def check_rl(rl: RLConfig, reference: RLReferenceConfig, model: ModelConfig) -> 
 class PromptRow:
     prompt: str | list[dict[str, Any]]
     extras: dict[str, Any]
+
+
+def check_generation_fits(
+    model_cfg: ModelConfig, tokenizer: Any, rows: list[PromptRow], setting: str, new_tokens: int
+) -> None:
+    """Refuse, before any sampling, prompts + `new_tokens` longer than the model's positions."""
+    longest_prompt = max(
+        (len(prompt_token_ids(tokenizer, render_prompt(tokenizer, r.prompt))) for r in rows),
+        default=0,
+    )
+    check_positions(
+        model_cfg, longest_prompt + new_tokens,
+        f"{setting}={new_tokens} after prompts of up to {longest_prompt} tokens",
+        f"lower {setting}, or drop long prompts with data.max_prompt_tokens",
+    )  # fmt: skip
 
 
 def load_prompt_rows(
@@ -408,17 +421,8 @@ class RLSession:
         rl: RLConfig = cfg.rl
         self.train_cfg, self.rl = train, rl
         self.output_dir = Path(train.output_dir)
-        torch.manual_seed(train.seed)
-        resume_from = latest_checkpoint(self.output_dir) if train.resume else None
-        self.resume_from = resume_from
-        if runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            atomic_write_text(self.output_dir / "config.yaml", config_text)
-            if train.resume:
-                print(
-                    f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet"
-                )
+        self.folder = loop.start_run(cfg, runtime)
+        self.resume_from = resume_from = self.folder.resume_from
 
         # --- prompts ---
         self.tokenizer = load_tokenizer(cfg.model)
@@ -428,6 +432,8 @@ class RLSession:
                 f"rl.prompts_per_step={rl.prompts_per_step} must be a multiple of the "
                 f"{runtime.world_size} processes"
             )
+        new_tokens = rl.max_new_tokens
+        check_generation_fits(cfg.model, self.tokenizer, self.rows, "rl.max_new_tokens", new_tokens)
         self.prompts_per_rank = rl.prompts_per_step // runtime.world_size
         self.local_samples = self.prompts_per_rank * rl.samples_per_prompt
         global_mini = rl.mini_batch_size or rl.prompts_per_step * rl.samples_per_prompt
@@ -488,12 +494,7 @@ class RLSession:
             self.start_step = state["step"]
             self.kl_ctl.load_state_dict(state["kl_controller"])
             self.length_watch.load_state_dict(state.get("length_watch", {}))
-        self.metrics = MetricsLogger(
-            self.output_dir,
-            enabled=runtime.is_main,
-            tensorboard=train.tensorboard,
-            resume_step=self.start_step if resume_from is not None else None,
-        )
+        self.metrics = loop.open_metrics(self.folder, train, self.start_step)
 
         # --- rewards ---
         self.reward_fn, self.gold_fn = rl.build(device)

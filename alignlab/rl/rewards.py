@@ -17,12 +17,19 @@ where a prompt is what the dataset row holds (a string or a message list, not re
 Sources:
 - reward-model folder(s): `alignlab.eval.reward_ensemble.RewardScorer` (comma-separated
   folders = an ensemble combined by `aggregate`: mean, min, lcb, uwo). Extras are ignored.
-- `module:function` / `path.py:function` (`alignlab.eval.cli.resolve_callable`): called once
-  per sample as `fn(prompt, response, **extras)`, or, when the function has an attribute
-  `batched = True`, once as `fn(prompts, responses, **columns)` with each extra key as a list
-  over the batch (TRL's reward-function convention). Extras are passed only as keyword
-  arguments the function declares (all of them when it takes `**kwargs`), so a plain
-  `fn(prompt, response)` works unchanged.
+- `module:function` / `path.py:function` (`alignlab.eval.cli.resolve_callable`), called in
+  one of three styles (`reward_style`):
+  - per sample (the default): `fn(prompt, response, **extras) -> float`, once per response;
+  - TRL's batched convention, detected by a parameter named `completions`:
+    `fn(prompts=[...], completions=[...], **columns) -> list[float]`, once per batch, where a
+    completion is the response string, or `[{"role": "assistant", "content": response}]`
+    when the prompt is a message list (as TRL's GRPOTrainer passes them; its
+    `completion_ids` and `trainer_state` are not passed);
+  - batched by declaration (`fn.batched = True`): `fn(prompts, responses, **columns)`.
+  Extras (`columns`: each extra key as a list over the batch) are passed only as keyword
+  arguments the function names (all of them when it takes `**kwargs`), so a plain
+  `fn(prompt, response)` works unchanged. `check_reward_spec` imports the function and checks
+  its signature before any model loads.
 - `http(s)://...`: POST `{"prompts": [...], "responses": [...]}` (plus `"extras": [...]` when
   the rows have extra keys) as JSON; the answer must be `{"rewards": [...]}` of the same
   length. A timeout, an HTTP error or a malformed answer raises `RewardError` naming the URL.
@@ -42,8 +49,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab.config import ConfigError, option
+from alignlab.config import ConfigError, UserInputError, option
 from alignlab.eval.reward_ensemble import AGGREGATES
+from alignlab.models.folders import check_model_source
 
 RewardFn = Callable[..., list[float]]
 
@@ -54,12 +62,16 @@ class RewardOptions:
     (the config sections of the RL recipes, ReST / RAFT and best-of-n extend this)."""
 
     reward: str = option(
-        "", "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL"
+        "",
+        "reward: RM folder(s) (comma = ensemble), module:function, file.py:function, URL",
+        kind="reward",
     )
     reward_aggregate: str = option("mean", "how an RM ensemble combines", choices=AGGREGATES)
     reward_k: float = option(1.0, "penalty weight of reward_aggregate lcb / uwo", min=0)
     reward_timeout: float = option(60.0, "seconds an HTTP reward endpoint may take", min=0)
-    gold: str = option("", "optional gold reward, same forms as `reward`; logged, not trained")
+    gold: str = option(
+        "", "optional gold reward, same forms as `reward`; logged, not trained", kind="reward"
+    )
 
     def require_reward(self, name: str) -> None:
         """ConfigError naming the option (`name`, e.g. "rl.reward") when no reward is given."""
@@ -81,57 +93,156 @@ class RewardOptions:
         return build_reward_fn(self.reward, **kwargs), gold
 
 
-class RewardError(RuntimeError):
+class RewardError(UserInputError, RuntimeError):
     """A reward source failed or answered something that is not one number per response."""
 
 
+def _short(value: Any) -> str:
+    """`repr(value)` on one line, cut at 120 characters (arrays print over several lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _number(value: Any, i: int, source: str) -> float:
+    returned = f"reward {source} returned {_short(value)}"
+    if value is None or isinstance(value, (str, bytes)):
+        raise RewardError(f"{returned} for response {i}; expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RewardError(
+            f"{returned} ({type(value).__name__}) for response {i}; expected a number"
+        ) from None
+    if not math.isfinite(number):
+        raise RewardError(f"{returned} for response {i} (not finite)")
+    return number
+
+
 def _checked(values: Any, n: int, source: str) -> list[float]:
+    """`values` as n finite floats, or a RewardError naming the source and what it returned."""
     try:
-        rewards = [float(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise RewardError(f"reward {source}: expected {n} numbers, got {values!r:.200}") from err
-    if len(rewards) != n:
-        raise RewardError(f"reward {source}: {len(rewards)} rewards for {n} responses")
-    for i, value in enumerate(rewards):
-        if not math.isfinite(value):
-            raise RewardError(f"reward {source}: reward {i} is {value} (not finite)")
-    return rewards
+        if isinstance(values, (str, bytes, dict)):
+            raise TypeError
+        items = list(values)
+    except TypeError:  # a number, or a 0-d tensor or array
+        raise RewardError(
+            f"reward {source} returned {_short(values)} ({type(values).__name__}); "
+            f"expected a list of {n} numbers, one per response"
+        ) from None
+    if len(items) != n:
+        raise RewardError(f"reward {source} returned {len(items)} rewards for {n} responses")
+    return [_number(value, i, source) for i, value in enumerate(items)]
 
 
-def _keyword_filter(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Keep the extras `fn` can take as keyword arguments (all of them with **kwargs)."""
+def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter] | None:
     try:
-        parameters = inspect.signature(fn).parameters.values()
+        return list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature
+        return None
+
+
+def reward_style(fn: Callable[..., Any]) -> str:
+    """How a reward callable is called (module docstring): "trl" when it has TRL's
+    `completions` parameter, "batched" when it declares `fn.batched = True`, else
+    "per_sample"."""
+    parameters = _parameters(fn) or []
+    if any(p.name == "completions" for p in parameters):
+        return "trl"
+    return "batched" if getattr(fn, "batched", False) else "per_sample"
+
+
+def check_reward_callable(fn: Callable[..., Any], where: str) -> None:
+    """ConfigError when `fn` cannot be called the way its style calls it (`reward_style`)."""
+    parameters = _parameters(fn)
+    if parameters is None or reward_style(fn) == "trl":
+        return
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    takes_args = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if len(positional) < 2 and not takes_args:
+        name = getattr(fn, "__name__", "the function")
+        raise ConfigError(
+            f"{where}: {name}{inspect.signature(fn)} cannot take (prompt, response); a reward "
+            "function is called per sample as fn(prompt, response, **extras) -> float, or per "
+            "batch as fn(prompts, completions, **kwargs) -> list[float] (TRL's convention)"
+        )
+
+
+def _keyword_filter(
+    fn: Callable[..., Any], positional: int
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Keep the keyword arguments `fn` takes (all of them with **kwargs); its first
+    `positional` parameters are passed by position, so they are not keywords."""
+    parameters = _parameters(fn)
+    if parameters is None:
         return lambda extras: {}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return dict
     names = {
         p.name
-        for p in list(parameters)[2:]
+        for p in parameters[positional:]
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     return lambda extras: {k: v for k, v in extras.items() if k in names}
 
 
+def _call(
+    fn: Callable[..., Any], source: str, args: tuple, kwargs: dict[str, Any], row_keys: set[str]
+) -> Any:
+    """`fn(*args, **kwargs)`; a parameter the prompt rows (with keys `row_keys` besides the
+    prompt) cannot fill is a RewardError, not a TypeError from inside the call."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as err:
+        keys = ", ".join(sorted(row_keys)) or "none"
+        raise RewardError(
+            f"reward {source}: cannot call it: {err} (the prompt rows' other keys: {keys})"
+        ) from None
+    except ValueError:  # no signature to check: let the call itself decide
+        pass
+    return fn(*args, **kwargs)
+
+
 def callable_reward(fn: Callable[..., Any], name: str = "") -> RewardFn:
-    """A per-sample `fn(prompt, response, **extras)` or batched (`fn.batched = True`)
-    `fn(prompts, responses, **columns)` as a reward function (module docstring)."""
+    """A Python reward callable as a reward function, called in its `reward_style` (module
+    docstring); what it returns is checked (`_checked`)."""
     source = name or getattr(fn, "__name__", repr(fn))
-    keep = _keyword_filter(fn)
-    batched = bool(getattr(fn, "batched", False))
+    style = reward_style(fn)
+    keep = _keyword_filter(fn, positional=0 if style == "trl" else 2)
 
     def reward_fn(
         prompts: Sequence[Any], responses: Sequence[str], extras: Sequence[dict] | None = None
     ) -> list[float]:
         extras = list(extras) if extras is not None else [{} for _ in prompts]
-        if batched:
-            keys = sorted({key for row in extras for key in row})
-            columns = keep({key: [row.get(key) for row in extras] for key in keys})
-            values = fn(list(prompts), list(responses), **columns)
-        else:
-            values = [fn(p, r, **keep(e)) for p, r, e in zip(prompts, responses, extras)]
-        return _checked(values, len(responses), source)
+        n = len(responses)
+        row_keys = {key for row in extras for key in row}
+        if style == "per_sample":
+            values = [
+                _call(fn, source, (p, r), keep(e), row_keys)
+                for p, r, e in zip(prompts, responses, extras)
+            ]
+            for i, value in enumerate(values):
+                if isinstance(value, (list, tuple, dict)) or getattr(value, "ndim", 0) > 0:
+                    raise RewardError(
+                        f"reward {source} returned {_short(value)} ({type(value).__name__}) "
+                        f"for response {i}; a per-sample reward function returns one number "
+                        "(a batched one names its parameters prompts, completions)"
+                    )
+            return _checked(values, n, source)
+        columns = {key: [row.get(key) for row in extras] for key in sorted(row_keys)}
+        if style == "trl":
+            # TRL passes a conversational prompt's completion as one assistant message
+            completions = [
+                [{"role": "assistant", "content": r}] if isinstance(p, list) else r
+                for p, r in zip(prompts, responses)
+            ]
+            kwargs = keep({**columns, "prompts": list(prompts), "completions": completions})
+            return _checked(_call(fn, source, (), kwargs, row_keys), n, source)
+        values = _call(fn, source, (list(prompts), list(responses)), keep(columns), row_keys)
+        return _checked(values, n, source)
 
     return reward_fn
 
@@ -155,7 +266,7 @@ def http_reward(url: str, timeout: float = 60.0) -> RewardFn:
             with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
                 body = answer.read()
         except urllib.error.HTTPError as err:
-            detail = err.read()[:200].decode(errors="replace")
+            detail = " ".join(err.read()[:200].decode(errors="replace").split())
             raise RewardError(
                 f"reward endpoint {url}: HTTP {err.code} {err.reason}: {detail}"
             ) from err
@@ -192,6 +303,34 @@ def reward_model_reward(
     return reward_fn
 
 
+def _parts(spec: str) -> list[str]:
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def check_reward_spec(spec: str, field: str = "reward") -> None:
+    """ConfigError when reward spec `spec` (the value of config field `field`) cannot work,
+    found without loading a model: reward-model folders are complete sequence-classification
+    folders; a callable imports, exists and takes (prompt, response) or TRL's arguments."""
+    spec = spec.strip()
+    if not spec or spec.startswith(("http://", "https://")):
+        return
+    parts = _parts(spec)
+    if all(Path(part).is_dir() for part in parts):
+        for part in parts:
+            check_model_source(part, field, tokenizer=True, reward_model=True)
+        return
+    if ":" in spec:
+        from alignlab.eval.cli import resolve_callable
+
+        check_reward_callable(resolve_callable(spec, field), f"{field}={spec}")
+        return
+    missing = [part for part in parts if not Path(part).is_dir()]
+    raise ConfigError(
+        f"{field}={spec}: {', '.join(missing)} is not a folder; expected reward-model "
+        "folder(s), module:function, path.py:function or an http(s):// URL"
+    )
+
+
 def build_reward_fn(
     spec: str,
     *,
@@ -206,27 +345,19 @@ def build_reward_fn(
 
     `aggregate` / `k` combine an ensemble of reward-model folders; `device`, `dtype`,
     `batch_size` are where and how reward models run; `timeout` is for HTTP endpoints.
+    A spec that cannot work is a ConfigError (`check_reward_spec`).
     """
     spec = spec.strip()
     if not spec:
-        raise ValueError("empty reward spec: give a reward-model folder, module:function or URL")
+        raise ConfigError("empty reward spec: give a reward-model folder, module:function or URL")
+    check_reward_spec(spec)
     if spec.startswith(("http://", "https://")):
         return http_reward(spec, timeout=timeout)
-    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    parts = _parts(spec)
     if all(Path(part).is_dir() for part in parts):
         return reward_model_reward(
             parts, aggregate=aggregate, k=k, device=device, dtype=dtype, batch_size=batch_size
         )
-    if ":" in spec:
-        from alignlab.eval.cli import resolve_callable
+    from alignlab.eval.cli import resolve_callable
 
-        try:
-            fn = resolve_callable(spec)
-        except ValueError as err:
-            raise ValueError(str(err).replace("--reward ", "reward ")) from err
-        return callable_reward(fn, spec)
-    missing = [part for part in parts if not Path(part).is_dir()]
-    raise ValueError(
-        f"reward {spec!r}: {', '.join(missing)} is not a folder; expected reward-model "
-        "folder(s), module:function, path.py:function or an http(s):// URL"
-    )
+    return callable_reward(resolve_callable(spec, "reward"), spec)

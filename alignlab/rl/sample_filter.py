@@ -2,7 +2,7 @@
 
 A recipe reads as its algorithm; the plumbing lives here:
 
-    session = SampleFilterSession(cfg, "rest")         # prompts, rewards, metrics, config.yaml
+    session = SampleFilterSession(cfg, "rest", sft.stage)  # prompts, rewards, metrics
     samples = session.sample(policy, rows, stage_dir, seed)   # K per prompt, scored, saved
     keep = at_or_above(samples.rewards, threshold)     # ReST's Improve filter, or
     keep = best_per_prompt(samples.rewards, K)         # RAFT / best-of-n: argmax per prompt
@@ -17,7 +17,8 @@ records is a training file as it stands. The SFT recipe ends a string completion
 a response cut by max_new_tokens is trained as if it ended there; an empty response (EOS
 first) is not trained on at all.
 
-Each fine-tuning stage is the SFT recipe (`alignlab.recipes.sft.run`) in its own folder with
+Each fine-tuning stage is the SFT recipe (`alignlab.recipes.sft.stage`, handed in by the
+recipe) in its own folder with
 the run's `model` and `train` sections, so checkpoints, metrics and `train.resume` work as for
 SFT. With `train.resume=true` a rerun reads back a stage's samples when its samples.jsonl
 exists, skips a stage whose final/ exists (both are written atomically, so they are complete)
@@ -40,33 +41,31 @@ import gc
 import json
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from alignlab.config import (
     ConfigError,
     DataConfig,
     LoraConfig,
     ModelConfig,
-    check_all,
+    TrainConfig,
     option,
-    to_dict,
 )
 from alignlab.data.templates import Messages
 from alignlab.eval.generation import Generation
-from alignlab.fileio import atomic_folder, atomic_write_text, write_jsonl
+from alignlab.fileio import atomic_folder, write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.recipes import sft
-from alignlab.rl.policy_update import PromptRow, load_prompt_rows
+from alignlab.rl.policy_update import PromptRow, check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions
 from alignlab.rl.rollout import rollout
 from alignlab.training import distributed, loop
 from alignlab.training.batches import micro_batches
 from alignlab.training.metrics import MetricsLogger
+from alignlab.training.run_folder import RunFolder
 
 Prompt = str | Messages
 
@@ -240,25 +239,33 @@ def mean(values: Sequence[float]) -> float | None:
 # --- the session ---
 
 
+# The SFT recipe run as a stage of this run (`alignlab.recipes.sft.stage`): the recipes hand it
+# in, so this module does not import a recipe.
+SFTStage = Callable[[ModelConfig, DataConfig, TrainConfig, RunFolder], Path]
+
+
 class SampleFilterSession:
     """Set-up, sampling stages, SFT stages, metrics and the final folder of a sample-filter-
     fine-tune recipe. `cfg` must have sections `model`, `data` (PromptDataConfig), `train`
     (TrainConfig), `sampling` (SampleConfig) and a `final_dir` option."""
 
-    def __init__(self, cfg: Any, name: str) -> None:
-        self.cfg, self.name = cfg, name
+    def __init__(self, cfg: Any, name: str, sft_stage: SFTStage) -> None:
+        self.cfg, self.name, self.sft_stage = cfg, name, sft_stage
         # the run's process group: the SFT stages join it, `finish` ends it
         self.runtime = runtime = distributed.init_runtime()
         self.resume = cfg.train.resume
         self.output_dir = Path(cfg.train.output_dir)
-        if runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            atomic_write_text(self.output_dir / "config.yaml", config_text)
+        self.folder = loop.start_run(cfg, runtime)
         self.device = runtime.device
-        self.rows: list[PromptRow] = load_prompt_rows(cfg.data, load_tokenizer(cfg.model))
+        tokenizer = load_tokenizer(cfg.model)
+        self.rows: list[PromptRow] = load_prompt_rows(cfg.data, tokenizer)
+        new_tokens = cfg.sampling.max_new_tokens
+        check_generation_fits(
+            cfg.model, tokenizer, self.rows, "sampling.max_new_tokens", new_tokens
+        )
         self.reward_fn, self.gold_fn = cfg.sampling.build(self.device)
         # a resumed run logs its completed stages again from their files: one record per stage
+        self.folder.claim()
         self.metrics = MetricsLogger(
             self.output_dir,
             enabled=runtime.is_main,
@@ -349,16 +356,13 @@ class SampleFilterSession:
         if is_main:
             write_jsonl(stage_dir / "sft.jsonl", records)
         distributed.barrier(self.runtime)  # every process's SFT stage reads the file
-        cfg = sft.SFTConfig(
-            model=dataclasses.replace(
-                self.cfg.model, path=str(policy), revision=self._revision(policy)
-            ),
+        return self.sft_stage(
+            dataclasses.replace(self.cfg.model, path=str(policy), revision=self._revision(policy)),
             # no length limit: prompt + response were sampled from this model, so they fit
-            data=DataConfig(path=str(stage_dir / "sft.jsonl"), max_length=0),
-            train=dataclasses.replace(self.cfg.train, output_dir=str(stage_dir)),
+            DataConfig(path=str(stage_dir / "sft.jsonl"), max_length=0),
+            dataclasses.replace(self.cfg.train, output_dir=str(stage_dir)),
+            self.folder,
         )
-        check_all(cfg)
-        return sft.run(cfg)
 
     def _revision(self, policy: str | Path) -> str:
         """The base's hub revision; stage folders are local, a revision does not apply."""

@@ -4,7 +4,9 @@ Layout of `output_dir/checkpoints/step-00000040/`:
   config.json, model.safetensors, tokenizer files  -> `from_pretrained` loads it directly
   adapter/                                         -> LoRA adapter (LoRA runs only)
   training_state.pt                                -> optimizer, scheduler, scaler, RNG per rank
-  trainer_state.json                               -> step, tokens seen, recipe state
+  trainer_state.json                               -> step, tokens seen, recipe state, the
+                                                      run record (recipe + config, run.json)
+                                                      and the number of processes
 Every folder is written to a hidden temporary sibling and renamed into place, so a kill
 mid-save leaves the previous checkpoint intact and the half-written one is never picked up.
 """
@@ -31,12 +33,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import PreTrainedTokenizerBase
 
-from alignlab.config import LoraConfig
+from alignlab.config import ConfigError, LoraConfig
 from alignlab.fileio import atomic_folder
 from alignlab.models.loading import is_peft, merged_state_dict, unwrap_peft
+from alignlab.models.reward import reward_state_dict
 from alignlab.training.distributed import Runtime, all_gather_objects, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+RUN_FILE = "run.json"  # the run record in output_dir (training/run_folder.py)
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -151,6 +155,34 @@ def save_hf_folder(
     return Path(target)
 
 
+def save_reward_folder(
+    target: str | Path,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    runtime: Runtime,
+    lora: LoraConfig | None = None,
+    adapter: bool = True,
+) -> Path:
+    """Save a reward model as a plain HF sequence-classification folder, atomically. Collective.
+
+    Full models go through `save_hf_folder`; LoRA models get merged weights with the head
+    under its plain name (`reward_state_dict`) and, when `adapter`, the adapter (head
+    included) in `adapter/`.
+    """
+    if not is_peft(model):
+        return save_hf_folder(target, model, tokenizer, runtime, lora=lora, adapter=adapter)
+    state = full_model_state(model, runtime)
+    if runtime.is_main:
+        with atomic_folder(target) as tmp:
+            if lora is None or lora.save_merged:
+                unwrap_peft(model).save_pretrained(tmp, state_dict=reward_state_dict(model, state))
+            if adapter:
+                model.save_pretrained(tmp / "adapter", state_dict=state)
+            tokenizer.save_pretrained(tmp)
+    barrier(runtime)
+    return Path(target)
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -180,10 +212,17 @@ def save_checkpoint(
         "rng": all_gather_objects(_rng_state(), runtime),
     }
     target = checkpoint_dir(output_dir, step)
+    run_file = Path(output_dir) / RUN_FILE
+    record = json.loads(run_file.read_text()) if run_file.exists() else None
     extra = {
         **(extra_files or {}),
         "training_state.pt": training_state,
-        "trainer_state.json": {"step": step, **(trainer_state or {})},
+        "trainer_state.json": {
+            "step": step,
+            **(trainer_state or {}),
+            "world_size": runtime.world_size,
+            "run": record,  # a resume checks it matches (run_folder.open_run_folder)
+        },
     }
     save_hf_folder(target, model, tokenizer, runtime, lora=lora, extra=extra)
     if runtime.is_main:
@@ -212,8 +251,8 @@ def load_checkpoint_state(
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
-    if len(rng) != runtime.world_size:
-        raise RuntimeError(
+    if len(rng) != runtime.world_size:  # checkpoints with a run record are checked at start
+        raise ConfigError(
             f"{checkpoint} was saved by {len(rng)} process(es); resuming with "
             f"{runtime.world_size} would change the data order and RNG streams"
         )

@@ -10,43 +10,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from alignlab.config import TrainConfig, to_dict
-from alignlab.fileio import atomic_write_text
+from alignlab.config import TrainConfig
 from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule
-from alignlab.training.checkpoint import crash_point, latest_checkpoint, save_hf_folder
+from alignlab.training.checkpoint import crash_point, save_hf_folder
 from alignlab.training.distributed import Runtime
 from alignlab.training.metrics import MetricsLogger
+from alignlab.training.run_folder import RunFolder, open_run_folder
 
 
-def start_run(config: Any, train_cfg: TrainConfig, runtime: Runtime) -> Path | None:
-    """Seed, create output_dir with the resolved config.yaml (rank 0), and return the
-    checkpoint to resume from (None for a fresh run)."""
-    output_dir = Path(train_cfg.output_dir)
-    torch.manual_seed(train_cfg.seed)
-    resume_from = latest_checkpoint(output_dir) if train_cfg.resume else None
-    if runtime.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False)
-        )
-        if train_cfg.resume:
-            print(f"resuming from {resume_from}" if resume_from else "resume: no checkpoint yet")
-    return resume_from
+def start_run(config: Any, runtime: Runtime, parent: RunFolder | None = None) -> RunFolder:
+    """Seed and check the output folder (nothing is written yet; `folder.resume_from` is the
+    checkpoint to resume from, None for a fresh run). `parent`: the run this one is a stage of."""
+    torch.manual_seed(config.train.seed)
+    return open_run_folder(config, runtime, parent)
 
 
-def open_metrics(
-    train_cfg: TrainConfig, runtime: Runtime, start_step: int, resumed: bool
-) -> MetricsLogger:
+def open_metrics(folder: RunFolder, train_cfg: TrainConfig, start_step: int) -> MetricsLogger:
+    """The run's first write: claim the folder, then open metrics.jsonl / TensorBoard."""
+    folder.claim()
     return MetricsLogger(
-        train_cfg.output_dir,
-        enabled=runtime.is_main,
+        folder.path,
+        enabled=folder.runtime.is_main,
         tensorboard=train_cfg.tensorboard,
-        resume_step=start_step if resumed else None,
+        resume_step=start_step if folder.resume_from is not None else None,
     )
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignlab.config import ConfigError
 from alignlab.fileio import atomic_write_text
 
 
@@ -14,7 +15,7 @@ class MetricsLogger:
     """Append-only JSONL metrics plus optional TensorBoard scalars.
 
     On resume, records written after the checkpoint's step by the interrupted run are dropped,
-    so the file reads as one uninterrupted run.
+    so the file reads as one uninterrupted run (and a last line torn by a kill mid-write).
     """
 
     def __init__(
@@ -32,9 +33,9 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [
-                line
-                for line in self.path.read_text().splitlines(keepends=True)
-                if json.loads(line).get("step", 0) <= resume_step
+                json.dumps(record) + "\n"
+                for record in read_metrics(self.path)
+                if record.get("step", 0) <= resume_step
             ]
             atomic_write_text(self.path, "".join(kept))
         elif resume_step is None and self.path.exists():
@@ -74,8 +75,20 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl` file (or of the one in a run folder)."""
+    """The records of a `metrics.jsonl` file (or of the one in a run folder). A last line that
+    is not valid JSON was torn by a kill mid-write and is left out; a bad line before it is
+    an error naming the file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1)]
+    lines = [(number, line) for number, line in lines if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ConfigError(f"{path}:{number}: not a JSON record ({err.msg})") from err
+    return records

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay and a warm-up + decay learning-rate schedule."""
+"""AdamW (or plain SGD) with decoupled weight decay and a warm-up + decay learning-rate
+schedule."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ FUSED_DEVICES = ("cpu", "cuda")
 """Devices with a fused AdamW kernel that alignlab is tested on."""
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; norms and biases (1-D tensors) get no weight decay."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over trainable parameters; norms and biases (1-D tensors) get no weight
+    decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -22,6 +24,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        # SGD's L2 term lr·wd·w is exactly AdamW's decoupled decay, so the groups carry over
+        return torch.optim.SGD(groups, lr=cfg.lr)
     # The fused kernel updates each tensor in place. torch's default on CPU, the per-tensor
     # loop, allocates two temporaries the size of the largest parameter (a 152k-token
     # embedding: 1 GB at 0.5B), and foreach, the default on CUDA, the size of all of them.

@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import os
-from collections.abc import Hashable, Iterable
+import io
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from alignlab.config import ConfigError, ModelConfig, option
 from alignlab.data.collate import collate
+from alignlab.fileio import atomic_write_bytes
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import is_peft, load_model
 from alignlab.training import distributed
@@ -52,7 +53,7 @@ class ReferenceConfig:
         "output_dir; adapter: the LoRA policy with adapters disabled",
         choices=MODES,
     )
-    path: str = option("", "reference model (hub id or folder); empty = model.path")
+    path: str = option("", "reference model (hub id or folder); empty = model.path", kind="model")
     batch_size: int = option(
         0, "sequences per forward of the precompute pass; 0 = 2 x train.micro_batch_size", min=0
     )
@@ -114,6 +115,7 @@ class ReferenceLogProbs:
         mixed_precision: str = "no",
         batch_size: int = 8,
         cache_dir: str | Path | None = None,
+        claim_folder: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
@@ -123,6 +125,7 @@ class ReferenceLogProbs:
         self.mixed_precision = mixed_precision
         self.batch_size = cfg.batch_size or batch_size
         self.cache_path = Path(cache_dir) / CACHE_NAME if cache_dir else None
+        self.claim_folder = claim_folder  # called before the cache is written (RunFolder.claim)
         # the reference is the plain base model: no adapters, no checkpointing, no resume weights
         self.model_cfg = dataclasses.replace(
             model_cfg,
@@ -202,9 +205,11 @@ class ReferenceLogProbs:
         if self.cache_path is not None and self.runtime.is_main:
             keys = [key for key, _ in items]
             logps = torch.tensor([self.cache[key] for key in keys], dtype=torch.float32)
-            tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
-            torch.save({"fingerprint": stamp, "keys": keys, "logps": logps}, tmp)
-            os.replace(tmp, self.cache_path)
+            if self.claim_folder is not None:
+                self.claim_folder()
+            buffer = io.BytesIO()
+            torch.save({"fingerprint": stamp, "keys": keys, "logps": logps}, buffer)
+            atomic_write_bytes(self.cache_path, buffer.getvalue())
         distributed.barrier(self.runtime)
         if print_main:
             print(f"reference log-probs: computed {len(items)} sequences")

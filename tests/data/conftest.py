@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from alignlab.data.templates import ensure_chat_template
+from alignlab.models.tiny import train_bpe
 
 SAMPLE = Path(__file__).resolve().parents[2] / "alignlab" / "data" / "samples" / "sft_sample.jsonl"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
@@ -25,17 +26,7 @@ def _corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def bpe() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer)
-    return tok
+    return train_bpe(_corpus(), 500, SPECIAL_TOKENS)
 
 
 @pytest.fixture(scope="session")

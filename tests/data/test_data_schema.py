@@ -164,8 +164,14 @@ BAD_CASES = [
     (
         "prompt_completion",
         {"prompt": "Q", "completion": None},
-        "field 'completion': missing",
+        "field 'completion': null",
         "missing completion",
+    ),
+    (
+        "conversational",
+        {"messages": [U, {"role": "assistant", "content": None}]},
+        "field 'messages[1].content': null",
+        "missing message content",
     ),
     (
         "prompt_completion",

@@ -81,7 +81,7 @@ def test_missing_chat_template_falls_back_to_chatml(tokenizer, monkeypatch):
 
 def test_conversational_trains_every_assistant_turn(tokenizer):
     [row], report = tokenize(tokenizer, [{"messages": [SYS, U1, A1, U2, A2]}])
-    assert trained_spans(tokenizer, row) == ["4.<|im_end|>\n", "6.<|im_end|>\n"]
+    assert trained_spans(tokenizer, row) == ["4.<|im_end|>", "6.<|im_end|>"]
     assert tokenizer.decode(row["input_ids"]) == render_messages(tokenizer, [SYS, U1, A1, U2, A2])
     assert len(row["labels"]) == len(row["input_ids"])
     assert report.summary() == "read 1 records: 1 used"
@@ -89,13 +89,13 @@ def test_conversational_trains_every_assistant_turn(tokenizer):
 
 def test_trailing_user_turn_is_not_trained(tokenizer):
     [row], _ = tokenize(tokenizer, [{"messages": [U1, A1, U2]}])
-    assert trained_spans(tokenizer, row) == ["4.<|im_end|>\n"]
+    assert trained_spans(tokenizer, row) == ["4.<|im_end|>"]
     assert tokenizer.decode(row["input_ids"]).endswith("And 3 + 3?<|im_end|>\n")
 
 
 def test_conversational_prompt_completion_trains_only_the_completion(tokenizer):
     [row], _ = tokenize(tokenizer, [{"prompt": [SYS, U1, A1, U2], "completion": [A2]}])
-    assert trained_spans(tokenizer, row) == ["6.<|im_end|>\n"]
+    assert trained_spans(tokenizer, row) == ["6.<|im_end|>"]
     assert tokenizer.decode(row["input_ids"]) == render_messages(tokenizer, [SYS, U1, A1, U2, A2])
 
 
@@ -136,7 +136,7 @@ def test_bos_added_once(bos_tokenizer, monkeypatch):
     monkeypatch.setattr(bos_tokenizer, "chat_template", "{{ bos_token }}" + DEFAULT_CHAT_TEMPLATE)
     [row], _ = tokenize(bos_tokenizer, [{"messages": [U1, A1]}])
     assert row["input_ids"][0] == bos and row["input_ids"].count(bos) == 1
-    assert trained_spans(bos_tokenizer, row) == ["4.<|im_end|>\n"]
+    assert trained_spans(bos_tokenizer, row) == ["4.<|im_end|>"]
 
 
 def test_no_bos_for_tokenizer_without_one(tokenizer):
@@ -160,11 +160,11 @@ def test_template_that_is_not_prefix_consistent(tokenizer, monkeypatch):
     segments = chat_segments(tokenizer, messages)
     assert "".join(text for text, _ in segments) == render_messages(tokenizer, messages)
     assert [text for text, trained in segments if trained] == [
-        "4.<|im_end|>\n",
-        "<think></think>6.<|im_end|>\n",
+        "4.<|im_end|>",
+        "<think></think>6.<|im_end|>",
     ]
     [row], _ = tokenize(tokenizer, [{"messages": messages}])
-    assert trained_spans(tokenizer, row) == ["4.<|im_end|>\n", "<think></think>6.<|im_end|>\n"]
+    assert trained_spans(tokenizer, row) == ["4.<|im_end|>", "<think></think>6.<|im_end|>"]
 
 
 def test_chat_template_error_names_the_record(tokenizer, monkeypatch):
@@ -275,7 +275,7 @@ def test_build_sft_dataset_on_the_sample(tokenizer, sample_path):
     assert all(set(row) == {"input_ids", "labels"} for row in rows)
     for row in rows[:20]:
         spans = trained_spans(tokenizer, row)
-        assert spans and all(span.endswith("<|im_end|>\n") for span in spans)
+        assert spans and all(span.endswith("<|im_end|>") for span in spans)
 
     packed_cfg = DataConfig(path=str(sample_path), max_length=256, packing=True, max_examples=50)
     packed, report = build_sft_dataset(packed_cfg, tokenizer)

@@ -67,11 +67,11 @@ def test_string_pair_trains_response_and_eos_only(tokenizer):
 def test_conversational_pair_trains_assistant_turn_with_end_marker(tokenizer):
     (row,), _ = pairs(tokenizer, CHAT_PAIR)
     assert trained(tokenizer, row["chosen_input_ids"], row["chosen_labels"]) == (
-        "It is blue.<|im_end|>\n"
+        "It is blue.<|im_end|>"
     )
     assert tokenizer.decode(row["rejected_input_ids"]).startswith("<|im_start|>user\nWhat color")
     assert trained(tokenizer, row["rejected_input_ids"], row["rejected_labels"]) == (
-        "Green.<|im_end|>\n"
+        "Green.<|im_end|>"
     )
 
 

@@ -20,7 +20,8 @@ from alignlab.eval.reward_eval import (
 )
 from alignlab.eval.rm_cli import main as rm_eval_main
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder
+from alignlab.models.reward import load_reward_model
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -92,8 +92,8 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
         and "| b |" in out
         and "(valid)" in (tmp_path / "two" / "report.md").read_text()
     )
-    with pytest.raises(SystemExit):
-        main([*many[:3], "--model", f"a={toy_lab.base}"])
+    assert main([*many[:3], "--model", f"a={toy_lab.base}"]) == 2
+    assert "the name 'a' is taken" in capsys.readouterr().err
 
 
 def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):

@@ -13,9 +13,9 @@ from alignlab.models.reward import (
     load_reward_model,
     reward_forward,
     reward_state_dict,
-    save_reward_folder,
     score_head,
 )
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -10,9 +10,10 @@ from alignlab.config import ModelConfig
 from alignlab.data.collate import collate
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder, score_head
+from alignlab.models.reward import load_reward_model, score_head
 from alignlab.models.value import TokenValues, load_value_model
 from alignlab.ops import IGNORE_INDEX
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -2,7 +2,7 @@
 runners and assertions; the tiny word-level model comes from tests/word_model.py."""
 
 import pytest
-from recipe_runs import assert_same_weights, launch  # noqa: F401 - re-exported to the RL tests
+from recipe_runs import launch  # noqa: F401 - re-exported to the RL tests
 from word_model import _one_thread, build_word_model  # noqa: F401 - _one_thread is a fixture
 
 PROMPTS = ["a b", "b c", "c a b", "b"]

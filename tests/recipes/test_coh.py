@@ -60,7 +60,7 @@ def test_coh_refuses_non_preference_data(tiny_model_dir, tmp_path):
     sft.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     cfg = load_config(
         coh.CoHConfig, None,
-        [f"model.path={tiny_model_dir}", f"data.path={sft}", f"train.output_dir={tmp_path}"],
+        [f"model.path={tiny_model_dir}", f"data.path={sft}", f"train.output_dir={tmp_path / 'run'}"],
     )  # fmt: skip
     with pytest.raises(DataError, match="preference pairs"):
         coh.run(cfg)

@@ -8,14 +8,16 @@ import json
 import pytest
 import rl_common
 import torch
-from rl_common import assert_same_weights, launch, metric, reward_rises, rl_overrides
+from rl_common import launch, metric, reward_rises, rl_overrides
 from transformers import AutoModelForSequenceClassification
+from weights import assert_identical_weights
 
 from alignlab.config import ConfigError, ModelConfig, load_config
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder, score_head
+from alignlab.models.reward import load_reward_model, score_head
 from alignlab.recipes import grpo, ppo
 from alignlab.rl.policy_update import RLSession
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 _one_thread = rl_common._one_thread  # module fixtures shared by the RL recipe tests
@@ -100,9 +102,9 @@ def test_killed_run_resumes_to_the_same_policy_and_critic(rl_assets, tmp_path):
     for key in ("train/loss", "train/value_loss", "train/values_mean", "train/beta"):
         got, ref = metric(tmp_path / "run", key), metric(tmp_path / "ref", key)
         assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4], key
-        assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(got, ref)), key
-    assert_same_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
-    assert_same_weights(tmp_path / "run" / "critic", tmp_path / "ref" / "critic")
+        assert got == ref, key  # the same computation in the same order: bit for bit
+    assert_identical_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+    assert_identical_weights(tmp_path / "run" / "critic", tmp_path / "ref" / "critic")
 
 
 def test_update_extra_loss_adds_its_gradient_once_per_optimizer_step(rl_assets, tmp_path):

@@ -2,7 +2,8 @@
 the word "a"): the reward rises, options run, a killed run resumes to the same result."""
 
 import rl_common
-from rl_common import assert_same_weights, launch, metric, reward_rises, rl_overrides
+from rl_common import launch, metric, reward_rises, rl_overrides
+from weights import assert_identical_weights
 
 from alignlab.config import load_config
 from alignlab.recipes import reinforce_pp
@@ -52,5 +53,5 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     got, ref = metric(tmp_path / "run", "train/loss"), metric(tmp_path / "ref", "train/loss")
     assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4]
-    assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(got, ref))
-    assert_same_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+    assert got == ref  # the same computation in the same order: bit for bit
+    assert_identical_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")

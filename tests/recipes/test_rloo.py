@@ -2,7 +2,8 @@
 the word "a"): the reward rises, options run, a killed run resumes to the same result."""
 
 import rl_common
-from rl_common import assert_same_weights, launch, metric, reward_rises, rl_overrides
+from rl_common import launch, metric, reward_rises, rl_overrides
+from weights import assert_identical_weights
 
 from alignlab.config import load_config
 from alignlab.recipes import rloo
@@ -47,8 +48,8 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     got, ref = metric(tmp_path / "run", "train/loss"), metric(tmp_path / "ref", "train/loss")
     assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4]
-    assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(got, ref))
-    assert_same_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+    assert got == ref  # the same computation in the same order: bit for bit
+    assert_identical_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
 
 
 def test_beta_zero_with_gold_still_logs_the_kl_without_training_on_it(rl_assets, tmp_path):
@@ -60,4 +61,4 @@ def test_beta_zero_with_gold_still_logs_the_kl_without_training_on_it(rl_assets,
     tracked = run(rl_assets, tmp_path / "tracked", *steps, f"rl.gold={reward}:contains")
     assert all(v == 0 for _, v in metric(tmp_path / "plain", "train/kl_ref"))  # no reference
     assert metric(tmp_path / "tracked", "train/kl_ref")[-1][1] > 0
-    assert_same_weights(plain, tracked)
+    assert_identical_weights(plain, tracked)

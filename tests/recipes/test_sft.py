@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from recipe_runs import SGD
 from transformers import AutoModelForCausalLM
+from weights import assert_close_series, assert_identical_weights, assert_same_updates
 
 from alignlab.cli import main
 from alignlab.config import load_config
@@ -33,17 +34,6 @@ def losses(out, key="train/loss"):
     return [(r["step"], r[key]) for r in rows if key in r]
 
 
-def weights(folder):
-    return load_file(folder / "model.safetensors")
-
-
-def assert_same_weights(a, b, atol):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
-
-
 def test_cli_smoke_trains_and_writes_loadable_checkpoint(tiny_model_dir, sft_file, tmp_path):
     out = tmp_path / "run"
     args = overrides(tiny_model_dir, sft_file, out, "train.epochs=3", "train.micro_batch_size=8")
@@ -62,7 +52,7 @@ def test_cli_smoke_trains_and_writes_loadable_checkpoint(tiny_model_dir, sft_fil
 
 def test_cli_reports_bad_config_and_bad_data(tiny_model_dir, tmp_path, capsys):
     assert main(["sft", f"model.path={tiny_model_dir}", "data.path=x.jsonl", "train.lrr=1"]) == 2
-    assert "did you mean lr?" in capsys.readouterr().err
+    assert "did you mean train.lr?" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "completion": "yo"}\n{"prompt": "hi", "completion": ""}\n')
     code = main(["sft", *overrides(tiny_model_dir, bad, tmp_path / "o")])
@@ -77,19 +67,20 @@ def run_sft(model_dir, data_file, out, *extra):
 
 
 def test_grad_accumulation_4x2_equals_batch_8(tiny_model_dir, sft_file, tmp_path):
-    common = ("train.max_steps=4", "train.max_grad_norm=1.0")
+    # only the float summation order differs: compared under plain SGD (tests/weights.py)
+    common = ("train.max_steps=4", *SGD)
     big = run_sft(tiny_model_dir, sft_file, tmp_path / "b8", *common, "train.micro_batch_size=8")
     acc = run_sft(
         tiny_model_dir, sft_file, tmp_path / "a4x2", *common,
         "train.micro_batch_size=2", "train.grad_accum=4",
     )  # fmt: skip
-    for (_, x), (_, y) in zip(losses(tmp_path / "b8"), losses(tmp_path / "a4x2"), strict=True):
-        assert abs(x - y) < 1e-6
-    assert_same_weights(big, acc, atol=1e-6)
+    a, b = losses(tmp_path / "b8"), losses(tmp_path / "a4x2")
+    assert_close_series([x for _, x in a], [y for _, y in b], what="train/loss")
+    assert_same_updates(big, acc, start=tiny_model_dir)
 
 
 def launch(model_dir, data_file, out, *extra, crash=None):
-    env = {**os.environ, "ALIGNLAB_CRASH": crash or ""}
+    env = {**os.environ, "ALIGNLAB_CRASH": crash or "", "OMP_NUM_THREADS": "1"}
     args = [
         sys.executable,
         "-m",
@@ -129,9 +120,8 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, sft_file, tmp_pat
     assert "resuming from" in resumed.stdout
     got, want = losses(out), losses(tmp_path / "ref")
     assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, 9))
-    for (_, x), (_, y) in zip(got, want, strict=True):
-        assert abs(x - y) <= 1e-6
-    assert_same_weights(out / "final", tmp_path / "ref" / "final", atol=1e-6)
+    assert got == want  # the same computation in the same order: bit for bit
+    assert_identical_weights(out / "final", tmp_path / "ref" / "final")
 
 
 def test_lora_run_saves_merged_model_and_adapter(tiny_model_dir, sft_file, tmp_path):

@@ -2,6 +2,7 @@
 reward-model folders and ensembles, HTTP endpoints; the lab's gold reward."""
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,14 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from alignlab.config import ModelConfig
+from alignlab.config import ConfigError, ModelConfig
+from alignlab.eval.cli import resolve_callable
 from alignlab.eval.reward_ensemble import RewardScorer
 from alignlab.lab.gold import gold_score
 from alignlab.lab.rewards import gold_reward
 from alignlab.lab.world import LabWorld
 from alignlab.models.loading import load_tokenizer
-from alignlab.models.reward import load_reward_model, save_reward_folder
-from alignlab.rl.rewards import RewardError, build_reward_fn, callable_reward
+from alignlab.models.reward import load_reward_model
+from alignlab.rl.rewards import RewardError, build_reward_fn, callable_reward, check_reward_spec
+from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -56,6 +59,111 @@ def test_bad_reward_values_are_errors():
     batched.batched = True
     with pytest.raises(RewardError, match="1 rewards for 2 responses"):
         callable_reward(batched)(PROMPTS, RESPONSES)
+
+
+TRL_REWARDS = """
+def trl_length(completions, **kwargs):
+    return [float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions]
+
+
+def trl_columns(prompts, completions, target):
+    return [float(t in str(c)) for c, t in zip(completions, target)]
+
+
+def trl_needs_solution(completions, solution):
+    return [0.0 for _ in completions]
+
+
+def per_sample_needs_target(prompt, response, target):
+    return 1.0
+"""
+
+
+def test_trl_batched_convention_by_keyword(tmp_path):
+    source = tmp_path / "trl_rewards.py"
+    source.write_text(TRL_REWARDS)
+    extras = [{"target": "gamma"}, {"target": "nope"}]
+    # the message-list prompt's completion arrives as one assistant message, as TRL passes it
+    assert build_reward_fn(f"{source}:trl_length")(PROMPTS, RESPONSES, extras) == [11.0, 17.0]
+    assert build_reward_fn(f"{source}:trl_columns")(PROMPTS, RESPONSES, extras) == [1.0, 0.0]
+    seen = {}
+
+    def spy(prompts, completions, **kwargs):
+        seen.update(prompts=prompts, completions=completions, **kwargs)
+        return [0.0, 0.0]
+
+    callable_reward(spy)(PROMPTS, RESPONSES, extras)
+    assert seen == {
+        "prompts": PROMPTS,
+        "completions": ["gamma delta", [{"role": "assistant", "content": "sorry cannot help"}]],
+        "target": ["gamma", "nope"],
+    }
+    # a column the rows lack is named, not a TypeError from inside the call
+    for name in ("trl_needs_solution", "per_sample_needs_target"):
+        with pytest.raises(RewardError, match=f"reward {source}:{name}: cannot call it: .*'"):
+            build_reward_fn(f"{source}:{name}")(PROMPTS, RESPONSES)
+
+
+def test_what_a_reward_function_returned_is_named():
+    def per_sample(value):
+        return callable_reward(lambda p, r: value, "rewards.py:score")
+
+    with pytest.raises(
+        RewardError, match=r"reward rewards.py:score returned 'high' for response 0"
+    ):
+        per_sample("high")(PROMPTS, RESPONSES)
+    with pytest.raises(RewardError, match=r"returned None for response 0; expected a number"):
+        per_sample(None)(PROMPTS, RESPONSES)
+    with pytest.raises(
+        RewardError,
+        match=r"returned \[1.0, 2.0\] \(list\) for response 0; a "
+        "per-sample reward function returns one number",
+    ):
+        per_sample([1.0, 2.0])(PROMPTS, RESPONSES)
+    with pytest.raises(RewardError, match=r"returned inf for response 0 \(not finite\)"):
+        per_sample(float("inf"))(PROMPTS, RESPONSES)
+    assert per_sample(True)(PROMPTS, RESPONSES) == [1.0, 1.0]  # rule-based rewards
+    assert per_sample(torch.tensor(0.5))(PROMPTS, RESPONSES) == [0.5, 0.5]
+
+    def batched(value):
+        return callable_reward(lambda prompts, completions: value, "rewards.py:batch")
+
+    with pytest.raises(RewardError, match=r"returned 1.0 \(float\); expected a list of 2"):
+        batched(1.0)(PROMPTS, RESPONSES)
+    with pytest.raises(RewardError, match=r"returned 3 rewards for 2 responses"):
+        batched([1, 2, 3])(PROMPTS, RESPONSES)
+    with pytest.raises(RewardError, match=r"returned 'x' for response 1"):
+        batched([1.0, "x"])(PROMPTS, RESPONSES)
+    assert batched(torch.tensor([1.0, 2.0]))(PROMPTS, RESPONSES) == [1.0, 2.0]
+
+
+def test_reward_spec_checked_before_any_model_loads(tmp_path, tiny_model_dir):
+    source = tmp_path / "rewards.py"
+    source.write_text(
+        "CALLS = []\nCALLS.append(1)\n"
+        "def score(prompt, response):\n    return 1.0\n"
+        "def one(response):\n    return 1.0\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    check_reward_spec(f"{source}:score", "rl.reward")
+    with pytest.raises(ConfigError, match=r"rl.reward=.*:one: one\(response\) cannot take"):
+        check_reward_spec(f"{source}:one", "rl.reward")
+    with pytest.raises(ConfigError, match=r"no attribute 'nope' \(it defines: one, score\)"):
+        check_reward_spec(f"{source}:nope", "rl.reward")
+    with pytest.raises(ConfigError, match=r":NOT_A_FUNCTION: NOT_A_FUNCTION is a int"):
+        check_reward_spec(f"{source}:NOT_A_FUNCTION", "rl.reward")
+    with pytest.raises(ConfigError, match=r"sampling.reward=.*: not a reward model"):
+        check_reward_spec(str(tiny_model_dir), "sampling.reward")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def score(prompt, response)\n    return 1.0\n")
+    with pytest.raises(ConfigError, match=r"broken.py line 1: SyntaxError"):
+        check_reward_spec(f"{broken}:score", "rl.reward")
+    with pytest.raises(ConfigError, match=r"cannot import no_such_module_x: No module named"):
+        check_reward_spec("no_such_module_x:score", "rl.reward")
+    # the checks and the build above ran the file once, as `import` would
+    fn = resolve_callable(f"{source}:score")
+    assert build_reward_fn(f"{source}:score")(PROMPTS, RESPONSES) == [1.0, 1.0]
+    assert sys.modules[fn.__module__].CALLS == [1]
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ from alignlab.eval.harness import (
 from alignlab.eval.stats import mean_ci
 from alignlab.fileio import write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.rl.policy_update import PromptDataConfig, load_prompt_rows
+from alignlab.rl.policy_update import PromptDataConfig, check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions, build_reward_fn
 from alignlab.rl.sample_filter import Prompt, ScoredSamples, best_per_prompt, sample_and_score
 
@@ -195,6 +195,7 @@ def run(cfg: BestOfNConfig) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg.model)
     rows = load_prompt_rows(cfg.data, tokenizer)
+    check_generation_fits(cfg.model, tokenizer, rows, "max_new_tokens", cfg.max_new_tokens)
     model = load_model(cfg.model, tokenizer, device=device).eval()
     reward_fn, gold_fn = cfg.build(device)
     samples, picked = best_of_n(
