@@ -86,6 +86,7 @@ class _LinearLogProbs(torch.autograd.Function):
         weight: torch.Tensor,
         labels: torch.Tensor,
         chunk_size: int,
+        weight_grad_sink: list[torch.Tensor] | None,
     ) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
         weight_c = weight.to(dtype)
@@ -102,6 +103,7 @@ class _LinearLogProbs(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.chunk_size = chunk_size
         ctx.dtype = dtype
+        ctx.sink = weight_grad_sink
         return logps
 
     @staticmethod
@@ -112,7 +114,8 @@ class _LinearLogProbs(torch.autograd.Function):
         dtype = ctx.dtype
         weight_c = weight.to(dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
+        wants_weight = ctx.needs_input_grad[1] or ctx.sink is not None
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if wants_weight else None
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             hidden_c = hidden[rows].to(dtype)
@@ -132,7 +135,10 @@ class _LinearLogProbs(torch.autograd.Function):
             del logits, grad_logits  # before the next chunk's matmul allocates its own
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None
+        if ctx.sink is not None:
+            ctx.sink.append(grad_weight)
+            grad_weight = None
+        return grad_hidden, grad_weight, None, None, None
 
 
 CHUNK_LOGITS = 2**25
@@ -141,7 +147,11 @@ CHUNK_LOGITS = 2**25
 
 
 def linear_log_probs(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    weight_grad_sink: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """log softmax(hidden @ weight.T)[label] per row, computed chunk by chunk.
 
@@ -149,12 +159,14 @@ def linear_log_probs(
     labels: (N,) token ids, all valid. Returns float32 (N,) (float64 for float64 inputs).
     A chunk has `chunk_size` rows, fewer where that would exceed CHUNK_LOGITS logits, so
     the peak extra memory is one (rows, V) chunk plus, in backward, the (V, H) weight gradient,
-    instead of (N, V); gradients flow to `hidden` and `weight`.
+    instead of (N, V); gradients flow to `hidden` and `weight`. With `weight_grad_sink`, a
+    list, backward appends the weight's gradient to it instead (for a caller that passes a
+    detached weight and delivers the gradient itself, as a tied embedding's lookup does).
     """
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32) + 0.0 * weight.sum()
     rows = max(1, min(chunk_size, CHUNK_LOGITS // weight.shape[0]))
-    return _LinearLogProbs.apply(hidden, weight, labels, rows)
+    return _LinearLogProbs.apply(hidden, weight, labels, rows, weight_grad_sink)
 
 
 class _SwiGLUMLP(torch.autograd.Function):

@@ -9,15 +9,20 @@ shard it as the root: its forward unshards the embeddings and output projection 
 At real model sizes the decoder's own activations dominate instead, a third of them in the
 MLPs' elementwise intermediates: `TokenLogProbs` switches the model's plain Llama-family MLPs
 to `ops.swiglu_mlp` (`lean_mlps`), which keeps two (tokens x intermediate) tensors per layer
-fewer for backward and computes the same values and gradients; and for a model of 100M
-parameters or more it has freed host memory returned to the system (`host_memory`).
+fewer for backward and computes the same values and gradients; a tied embedding gets its
+projection's gradient added into its lookup's (`_TiedLookup`), so backward never holds two
+(vocabulary x hidden) gradients; and for a model of 100M parameters or more it has freed host
+memory returned to the system (`host_memory`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from alignlab.models.loading import unwrap_peft
@@ -28,7 +33,7 @@ from alignlab.ops import (
     shift_labels,
     swiglu_mlp,
 )
-from alignlab.training.host_memory import return_freed_memory
+from alignlab.host_memory import return_freed_memory
 
 SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 """transformers MLP classes whose forward is exactly down(act(gate(x)) * up(x))."""
@@ -77,6 +82,82 @@ def lean_mlps(model: nn.Module) -> int:
     return count
 
 
+class _TiedLookup(torch.autograd.Function):
+    """nn.Embedding's lookup of a weight tied to the output projection, whose backward returns
+    the weight's whole gradient: the projection's, handed over in `sink`, with the looked-up
+    rows added in place.
+
+    Left to autograd, the tied weight gets two dense gradients in one backward, the
+    projection's first and the lookup's last, summed in a buffer before they reach `.grad`:
+    a second (vocabulary x hidden) tensor alive at the end of backward, 0.5 GB at a
+    Qwen2.5-0.5B shape and the peak of an SFT step.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        ids: torch.Tensor,
+        weight: torch.Tensor,
+        padding_idx: int | None,
+        sink: list[torch.Tensor],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.sink = padding_idx, sink
+        ctx.weight_like = (weight.shape, weight.dtype, weight.device)
+        return nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (ids,) = ctx.saved_tensors
+        shape, dtype, device = ctx.weight_like
+        grad = ctx.sink.pop() if ctx.sink else torch.zeros(shape, dtype=dtype, device=device)
+        rows, values = ids.reshape(-1), grad_out.reshape(-1, shape[1]).to(dtype)
+        if ctx.padding_idx is not None:  # as nn.Embedding: the padding row gets no gradient
+            keep = rows != ctx.padding_idx
+            rows, values = rows[keep], values[keep]
+        grad.index_put_((rows,), values, accumulate=True)
+        return None, grad, None, None
+
+
+def tied_embedding(hf_model: nn.Module) -> nn.Embedding | None:
+    """The input embedding when `_TiedLookup` can stand in for it: a plain nn.Embedding whose
+    trained weight is the output projection's, outside torch.distributed (FSDP2 shards are
+    DTensors, reduced by their own hooks)."""
+    embedding, output = hf_model.get_input_embeddings(), hf_model.get_output_embeddings()
+    if type(embedding) is not nn.Embedding or getattr(output, "weight", None) is not embedding.weight:
+        return None
+    if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
+        return None
+    if not (embedding.weight.requires_grad and torch.is_grad_enabled()):
+        return None
+    if dist.is_available() and dist.is_initialized():
+        return None
+    return embedding
+
+
+@contextlib.contextmanager
+def lookup_takes_projection_grad(
+    embedding: nn.Embedding | None, sink: list[torch.Tensor]
+) -> Iterator[None]:
+    """While open, `embedding`'s forward output is `_TiedLookup`'s (same values), collecting
+    the projection's gradient from `sink`. A forward hook, so the module itself is unchanged."""
+    if embedding is None:
+        yield
+        return
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        ids = args[0] if args else kwargs["input"]
+        return _TiedLookup.apply(ids, module.weight, module.padding_idx, sink)
+
+    handle = embedding.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class TokenLogProbs(nn.Module):
     """forward(batch) -> (B, T) log p(next token) at positions whose next label is trained.
 
@@ -111,9 +192,17 @@ class TokenLogProbs(nn.Module):
         if needs_full_logits(hf_model):
             logits = self.model(**inputs, use_cache=False).logits  # (B, T, V)
             return gather_log_probs(logits, targets)
-        hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+        embedding, sink = tied_embedding(hf_model), []
+        with lookup_takes_projection_grad(embedding, sink):
+            hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
         selected = targets != IGNORE_INDEX
         weight = hf_model.get_output_embeddings().weight  # (V, H)
-        token_logps = linear_log_probs(hidden[selected], weight, targets[selected], self.chunk_size)
+        if embedding is None:
+            sink = None
+        else:  # the lookup's backward delivers the projection's gradient with its own
+            weight = weight.detach()
+        token_logps = linear_log_probs(
+            hidden[selected], weight, targets[selected], self.chunk_size, weight_grad_sink=sink
+        )
         out = torch.zeros(targets.shape, dtype=token_logps.dtype, device=hidden.device)
         return out.masked_scatter(selected, token_logps)

@@ -76,7 +76,9 @@ class DPOConfig:
     model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "preference pairs (prompt?, chosen, rejected)")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/dpo")
-    reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs (dpo, ipo)")
+    reference: ReferenceConfig = section(
+        ReferenceConfig, "reference log-probs (dpo, ipo)", mode="precomputed"
+    )
     loss: str = option("dpo", "pairwise loss", choices=LOSSES)
     beta: float = option(
         0.1, "β: DPO/IPO temperature (IPO's τ); SimPO reward scale (~2)", min=0, min_exclusive=True

@@ -66,7 +66,7 @@ class KTOConfig:
     model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: DataConfig = section(DataConfig, "unpaired feedback or preference pairs")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/kto")
-    reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs")
+    reference: ReferenceConfig = section(ReferenceConfig, "reference log-probs", mode="precomputed")
     beta: float = option(
         0.1, "β: scale of the log-ratio inside the sigmoid", min=0, min_exclusive=True
     )

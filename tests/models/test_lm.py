@@ -91,3 +91,74 @@ def test_lora_projections_keep_the_module_forward():
     assert grads and lean_grads.keys() == grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(lean_grads[name], grad, msg=name)
+
+
+def tied_wide_llama(tie=True):
+    """A vocabulary much wider than the body, so the embedding's gradient dominates."""
+    torch.manual_seed(0)
+    config = tiny_llama_config(16384, hidden_size=32, num_layers=1, num_heads=4)
+    config.tie_word_embeddings = tie
+    return LlamaForCausalLM(config)
+
+
+def token_logp_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    TokenLogProbs(model)(batch).sum().backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_a_tied_embedding_never_holds_two_vocabulary_sized_gradients():
+    from allocations import peak_new_bytes
+
+    model = tied_wide_llama()
+    ids = torch.randint(0, 16384, (1, 4))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    policy = TokenLogProbs(model)
+    loss = policy(batch).sum()
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    embedding_bytes = model.get_input_embeddings().weight.numel() * 4
+    # the gradients themselves plus a logits chunk of 3 rows, not a second embedding's worth
+    assert peak_new_bytes(loss.backward) < param_bytes + embedding_bytes // 2
+
+
+@pytest.mark.parametrize("pad", [None, 5])
+def test_tied_lookup_gives_autograds_gradients(pad):
+    ids = torch.randint(0, 16384, (2, 6))
+    ids[1, :3] = ids[0, 0]  # a repeated token: its rows are summed
+    ids[1, 3] = 5
+    dense = tied_wide_llama()
+    dense.get_input_embeddings().padding_idx = pad
+    # autograd through the module: log-probs of the trained (shifted) labels, summed
+    logps = torch.log_softmax(dense(input_ids=ids).logits, -1)[:, :-1]
+    logps.gather(-1, ids[:, 1:, None]).sum().backward()
+    plain = {n: p.grad for n, p in dense.named_parameters()}
+    model = tied_wide_llama()
+    model.get_input_embeddings().padding_idx = pad
+    grads = token_logp_grads(model, ids)
+    assert grads.keys() == plain.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain[name], msg=name)
+    if pad is not None:
+        assert model.get_input_embeddings().weight.grad[pad].abs().max() > 0  # projection's only
+    assert not model.get_input_embeddings()._forward_hooks  # the module is left as it was
+
+
+def test_tied_lookup_accumulates_over_micro_batches():
+    ids = torch.randint(0, 16384, (2, 6))
+    whole = token_logp_grads(tied_wide_llama(), ids)
+    model = tied_wide_llama()
+    model.zero_grad(set_to_none=True)
+    policy = TokenLogProbs(model)
+    for row in ids:
+        row = row[None]
+        policy({"input_ids": row, "labels": row, "attention_mask": torch.ones_like(row)}).sum().backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, whole[name], msg=name)
+
+
+def test_untied_embeddings_keep_autograds_path():
+    model = tied_wide_llama(tie=False)
+    token_logp_grads(model, torch.randint(0, 16384, (1, 4)))
+    assert model.get_input_embeddings().weight.grad is not None
+    assert model.get_output_embeddings().weight.grad is not None

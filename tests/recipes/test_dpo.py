@@ -192,11 +192,11 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
         ("loss=slic",),
         ("loss=orpo",),
         ("loss=simpo", "beta=2.0"),
-        ("loss=dpo", "label_smoothing=0.1", "reference.mode=precomputed"),
+        ("loss=dpo", "label_smoothing=0.1", "reference.mode=model"),
         ("model.lora.enabled=true", "model.lora.r=4", "reference.mode=adapter",
          "model.lora.save_adapter=true"),
     ],
-    ids=["ipo", "ipo-sum", "slic", "orpo", "simpo", "cdpo-precomputed", "lora-adapter"],
+    ids=["ipo", "ipo-sum", "slic", "orpo", "simpo", "cdpo-model", "lora-adapter"],
 )  # fmt: skip
 def test_each_loss_trains_end_to_end(tiny_model_dir, pairs_file, tmp_path, extra):
     out = tmp_path / "run"
@@ -205,7 +205,8 @@ def test_each_loss_trains_end_to_end(tiny_model_dir, pairs_file, tmp_path, extra
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     reference_free = any(x in extra for x in ("loss=slic", "loss=orpo", "loss=simpo"))
     assert bool(series(out, "train/logratio/chosen")) == (not reference_free)
-    assert (out / "reference_logps.pt").exists() == ("reference.mode=precomputed" in extra)
+    precomputed = not reference_free and not any(x.startswith("reference.mode") for x in extra)
+    assert (out / "reference_logps.pt").exists() == precomputed  # the default
     active = series(out, "train/hinge_active")  # slic: the share of pairs still pushed
     assert bool(active) == ("loss=slic" in extra)
     assert all(0.0 <= a <= 1.0 for a in active)

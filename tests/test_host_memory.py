@@ -11,7 +11,7 @@ import pytest
 FREE_BLOCKS = """
 import re, sys, torch
 from pathlib import Path
-from alignlab.training.host_memory import LARGE_MODEL, return_freed_memory
+from alignlab.host_memory import LARGE_MODEL, return_freed_memory
 if sys.argv[1] == "set":
     assert return_freed_memory(LARGE_MODEL)
 else:
@@ -47,7 +47,7 @@ def test_freed_tensors_go_back_to_the_system():
 
 
 def test_a_threshold_the_user_set_is_kept(monkeypatch):
-    from alignlab.training.host_memory import LARGE_MODEL, return_freed_memory
+    from alignlab.host_memory import LARGE_MODEL, return_freed_memory
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert return_freed_memory(LARGE_MODEL) is False
