@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from alignlab.host_memory import return_freed_memory
 from alignlab.models.loading import unwrap_peft
 from alignlab.ops import (
     IGNORE_INDEX,
@@ -33,7 +34,6 @@ from alignlab.ops import (
     shift_labels,
     swiglu_mlp,
 )
-from alignlab.host_memory import return_freed_memory
 
 SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 """transformers MLP classes whose forward is exactly down(act(gate(x)) * up(x))."""
@@ -126,7 +126,10 @@ def tied_embedding(hf_model: nn.Module) -> nn.Embedding | None:
     trained weight is the output projection's, outside torch.distributed (FSDP2 shards are
     DTensors, reduced by their own hooks)."""
     embedding, output = hf_model.get_input_embeddings(), hf_model.get_output_embeddings()
-    if type(embedding) is not nn.Embedding or getattr(output, "weight", None) is not embedding.weight:
+    if (
+        type(embedding) is not nn.Embedding
+        or getattr(output, "weight", None) is not embedding.weight
+    ):
         return None
     if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
         return None

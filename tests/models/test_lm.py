@@ -152,7 +152,9 @@ def test_tied_lookup_accumulates_over_micro_batches():
     policy = TokenLogProbs(model)
     for row in ids:
         row = row[None]
-        policy({"input_ids": row, "labels": row, "attention_mask": torch.ones_like(row)}).sum().backward()
+        policy(
+            {"input_ids": row, "labels": row, "attention_mask": torch.ones_like(row)}
+        ).sum().backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, whole[name], msg=name)
 
