@@ -274,6 +274,12 @@ class TrainConfig:
     )
     min_lr_ratio: float = option(0.0, "final lr as a fraction of the peak", min=0, max=1)
     max_grad_norm: float = option(1.0, "clip the global gradient norm; 0 = no clipping", min=0)
+    step_in_backward: bool = option(
+        False,
+        "AdamW updates each parameter in backward as soon as its gradient is complete, then "
+        "frees that gradient: no step holds all gradients (4 bytes x parameters less at the "
+        "peak); needs grad_accum=1, max_grad_norm=0, one process",
+    )
     mixed_precision: str = option(
         "no", "autocast dtype for forward passes", choices=("no", "bf16", "fp16")
     )
@@ -305,6 +311,20 @@ class TrainConfig:
                 "train.resume=true continues the run in output_dir, train.overwrite=true "
                 "replaces it: set one of them"
             )
+        if self.step_in_backward:
+            # each gradient is spent the moment it is complete: nothing to accumulate or clip
+            needs = {
+                "train.grad_accum=1": self.grad_accum == 1,
+                "train.max_grad_norm=0 (the global norm is known only after every update)": (
+                    self.max_grad_norm == 0
+                ),
+                "train.optimizer=adamw": self.optimizer == "adamw",
+                "train.mixed_precision other than fp16 (its loss scaler unscales every "
+                "gradient first)": self.mixed_precision != "fp16",
+            }
+            missing = [need for need, met in needs.items() if not met]
+            if missing:
+                raise ConfigError("train.step_in_backward=true needs " + "; ".join(missing))
 
 
 # --- machinery ---

@@ -1,8 +1,10 @@
 """DPO speed and memory: alignlab's DPO recipe against TRL's DPOTrainer, in one run.
 
-Same model, same pairs, same batch, sigmoid DPO loss with beta 0.1, a frozen reference model
-on both sides (TRL copies the policy when ref_model is None; alignlab uses
-reference.mode=model), one process per run, fp32 and bf16 autocast set explicitly on both
+Same model, same pairs, same batch, sigmoid DPO loss with beta 0.1, each side with its
+defaults for the reference: TRL copies the policy when ref_model is None and runs it each
+step; alignlab precomputes the reference log-probs in one pass before training
+(reference.mode=precomputed), whose time is charged to the steps (pass / steps added to each
+step's seconds); one process per run, fp32 and bf16 autocast set explicitly on both
 sides (TRL's configs default to bf16). Shapes (bodies as in sft_speed.py):
   tiny:      small Llama body, vocabulary ~300,    16 pairs of 16 prompt + 48 response tokens
   realistic: small Llama body, vocabulary 32,000,   8 pairs of 50 prompt + 200 response tokens
@@ -12,8 +14,8 @@ sides (TRL's configs default to bf16). Shapes (bodies as in sft_speed.py):
 A word-level tokenizer maps each word `w<i>` to token i, so both sides see identical ids
 (each response also gets an EOS on both sides). Assets are built once per shape in their own
 process; each run trains in a fresh subprocess, and peak memory is that process's max RSS.
-Seconds/step is the median over the steps after the first; `--repeats`, `--weights` and the
-matmul reference as in sft_speed.py. Achieved FLOP/s counts the policy's forward and backward
+Seconds/step is the median over the steps after the first; `--repeats`, `--trl`, `--weights`
+and the matmul reference as in sft_speed.py. Achieved FLOP/s counts the policy's forward and backward
 and the reference's forward: 8 x params x tokens, plus attention.
 
     python benchmarks/dpo_speed.py --shapes tiny --steps 4
@@ -84,7 +86,12 @@ def make_shape_assets(shape: dict, folder: Path, steps: int) -> None:
 
 
 def worker_alignlab(
-    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32"
+    shape: dict,
+    steps: int,
+    folder: Path,
+    precision: str,
+    weights: str = "fp32",
+    extra: tuple[str, ...] = (),
 ) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import dpo
@@ -106,16 +113,36 @@ def worker_alignlab(
             "train.tensorboard=false",
             "train.progress=false",
             f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
-            "reference.mode=model",
             f"beta={BETA}",
         ],
     )
+    # the precomputed reference (alignlab's default) runs as one pass before training: each
+    # step is charged its share, so s/step compares with TRL's reference forward per step
+    import time
+
+    from alignlab.training.reference import ReferenceLogProbs
+
+    precompute, spent = ReferenceLogProbs._precompute, []
+
+    def timed(self, items):  # noqa: ANN001, ANN202
+        start = time.perf_counter()
+        precompute(self, items)
+        spent.append(time.perf_counter() - start)
+
+    ReferenceLogProbs._precompute = timed
     dpo.run(cfg)
-    return step_gaps(out)
+    share = sum(spent) / steps
+    print(f"reference pass: {sum(spent):.1f} s, {share:.2f} s per step", file=sys.stderr)
+    return [gap + share for gap in step_gaps(out)]
 
 
 def worker_trl(
-    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32"
+    shape: dict,
+    steps: int,
+    folder: Path,
+    precision: str,
+    weights: str = "fp32",
+    gradient_checkpointing: bool = True,
 ) -> list[float]:
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -139,7 +166,7 @@ def worker_trl(
             save_strategy="no",
             report_to=[],
             use_cpu=True,
-            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
+            gradient_checkpointing=gradient_checkpointing,  # TRL's default: True
             bf16=precision == "bf16",  # TRL defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,

@@ -12,7 +12,11 @@ fp32 (or bf16 autocast, set explicitly on both sides), one process per run. Shap
 A word-level tokenizer maps each word `w<i>` to token i, so both sides see identical ids.
 The model folder and data are built once per shape, in their own process; each run then
 trains in a fresh subprocess, and peak memory is that process's max RSS. Seconds/step is the
-median over the steps after the first. `--repeats N` alternates TRL and alignlab N times, so
+median over the steps after the first. TRL runs with its defaults (`trl`: gradient
+checkpointing on) and with checkpointing off (`trl-no-gc`, as alignlab's default), bf16 off
+on both; alignlab with its defaults (`alignlab`) and its low-memory settings
+(`alignlab-low-memory`: AdamW updates in backward, no clipping, gradient checkpointing).
+`--repeats N` alternates TRL and alignlab N times, so
 under a changing machine load neighbouring runs compare; the table gives the median s/step
 and the largest peak. Achieved FLOP/s (`real_shapes.model_flops`: 6 x params x tokens plus
 attention) is divided by a 2048³ fp32 matmul timed just before each run. `--weights bf16`
@@ -59,6 +63,18 @@ SHAPES = {
     "qwen1.5b": {"vocab": QWEN_VOCAB, "batch": 2, "seq": 512, "body": QWEN_15B},
 }
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2}
+TRL_RUNS = ("trl", "trl-no-gc")
+"""TRL with its defaults (gradient checkpointing on), and with checkpointing off."""
+ALIGNLAB_RUNS = {
+    "alignlab": (),
+    "alignlab-low-memory": (
+        "train.step_in_backward=true",
+        "train.max_grad_norm=0",
+        "model.gradient_checkpointing=true",
+    ),
+}
+"""alignlab with its defaults, and its low-memory settings: AdamW updates in backward (no
+gradient buffer; no global clipping) and gradient checkpointing."""
 
 
 # --- shared set-up (runs inside each worker) ---
@@ -151,7 +167,12 @@ def run_dir(folder: Path) -> Path:
 
 
 def worker_alignlab(
-    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32"
+    shape: dict,
+    steps: int,
+    folder: Path,
+    precision: str,
+    weights: str = "fp32",
+    extra: tuple[str, ...] = (),
 ) -> list[float]:
     from alignlab.config import load_config
     from alignlab.recipes import sft
@@ -173,6 +194,7 @@ def worker_alignlab(
             "train.tensorboard=false",
             "train.progress=false",
             f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
+            *extra,
         ],
     )
     sft.run(cfg)
@@ -188,7 +210,13 @@ def trl_model(model_dir: Path, weights: str) -> object:
 
 
 def worker_trl(
-    shape: dict, steps: int, folder: Path, precision: str, weights: str = "fp32", gpu: bool = False
+    shape: dict,
+    steps: int,
+    folder: Path,
+    precision: str,
+    weights: str = "fp32",
+    gpu: bool = False,
+    gradient_checkpointing: bool = True,
 ) -> list[float]:
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -211,7 +239,7 @@ def worker_trl(
             save_strategy="no",
             report_to=[],
             use_cpu=not gpu,
-            gradient_checkpointing=False,  # TRL's configs default to True; alignlab's to False
+            gradient_checkpointing=gradient_checkpointing,  # TRL's default: True
             bf16=precision == "bf16",  # TRL's SFTConfig defaults to bf16: set it explicitly
             dataloader_num_workers=0,
             disable_tqdm=True,
@@ -270,8 +298,15 @@ def worker_main(args: argparse.Namespace, shapes: dict, make, alignlab, trl) -> 
         if args.worker == "assets":
             make(shape, folder, args.steps)
             return
-        fn = alignlab if args.worker == "alignlab" else trl
-        gaps = fn(shape, args.steps, folder, args.precision, args.weights)
+        if args.worker in ALIGNLAB_RUNS:
+            extra = ALIGNLAB_RUNS[args.worker]
+            gaps = alignlab(shape, args.steps, folder, args.precision, args.weights, extra)
+        else:
+            checkpointing = args.worker == "trl"  # TRL's default; trl-no-gc turns it off
+            gaps = trl(
+                shape, args.steps, folder, args.precision, args.weights,
+                gradient_checkpointing=checkpointing,
+            )  # fmt: skip
     timed = gaps[1:] if len(gaps) > 2 else gaps  # the first gaps include warm-up
     print(json.dumps({"s_per_step": statistics.median(timed), "steps_timed": len(timed)}))
 
@@ -286,7 +321,21 @@ def add_run_arguments(parser: argparse.ArgumentParser, shapes: str) -> None:
     )
     parser.add_argument("--steps", type=int, default=7, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=1, help="TRL, alignlab, TRL, ... N times")
-    parser.add_argument("--worker", choices=["alignlab", "trl", "assets"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trl",
+        default="trl,trl-no-gc",
+        help="TRL configurations: trl = its defaults (gradient checkpointing on), "
+        "trl-no-gc = checkpointing off (alignlab's default)",
+    )
+    parser.add_argument(
+        "--alignlab",
+        default="alignlab,alignlab-low-memory",
+        help="alignlab configurations: alignlab = its defaults, alignlab-low-memory = "
+        + " ".join(ALIGNLAB_RUNS["alignlab-low-memory"]),
+    )
+    parser.add_argument(
+        "--worker", choices=[*ALIGNLAB_RUNS, *TRL_RUNS, "assets"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
 
 
@@ -302,7 +351,8 @@ def run_pairs(
             shape = shapes[name]
             label = f"{name} {precision}" + (" (bf16 weights)" if args.weights == "bf16" else "")
             skip = too_big(shape["body"], shape["vocab"], WEIGHT_BYTES[args.weights], copies)
-            runs: dict[str, list[dict]] = {"trl": [], "alignlab": []}
+            chosen = [*args.trl.split(","), *args.alignlab.split(",")]
+            runs: dict[str, list[dict]] = {name: [] for name in chosen if name}
             if skip:
                 print(f"  {label}: {skip}", flush=True)
                 rows.append((label, shape, {fw: [{"error": skip}] for fw in runs}))
@@ -354,11 +404,12 @@ def print_table(rows: list[tuple[str, dict, dict[str, list[dict]]]], flops) -> N
                 f"| {s['peak_gb']:.2f} | {achieved / 1e9:.0f} | {achieved / matmul:.0%} "
                 f"| {max(p['load'] for p in good):.1f} |"
             )
-        if len(summary) == 2:
-            speed = summary["trl"]["s_per_step"] / summary["alignlab"]["s_per_step"]
-            memory = summary["alignlab"]["peak_gb"] / summary["trl"]["peak_gb"]
+        ours = [name for name in ALIGNLAB_RUNS if name in summary]
+        for name, trl in [(n, t) for n in ours for t in TRL_RUNS if t in summary]:
+            speed = summary[trl]["s_per_step"] / summary[name]["s_per_step"]
+            memory = summary[name]["peak_gb"] / summary[trl]["peak_gb"]
             print(
-                f"| {label} | **alignlab vs TRL** | **{speed:.2f}x steps/s** "
+                f"| {label} | **{name} vs {trl}** | **{speed:.2f}x steps/s** "
                 f"| **{memory:.2f}x memory** | | | |"
             )
 

@@ -19,6 +19,7 @@ from alignlab.training.batches import BatchSchedule
 from alignlab.training.checkpoint import crash_point, save_hf_folder
 from alignlab.training.distributed import Runtime
 from alignlab.training.metrics import MetricsLogger
+from alignlab.training.optim import AdamWInBackward
 from alignlab.training.run_folder import RunFolder, open_run_folder
 
 
@@ -67,7 +68,12 @@ def optimizer_step(
 ) -> float:
     """Unscale (fp16), clip, step, zero the gradients, advance the schedule; return the
     gradient norm before clipping. A step with a non-finite gradient is skipped (the
-    GradScaler skips it itself under fp16)."""
+    GradScaler skips it itself under fp16). With `AdamWInBackward` the updates already ran in
+    backward: this closes the step and returns the norm of the gradients they used."""
+    if isinstance(optimizer, AdamWInBackward):
+        optimizer.step()
+        scheduler.step()
+        return float(optimizer.grad_norm)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if max_grad_norm > 0:

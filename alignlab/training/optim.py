@@ -4,19 +4,23 @@ schedule."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from alignlab.config import TrainConfig
+from alignlab.config import ConfigError, TrainConfig
 
 FUSED_DEVICES = ("cpu", "cuda")
 """Devices with a fused AdamW kernel that alignlab is tested on."""
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over trainable parameters; norms and biases (1-D tensors) get no weight
-    decay."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, accumulates: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW (or SGD, or `AdamWInBackward`) over trainable parameters; norms and biases (1-D
+    tensors) get no weight decay. `accumulates`: the caller runs several backwards per
+    optimizer step (RL updates over a rollout's micro-batches)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -31,13 +35,75 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     # loop, allocates two temporaries the size of the largest parameter (a 152k-token
     # embedding: 1 GB at 0.5B), and foreach, the default on CUDA, the size of all of them.
     fused = all(p.device.type in FUSED_DEVICES for p in decay + no_decay)
-    return torch.optim.AdamW(
+    adamw = torch.optim.AdamW
+    if cfg.step_in_backward:
+        if accumulates:
+            raise ConfigError(
+                "train.step_in_backward=true is for sft, dpo, kto, rrhf and rm: this recipe "
+                "sums gradients over several micro-batches per update"
+            )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise ConfigError(
+                "train.step_in_backward=true runs in one process: FSDP2 reduces the "
+                "gradients after backward"
+            )
+        adamw = AdamWInBackward
+    return adamw(
         groups,
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
         fused=fused or None,
     )
+
+
+class AdamWInBackward(torch.optim.AdamW):
+    """AdamW whose update of each parameter runs in backward, the moment its gradient is
+    complete (a post-accumulate-grad hook), after which that gradient is freed: a step never
+    holds all the gradients, 4 bytes x parameters less at its peak. The fused update of
+    LOMO (Lv et al. 2023, arXiv:2306.09782) and torchtune's `optimizer_in_bwd`, with AdamW.
+
+    The update of each tensor is AdamW's own (`super().step()` sees one gradient at a time),
+    and so is the state dict, so a checkpoint resumes with either optimizer. `step()`, called
+    once per optimizer step, updates what still holds a gradient (none, after a backward) and
+    closes the step: the gradient norm of the updates it saw is
+    `grad_norm`. A tensor whose gradient is not finite is left as it is (AdamW's loop skips
+    the whole step; here the others are already updated) and `grad_norm` is then not finite.
+    One backward per optimizer step: a second gradient for a tensor in the same step is a
+    recipe that accumulates, refused at once.
+    """
+
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._updated: set[int] = set()
+        self._squares: list[torch.Tensor] = []
+        self.grad_norm = torch.tensor(0.0)
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.register_post_accumulate_grad_hook(self._update)
+
+    @torch.no_grad()
+    def _update(self, param: torch.Tensor) -> None:
+        if id(param) in self._updated:
+            raise RuntimeError(
+                "train.step_in_backward=true: a second backward in one optimizer step; this "
+                "recipe accumulates gradients and needs train.step_in_backward=false"
+            )
+        self._updated.add(id(param))
+        square = torch.linalg.vector_norm(param.grad, dtype=torch.float32).square()
+        self._squares.append(square)
+        if torch.isfinite(square):
+            super().step()  # only `param` holds a gradient: the others are spent or to come
+        param.grad = None
+
+    def step(self, closure: Any = None) -> None:
+        # gradients set outside backward still get AdamW's step (torch.distributed.checkpoint
+        # initialises the state of an optimizer it loads that way); backward's are spent
+        super().step(closure)
+        squares = self._squares
+        self.grad_norm = torch.stack(squares).sum().sqrt() if squares else torch.tensor(0.0)
+        self._updated.clear()
+        self._squares = []
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:

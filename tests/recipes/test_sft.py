@@ -150,3 +150,23 @@ def test_recipes_lists_presets_and_cp_copies_one(tmp_path, capsys):
     assert "lora:" in copied.read_text()
     assert main(["cp", "sft_lora", str(tmp_path)]) == 2  # never overwrites
     assert main(["cp", "no_such_preset", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_step_in_backward_matches_adamw_after_backward_and_resumes(
+    tiny_model_dir, sft_file, tmp_path
+):
+    # AdamW's updates run in backward (train.step_in_backward): the same computation as the
+    # plain step, so bit for bit; killed and resumed, one optimizer-state format for both
+    args = ("train.max_grad_norm=0", "train.max_steps=6", "train.micro_batch_size=4",
+            "train.save_every=3")  # fmt: skip
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    assert launch(tiny_model_dir, sft_file, plain, *args).returncode == 0
+    fused_args = (*args, "train.step_in_backward=true")
+    assert launch(tiny_model_dir, sft_file, fused, *fused_args, crash="step:4").returncode == -9
+    resumed = launch(tiny_model_dir, sft_file, fused, *fused_args, "train.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(fused) == losses(plain)
+    norms, plain_norms = losses(fused, "train/grad_norm"), losses(plain, "train/grad_norm")
+    assert [s for s, _ in norms] == [s for s, _ in plain_norms] == list(range(1, 7))
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(plain_norms))
+    assert_identical_weights(fused / "final", plain / "final")
