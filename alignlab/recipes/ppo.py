@@ -103,7 +103,7 @@ class PPOConfig:
     final_dir: str = option("", "where the final policy goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model)
+        check_rl(self.rl, self.reference, self.model, self.train)
 
 
 def ptx_loss_fn(cfg: PtxConfig, session: RLSession) -> Callable[[], torch.Tensor]:

@@ -45,7 +45,7 @@ class ReinforcePPConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model)
+        check_rl(self.rl, self.reference, self.model, self.train)
 
 
 def run(cfg: ReinforcePPConfig) -> Path:

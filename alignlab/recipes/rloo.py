@@ -44,7 +44,7 @@ class RLOOConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model)
+        check_rl(self.rl, self.reference, self.model, self.train)
         if self.rl.samples_per_prompt < 2:
             raise ConfigError("RLOO needs rl.samples_per_prompt >= 2 (the leave-one-out baseline)")
 

@@ -95,7 +95,7 @@ from alignlab.training.checkpoint import (
     save_hf_folder,
 )
 from alignlab.training.loop import autocast
-from alignlab.training.optim import build_optimizer, build_scheduler
+from alignlab.training.optim import build_optimizer, build_scheduler, refuse_step_in_backward
 
 AGGREGATIONS: tuple[str, ...] = (
     "token_mean",
@@ -197,8 +197,11 @@ class RLConfig(RewardOptions):
             )
 
 
-def check_rl(rl: RLConfig, reference: RLReferenceConfig, model: ModelConfig) -> None:
+def check_rl(
+    rl: RLConfig, reference: RLReferenceConfig, model: ModelConfig, train: TrainConfig
+) -> None:
     """Cross-section checks (call from the recipe config's `check`)."""
+    refuse_step_in_backward(train)
     if rl.uses_reference and reference.mode == "adapter" and not model.lora.enabled:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")
 

@@ -38,10 +38,7 @@ def build_optimizer(
     adamw = torch.optim.AdamW
     if cfg.step_in_backward:
         if accumulates:
-            raise ConfigError(
-                "train.step_in_backward=true is for sft, dpo, kto, rrhf and rm: this recipe "
-                "sums gradients over several micro-batches per update"
-            )
+            refuse_step_in_backward(cfg)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ConfigError(
                 "train.step_in_backward=true runs in one process: FSDP2 reduces the "
@@ -55,6 +52,15 @@ def build_optimizer(
         eps=cfg.adam_eps,
         fused=fused or None,
     )
+
+
+def refuse_step_in_backward(cfg: TrainConfig) -> None:
+    """For recipes that sum gradients over several backwards per update (RL updates)."""
+    if cfg.step_in_backward:
+        raise ConfigError(
+            "train.step_in_backward=true is for sft, dpo, kto, rrhf and rm: this recipe sums "
+            "gradients over several micro-batches per update"
+        )
 
 
 class AdamWInBackward(torch.optim.AdamW):

@@ -92,3 +92,18 @@ def test_a_second_backward_in_one_step_is_refused_before_it_updates_twice():
     model(input_ids=ids, labels=ids).loss.backward()
     with pytest.raises(RuntimeError, match="a second backward in one optimizer step"):
         model(input_ids=ids, labels=ids).loss.backward()
+
+
+@pytest.mark.parametrize("recipe", ["grpo", "rloo", "reinforce_pp", "ppo"])
+def test_rl_recipes_refuse_it_when_the_config_is_read(recipe):
+    import importlib
+
+    from alignlab.config import load_config
+    from alignlab.recipes import RECIPES
+
+    module_name, class_name = RECIPES[recipe]
+    config_class = getattr(importlib.import_module(module_name), class_name)
+    args = ["model.path=m", "data.path=p.jsonl", "rl.reward=r.py:f", "train.max_grad_norm=0",
+            "train.step_in_backward=true"]  # fmt: skip
+    with pytest.raises(ConfigError, match="sums gradients over several micro-batches"):
+        load_config(config_class, None, args)
