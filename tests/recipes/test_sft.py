@@ -156,14 +156,16 @@ def test_step_in_backward_matches_adamw_after_backward_and_resumes(
     tiny_model_dir, sft_file, tmp_path
 ):
     # AdamW's updates run in backward (train.step_in_backward): the same computation as the
-    # plain step, so bit for bit; killed and resumed, one optimizer-state format for both
+    # plain step, so bit for bit; one optimizer-state format: a plain run killed after its
+    # step-3 checkpoint resumes with the updates in backward
     args = ("train.max_grad_norm=0", "train.max_steps=6", "train.micro_batch_size=4",
             "train.save_every=3")  # fmt: skip
     plain, fused = tmp_path / "plain", tmp_path / "fused"
     assert launch(tiny_model_dir, sft_file, plain, *args).returncode == 0
-    fused_args = (*args, "train.step_in_backward=true")
-    assert launch(tiny_model_dir, sft_file, fused, *fused_args, crash="step:4").returncode == -9
-    resumed = launch(tiny_model_dir, sft_file, fused, *fused_args, "train.resume=true")
+    assert launch(tiny_model_dir, sft_file, fused, *args, crash="step:4").returncode == -9
+    resumed = launch(
+        tiny_model_dir, sft_file, fused, *args, "train.step_in_backward=true", "train.resume=true"
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert losses(fused) == losses(plain)
     norms, plain_norms = losses(fused, "train/grad_norm"), losses(plain, "train/grad_norm")
