@@ -114,6 +114,7 @@ def worker_alignlab(
             "train.progress=false",
             f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
             f"beta={BETA}",
+            *extra,
         ],
     )
     # the precomputed reference (alignlab's default) runs as one pass before training: each
