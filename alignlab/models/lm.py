@@ -200,10 +200,13 @@ class TokenLogProbs(nn.Module):
             hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
         selected = targets != IGNORE_INDEX
         weight = hf_model.get_output_embeddings().weight  # (V, H)
-        if embedding is None:
-            sink = None
-        else:  # the lookup's backward delivers the projection's gradient with its own
+        # The lookup's backward delivers the projection's gradient with its own. Without a
+        # trained token the loss never reaches the lookup: the plain path gives the weight its
+        # zero gradient.
+        if embedding is not None and selected.any():
             weight = weight.detach()
+        else:
+            sink = None
         token_logps = linear_log_probs(
             hidden[selected], weight, targets[selected], self.chunk_size, weight_grad_sink=sink
         )

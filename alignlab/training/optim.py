@@ -4,6 +4,7 @@ schedule."""
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -84,9 +85,19 @@ class AdamWInBackward(torch.optim.AdamW):
         self._updated: set[int] = set()
         self._squares: list[torch.Tensor] = []
         self.grad_norm = torch.tensor(0.0)
-        for group in self.param_groups:
-            for param in group["params"]:
-                param.register_post_accumulate_grad_hook(self._update)
+        # the hooks hold the optimizer weakly: a model trained again with another optimizer
+        # (a later stage in one process) is not also stepped by this one once it is dropped
+        update = weakref.WeakMethod(self._update)
+
+        def hook(param: torch.Tensor) -> None:
+            if (method := update()) is not None:
+                method(param)
+
+        self._hooks = [
+            param.register_post_accumulate_grad_hook(hook)
+            for group in self.param_groups
+            for param in group["params"]
+        ]
 
     @torch.no_grad()
     def _update(self, param: torch.Tensor) -> None:

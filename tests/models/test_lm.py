@@ -164,3 +164,13 @@ def test_untied_embeddings_keep_autograds_path():
     token_logp_grads(model, torch.randint(0, 16384, (1, 4)))
     assert model.get_input_embeddings().weight.grad is not None
     assert model.get_output_embeddings().weight.grad is not None
+
+
+def test_a_batch_without_trained_tokens_gives_the_tied_weight_a_zero_gradient():
+    model = tied_wide_llama()
+    ids = torch.randint(0, 16384, (1, 4))
+    labels = torch.full_like(ids, -100)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    TokenLogProbs(model)(batch).sum().backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad is not None and not grad.any()  # as autograd's plain path: zero, not missing

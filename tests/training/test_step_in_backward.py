@@ -87,9 +87,10 @@ def test_recipes_that_accumulate_are_refused():
 
 def test_a_second_backward_in_one_step_is_refused_before_it_updates_twice():
     model = body_heavy_llama()
-    build_optimizer(model, TrainConfig(**CFG, step_in_backward=True))
+    optimizer = build_optimizer(model, TrainConfig(**CFG, step_in_backward=True))
     ids = torch.randint(0, 97, (2, 12))
     model(input_ids=ids, labels=ids).loss.backward()
+    assert optimizer._squares  # the first backward updated
     with pytest.raises(RuntimeError, match="a second backward in one optimizer step"):
         model(input_ids=ids, labels=ids).loss.backward()
 
@@ -107,3 +108,18 @@ def test_rl_recipes_refuse_it_when_the_config_is_read(recipe):
             "train.step_in_backward=true"]  # fmt: skip
     with pytest.raises(ConfigError, match="sums gradients over several micro-batches"):
         load_config(config_class, None, args)
+
+
+def test_a_dropped_optimizer_no_longer_steps_the_model():
+    model = body_heavy_llama()
+    build_optimizer(model, TrainConfig(**CFG, step_in_backward=True))  # dropped at once
+    optimizer = build_optimizer(model, TrainConfig(**CFG, step_in_backward=True))
+    before = [p.detach().clone() for p in model.parameters()]
+    ids = torch.randint(0, 97, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    plain = body_heavy_llama()
+    train(plain, TrainConfig(**CFG), [ids])
+    for a, b, start in zip(plain.parameters(), model.parameters(), before):
+        torch.testing.assert_close(b, a)  # one update, not two
+        assert not torch.equal(b, start)
