@@ -111,3 +111,18 @@ def test_linear_log_probs_caps_chunk_rows_by_vocabulary(monkeypatch):
     out = linear_log_probs(hidden, weight, labels, chunk_size=64)
     naive = torch.log_softmax(hidden @ weight.T, -1).gather(-1, labels[:, None])[:, 0]
     torch.testing.assert_close(out, naive)
+
+
+def test_linear_log_probs_hands_the_weight_gradient_to_a_sink():
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 5, requires_grad=True)
+    weight = torch.randn(11, 5, requires_grad=True)
+    labels = torch.randint(0, 11, (7,))
+    linear_log_probs(hidden, weight, labels, chunk_size=3).sum().backward()
+    sink = []
+    detached = weight.detach()
+    hidden2 = hidden.detach().requires_grad_()
+    linear_log_probs(hidden2, detached, labels, 3, weight_grad_sink=sink).sum().backward()
+    assert len(sink) == 1
+    torch.testing.assert_close(sink[0], weight.grad)
+    torch.testing.assert_close(hidden2.grad, hidden.grad)

@@ -73,8 +73,7 @@ class AdamWInBackward(torch.optim.AdamW):
     The update of each tensor is AdamW's own (`super().step()` sees one gradient at a time),
     and so is the state dict, so a checkpoint resumes with either optimizer. `step()`, called
     once per optimizer step, updates what still holds a gradient (none, after a backward) and
-    closes the step: the gradient norm of the updates it saw is
-    `grad_norm`. A tensor whose gradient is not finite is left as it is (AdamW's loop skips
+    closes the step; `grad_norm` is then the norm of the gradients it spent. A tensor whose gradient is not finite is left as it is (AdamW's loop skips
     the whole step; here the others are already updated) and `grad_norm` is then not finite.
     One backward per optimizer step: a second gradient for a tensor in the same step is a
     recipe that accumulates, refused at once.
