@@ -142,7 +142,7 @@ def tied_embedding(hf_model: nn.Module) -> nn.Embedding | None:
 
 @contextlib.contextmanager
 def lookup_takes_projection_grad(
-    embedding: nn.Embedding | None, sink: list[torch.Tensor]
+    embedding: nn.Embedding | None, sink: list[torch.Tensor] | None
 ) -> Iterator[None]:
     """While open, `embedding`'s forward output is `_TiedLookup`'s (same values), collecting
     the projection's gradient from `sink`. A forward hook, so the module itself is unchanged."""
@@ -195,18 +195,17 @@ class TokenLogProbs(nn.Module):
         if needs_full_logits(hf_model):
             logits = self.model(**inputs, use_cache=False).logits  # (B, T, V)
             return gather_log_probs(logits, targets)
-        embedding, sink = tied_embedding(hf_model), []
-        with lookup_takes_projection_grad(embedding, sink):
-            hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
         selected = targets != IGNORE_INDEX
-        weight = hf_model.get_output_embeddings().weight  # (V, H)
         # The lookup's backward delivers the projection's gradient with its own. Without a
         # trained token the loss never reaches the lookup: the plain path gives the weight its
         # zero gradient.
-        if embedding is not None and selected.any():
+        embedding = tied_embedding(hf_model) if selected.any() else None
+        sink = None if embedding is None else []
+        with lookup_takes_projection_grad(embedding, sink):
+            hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
+        weight = hf_model.get_output_embeddings().weight  # (V, H)
+        if embedding is not None:
             weight = weight.detach()
-        else:
-            sink = None
         token_logps = linear_log_probs(
             hidden[selected], weight, targets[selected], self.chunk_size, weight_grad_sink=sink
         )

@@ -112,7 +112,7 @@ class Critic:
         if runtime.distributed:
             distributed.shard_model(self.module, self.model, runtime)
         critic_train = dataclasses.replace(train, lr=cfg.lr)
-        self.optimizer = build_optimizer(self.module, critic_train, accumulates=True)
+        self.optimizer = build_optimizer(self.module, critic_train)
         total_updates = session.total_steps * session.updates_per_step
         self.scheduler = build_scheduler(self.optimizer, total_updates, critic_train)
         if state is not None:

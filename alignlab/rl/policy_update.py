@@ -478,7 +478,7 @@ class RLSession:
                 train.loss_chunk_size, train.mixed_precision,
             )  # fmt: skip
             self.reference.attach(self.policy)
-        self.optimizer = build_optimizer(self.policy, train, accumulates=True)
+        self.optimizer = build_optimizer(self.policy, train)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * updates, train)
         self.kl_ctl = (
             AdaptiveKLController(rl.beta, rl.kl_target, rl.kl_horizon)

@@ -16,12 +16,9 @@ FUSED_DEVICES = ("cpu", "cuda")
 """Devices with a fused AdamW kernel that alignlab is tested on."""
 
 
-def build_optimizer(
-    model: nn.Module, cfg: TrainConfig, accumulates: bool = False
-) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (or SGD, or `AdamWInBackward`) over trainable parameters; norms and biases (1-D
-    tensors) get no weight decay. `accumulates`: the caller runs several backwards per
-    optimizer step (RL updates over a rollout's micro-batches)."""
+    tensors) get no weight decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -38,8 +35,6 @@ def build_optimizer(
     fused = all(p.device.type in FUSED_DEVICES for p in decay + no_decay)
     adamw = torch.optim.AdamW
     if cfg.step_in_backward:
-        if accumulates:
-            refuse_step_in_backward(cfg)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ConfigError(
                 "train.step_in_backward=true runs in one process: FSDP2 reduces the "
@@ -56,7 +51,8 @@ def build_optimizer(
 
 
 def refuse_step_in_backward(cfg: TrainConfig) -> None:
-    """For recipes that sum gradients over several backwards per update (RL updates)."""
+    """For recipes that sum gradients over several backwards per update (RL updates): called
+    from their config checks."""
     if cfg.step_in_backward:
         raise ConfigError(
             "train.step_in_backward=true is for sft, dpo, kto, rrhf and rm: this recipe sums "
@@ -92,11 +88,9 @@ class AdamWInBackward(torch.optim.AdamW):
             if (method := update()) is not None:
                 method(param)
 
-        self._hooks = [
-            param.register_post_accumulate_grad_hook(hook)
-            for group in self.param_groups
-            for param in group["params"]
-        ]
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.register_post_accumulate_grad_hook(hook)
 
     @torch.no_grad()
     def _update(self, param: torch.Tensor) -> None:

@@ -9,7 +9,12 @@ from transformers import LlamaForCausalLM
 from alignlab.config import ConfigError, TrainConfig
 from alignlab.models.tiny import tiny_llama_config
 from alignlab.training import loop
-from alignlab.training.optim import AdamWInBackward, build_optimizer, build_scheduler
+from alignlab.training.optim import (
+    AdamWInBackward,
+    build_optimizer,
+    build_scheduler,
+    refuse_step_in_backward,
+)
 
 CFG = dict(lr=1e-2, weight_decay=0.1, max_grad_norm=0.0, warmup_steps=1)
 
@@ -82,7 +87,7 @@ def test_what_it_cannot_do_is_refused_by_name(overrides, named):
 def test_recipes_that_accumulate_are_refused():
     cfg = TrainConfig(step_in_backward=True, max_grad_norm=0.0)
     with pytest.raises(ConfigError, match="sums gradients over several micro-batches"):
-        build_optimizer(body_heavy_llama(), cfg, accumulates=True)
+        refuse_step_in_backward(cfg)
 
 
 def test_a_second_backward_in_one_step_is_refused_before_it_updates_twice():
