@@ -164,6 +164,14 @@ class ModelConfig:
     )
     dtype: str = option("fp32", "weight dtype", choices=("fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward")
+    checkpoint_fraction: float = option(
+        1.0,
+        "with gradient_checkpointing, the fraction of decoder layers (the first ones) that "
+        "recompute; the rest keep their activations: less recompute for more memory",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+    )
     attn_implementation: str = option(
         "auto",
         "attention kernel; auto = what from_pretrained picks for the architecture",
@@ -181,6 +189,11 @@ class ModelConfig:
     def check(self) -> None:
         if not self.path:
             raise ConfigError("model.path is required: a hub id or a local model folder")
+        if self.checkpoint_fraction != 1 and not self.gradient_checkpointing:
+            raise ConfigError(
+                f"model.checkpoint_fraction={self.checkpoint_fraction} needs "
+                "model.gradient_checkpointing=true"
+            )
         flash = self.attn_implementation == "flash_attention_2"
         if flash and importlib.util.find_spec("flash_attn") is None:
             raise ConfigError(

@@ -137,11 +137,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("recipe", choices=["sft", "dpo"])
-    parser.add_argument("framework", choices=["alignlab", "trl"])
+    parser.add_argument("framework", choices=["alignlab", "alignlab-low-memory", "trl"])
     parser.add_argument("--shape", default="qwen0.5b")
     parser.add_argument("--layers", type=int, default=0, help="0 = the shape's own")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more alignlab overrides"
+    )
     parser.add_argument("--assets-only", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,8 +167,13 @@ def main() -> None:
     meter = StageMeter()
     install(meter)
     atexit.register(lambda: print(meter.report(), flush=True))
-    worker = bench.worker_alignlab if args.framework == "alignlab" else bench.worker_trl
-    gaps = worker(shape, args.steps, Path(args.folder), args.precision)
+    if args.framework == "trl":
+        gaps = bench.worker_trl(shape, args.steps, Path(args.folder), args.precision)
+    else:
+        extra = (*__import__("sft_speed").ALIGNLAB_RUNS[args.framework], *args.set)
+        gaps = bench.worker_alignlab(
+            shape, args.steps, Path(args.folder), args.precision, extra=extra
+        )
     print(f"seconds between steps: {[round(g, 2) for g in gaps]}")
 
 

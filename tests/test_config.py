@@ -68,6 +68,17 @@ def test_out_of_range_and_choices():
         ConfigError, match=r"model.dtype: 'fp8' is not allowed; choose one of 'fp32'"
     ):
         load_config(Demo, None, [*REQUIRED, "model.dtype=fp8"])
+    with pytest.raises(
+        ConfigError, match=r"model.checkpoint_fraction: 0.0 is out of range; it must be > 0"
+    ):
+        load_config(Demo, None, [*REQUIRED, "model.checkpoint_fraction=0"])
+
+
+def test_checkpoint_fraction_needs_checkpointing():
+    with pytest.raises(ConfigError, match="needs model.gradient_checkpointing=true"):
+        load_config(Demo, None, [*REQUIRED, "model.checkpoint_fraction=0.5"])
+    on = ["model.gradient_checkpointing=true", "model.checkpoint_fraction=0.5"]
+    assert load_config(Demo, None, [*REQUIRED, *on]).model.checkpoint_fraction == 0.5
 
 
 def test_conflicts_refused_before_work():

@@ -6,6 +6,7 @@ local folder exercise the code a hub id would.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignlab.config import ConfigError, LoraConfig, ModelConfig
 from alignlab.data.templates import ensure_chat_template
 from alignlab.models.folders import load_error
+from alignlab.ops import rebuilding_saved_tensors
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,8 +86,7 @@ def load_model(
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model, cfg.checkpoint_fraction)
     if lora.enabled:
         model = apply_lora(
             model, lora, adapter_from=Path(weights_from) / "adapter" if weights_from else None
@@ -94,6 +96,54 @@ def load_model(
     if device is not None and not lora.load_in_4bit:
         model = model.to(device)
     return model
+
+
+def enable_checkpointing(model: nn.Module, fraction: float = 1.0) -> int:
+    """Recompute the activations of the first `fraction` of `model`'s decoder layers (rounded
+    up) in backward instead of keeping them; return how many layers recompute.
+
+    A checkpointed layer keeps only its input, and its forward runs again in backward: about a
+    third more compute per layer. Checkpointing only some layers buys back that compute for the
+    memory of the rest, which is the trade a machine that fits more than all-checkpointed but
+    less than none wants (transformers' `every_n_layers` can only checkpoint half or fewer).
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    keep = math.ceil(fraction * len(layers) - 1e-9)
+    for layer in layers[:keep]:
+        if type(layer).__name__ in RESIDUAL_MLP_LAYERS:
+            layer._gradient_checkpointing_func = _checkpoint_without_last_projection
+    for layer in layers[keep:]:
+        layer.gradient_checkpointing = False
+    return keep
+
+
+RESIDUAL_MLP_LAYERS = (
+    "LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"
+)  # fmt: skip
+"""Decoder layers whose MLP output goes only into the residual add that ends the layer."""
+
+
+def _checkpoint_without_last_projection(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`checkpoint` whose recomputation, run only to rebuild saved tensors, skips the MLP's
+    down projection (`ops.rebuilding_saved_tensors`): its output is discarded there."""
+    first = [True]
+
+    def run(*run_args: Any, **run_kwargs: Any) -> Any:
+        if first[0]:
+            first[0] = False
+            return function(*run_args, **run_kwargs)
+        with rebuilding_saved_tensors():
+            return function(*run_args, **run_kwargs)
+
+    return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
 
 def disable_dropout(model: nn.Module) -> None:

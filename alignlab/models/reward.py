@@ -42,6 +42,7 @@ from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
     disable_dropout,
+    enable_checkpointing,
     from_pretrained,
     is_peft,
     load_tokenizer,
@@ -120,8 +121,7 @@ def load_reward_model(
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model, cfg.checkpoint_fraction)
     if lora.enabled:
         adapter = Path(weights_from) / "adapter" if weights_from else None
         model = apply_reward_lora(model, lora, adapter_from=adapter)

@@ -41,7 +41,8 @@ NEUTRAL_KEYS = frozenset(
         "train.resume", "train.overwrite", "train.output_dir", "final_dir",
         "train.progress", "train.tensorboard", "train.log_every", "train.eval_every",
         "train.save_every", "train.keep_checkpoints", "train.loss_chunk_size",
-        "model.gradient_checkpointing", "train.step_in_backward", "reference.batch_size",
+        "model.gradient_checkpointing", "model.checkpoint_fraction", "train.step_in_backward",
+        "reference.batch_size",
         "rl.generation_batch_size", "sampling.batch_size",
     }
 )  # fmt: skip

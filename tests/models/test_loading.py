@@ -1,3 +1,6 @@
+import functools
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,6 +65,34 @@ def test_gradient_checkpointing_option(tiny_model_dir):
     assert model.is_gradient_checkpointing
 
 
+@pytest.mark.parametrize("fraction, recomputed", [(1.0, [True, True]), (0.5, [True, False])])
+def test_checkpoint_fraction_recomputes_the_first_layers_with_the_same_gradients(
+    tiny_model_dir, fraction, recomputed
+):
+    plain_cfg = ModelConfig(path=str(tiny_model_dir))
+    tokenizer = load_tokenizer(plain_cfg)
+    batch = batch_for(tokenizer, ["What is 1 plus 2?", "alpha beta"])
+    cfg = ModelConfig(
+        path=str(tiny_model_dir), gradient_checkpointing=True, checkpoint_fraction=fraction
+    )
+    grads = []
+    for model in (load_model(plain_cfg, tokenizer), load_model(cfg, tokenizer)):
+        model.train()
+        calls = [0] * len(model.model.layers)
+
+        def count(i, *_, calls=calls):
+            calls[i] += 1
+
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.register_forward_hook(functools.partial(count, i))
+        TokenLogProbs(model)(batch).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    # a recomputing layer's attention runs twice: in forward and again in backward
+    assert calls == [2 if r else 1 for r in recomputed]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
 def test_token_logps_match_full_logits(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir))
     tokenizer = load_tokenizer(cfg)
@@ -109,3 +140,33 @@ def test_lora_on_lm_head_is_refused():
 
     with pytest.raises(ConfigError, match="lm_head"):
         LoraConfig(enabled=True, target_modules=["lm_head"]).check()
+
+
+def test_recomputation_skips_the_mlp_down_projection(tiny_model_dir):
+    """A checkpointed Llama layer's recomputation rebuilds what backward needs and not the MLP
+    output, which it throws away: backward costs the layers' forward less their down projections
+    more than without checkpointing (FLOPs counted, so exact)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    plain_cfg = ModelConfig(path=str(tiny_model_dir))
+    tokenizer = load_tokenizer(plain_cfg)
+    batch = batch_for(tokenizer, ["What is 1 plus 2?", "alpha beta"])
+    ckpt_cfg = ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True)
+    backward_flops, layer_flops = {}, {}
+    for name, cfg in (("plain", plain_cfg), ("checkpointed", ckpt_cfg)):
+        model = load_model(cfg, tokenizer).train()
+        policy = TokenLogProbs(model)
+        with FlopCounterMode(display=False) as forward:
+            loss = policy(batch).sum()
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
+        backward_flops[name] = backward.get_total_flops()
+        counts = forward.get_flop_counts()
+        layer_flops[name] = [
+            sum(counts[key].values()) for key in counts if re.fullmatch(r".*layers\.\d+", key)
+        ]
+    config = model.config
+    down = 2 * batch["input_ids"].numel() * config.hidden_size * config.intermediate_size
+    assert layer_flops["plain"] == layer_flops["checkpointed"] and len(layer_flops["plain"]) == 2
+    recomputed = backward_flops["checkpointed"] - backward_flops["plain"]
+    assert recomputed == sum(layer_flops["plain"]) - 2 * down

@@ -152,20 +152,22 @@ def test_recipes_lists_presets_and_cp_copies_one(tmp_path, capsys):
     assert main(["cp", "no_such_preset", str(tmp_path / "x.yaml")]) == 2
 
 
-def test_step_in_backward_matches_adamw_after_backward_and_resumes(
+def test_low_memory_settings_match_adamw_after_backward_and_resume(
     tiny_model_dir, sft_file, tmp_path
 ):
-    # AdamW's updates run in backward (train.step_in_backward): the same computation as the
-    # plain step, so bit for bit; one optimizer-state format: a plain run killed after its
-    # step-3 checkpoint resumes with the updates in backward
+    # AdamW's updates run in backward (train.step_in_backward), with half the layers
+    # recomputed (their forward runs again, the same kernels on the same inputs): the same
+    # computation as the plain step, so bit for bit; one optimizer-state format: a plain run
+    # killed after its step-3 checkpoint resumes with the low-memory settings
     args = ("train.max_grad_norm=0", "train.max_steps=6", "train.micro_batch_size=4",
             "train.save_every=3")  # fmt: skip
     plain, fused = tmp_path / "plain", tmp_path / "fused"
     assert launch(tiny_model_dir, sft_file, plain, *args).returncode == 0
     assert launch(tiny_model_dir, sft_file, fused, *args, crash="step:4").returncode == -9
     resumed = launch(
-        tiny_model_dir, sft_file, fused, *args, "train.step_in_backward=true", "train.resume=true"
-    )
+        tiny_model_dir, sft_file, fused, *args, "train.step_in_backward=true", "train.resume=true",
+        "model.gradient_checkpointing=true", "model.checkpoint_fraction=0.5",
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert losses(fused) == losses(plain)
     norms, plain_norms = losses(fused, "train/grad_norm"), losses(plain, "train/grad_norm")
