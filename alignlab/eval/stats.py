@@ -1,14 +1,21 @@
-"""Estimates with confidence intervals: means, proportions, win rates, diversity, KL.
+"""Estimates with confidence intervals: means, proportions, win rates, paired differences,
+the spread over training seeds, diversity, KL.
 
 - `mean_ci`: Student-t interval, mean ± t_{(1+c)/2, df} · SE with SE = s / √n and df = n - 1
   (exact for normal data, the usual large-sample approximation otherwise). With `groups`
   (e.g. several samples per prompt) the SE is cluster-robust and df = #groups - 1.
 - `proportion_ci`: Wilson score interval (Wilson 1927), sensible at 0 and n successes.
-- `win_rate`: wins + ½ ties over n pairs, Wilson interval (conservative with ties).
+- `win_rate`: wins + ½ ties over n pairs, Wilson interval on that fractional count.
+- `paired_difference`: a model against a baseline on the same items (prompts): the mean
+  per-item difference with a paired t interval and a paired bootstrap interval, the win rate,
+  and the unpaired means beside them; `separated` when both intervals exclude 0.
+- `seed_spread`: per-seed paired differences (one per training seed) combined into their
+  mean with a t interval over seeds, the per-seed values kept.
 - `kl_estimate`: Monte Carlo KL(π || π_ref) from samples of π (the k1 estimator of
   `alignlab.rl.kl` at the sequence level), with a t interval.
 
-No scipy: the t quantile is computed here (exact CDF for integer df, bisection).
+Distributions, tests and the bootstrap are scipy.stats' (`t.ppf`, `ttest_rel`, `bootstrap`,
+`binomtest(...).proportion_ci`); what is ours is which of them an evaluation reports.
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
-from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import torch
+from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,8 @@ class Estimate:
     n: int
     confidence: float = 0.95
     method: str = "t"
-    """"t" (Student-t interval of a mean) or "wilson" (Wilson interval of a proportion)."""
+    """"t" (Student-t interval of a mean), "wilson" (Wilson interval of a proportion),
+    "paired t" or "bootstrap" (a paired difference, see `paired_difference`)."""
 
     @property
     def half_width(self) -> float:
@@ -84,64 +92,6 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def _t_cdf_abs(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer df > 0, t >= 0 (Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 0:
-        term = total = 1.0
-        for k in range(2, df - 1, 2):
-            term *= (k - 1) / k * c2
-            total += term
-        return s * total
-    if df == 1:
-        return 2 * theta / math.pi
-    term = total = math.cos(theta)
-    for k in range(3, df - 1, 2):
-        term *= (k - 1) / k * c2
-        total += term
-    return 2 / math.pi * (theta + s * total)
-
-
-@lru_cache(maxsize=256)
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` degrees of freedom (integer df >= 1).
-
-    Exact CDF and bisection for df <= 300; beyond, the Cornish-Fisher expansion around the
-    normal quantile (error < 1e-9 there).
-    """
-    if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    if p == 0.5:
-        return 0.0
-    if df > 300:
-        z = NormalDist().inv_cdf(p)
-        v = float(df)
-        return (
-            z
-            + (z**3 + z) / (4 * v)
-            + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-        )
-    target = 2 * p - 1  # P(|T| < t)
-    lo, hi = 0.0, 1.0
-    while _t_cdf_abs(hi, df) < target:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if _t_cdf_abs(mid, df) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
-
-
 def mean_ci(
     values: Iterable[float] | torch.Tensor,
     confidence: float = 0.95,
@@ -179,14 +129,19 @@ def mean_ci(
             se = math.nan
     if df < 1 or math.isnan(se):
         return Estimate(mean, math.nan, math.nan, math.nan, n, confidence, "t")
-    half = t_quantile((1 + confidence) / 2, df) * se
+    half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
     return Estimate(mean, se, mean - half, mean + half, n, confidence, "t")
 
 
 def proportion_ci(successes: float, n: int, confidence: float = 0.95) -> Estimate:
-    """successes / n with the Wilson score interval; SE is the binomial √(p(1-p)/n).
+    """successes / n with the Wilson score interval (Wilson 1927); SE is the binomial
+    √(p(1-p)/n).
 
-    `successes` may be fractional (e.g. ties counted as half a win).
+    Wilson: center (p + z²/2n) / (1 + z²/n), half-width z / (1 + z²/n) · √(p(1-p)/n + z²/4n²),
+    z the normal (1+c)/2 quantile. An integer count goes to scipy's
+    `binomtest(k, n).proportion_ci(method="wilson")`; a fractional one (ties counted as half a
+    win, see `win_rate`) takes the same formula at the fractional p, since binomtest accepts
+    only integers.
     """
     _check_confidence(confidence)
     if n < 0 or successes < 0 or successes > n:
@@ -194,14 +149,18 @@ def proportion_ci(successes: float, n: int, confidence: float = 0.95) -> Estimat
     if n == 0:
         return _nan_estimate(0, confidence, "wilson")
     p = successes / n
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     se = math.sqrt(p * (1 - p) / n)
-    lower = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the ends
-    upper = 1.0 if successes == n else min(1.0, center + half)
+    if float(successes).is_integer():
+        interval = stats.binomtest(int(successes), n).proportion_ci(confidence, method="wilson")
+        lower, upper = float(interval.low), float(interval.high)
+    else:
+        z = float(stats.norm.ppf((1 + confidence) / 2))
+        denom = 1 + z * z / n
+        center = (p + z * z / (2 * n)) / denom
+        half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        lower, upper = center - half, center + half
+    lower = 0.0 if successes == 0 else max(0.0, lower)  # exact at the ends
+    upper = 1.0 if successes == n else min(1.0, upper)
     return Estimate(p, se, lower, upper, n, confidence, "wilson")
 
 
@@ -212,8 +171,10 @@ def win_rate(
 ) -> WinRate:
     """How often a beats b on paired scores: (wins + ½ ties) / n, with a Wilson interval.
 
-    The Wilson interval treats each pair as a Bernoulli trial; a tie (½) varies less than a
-    win or loss, so with ties the interval is conservative.
+    Ties count half a win, and the interval is Wilson's formula at that fractional count
+    (`proportion_ci`): it treats each pair as a Bernoulli trial, but a tie (½) varies less
+    than a win or a loss, so with ties the interval is conservative (too wide, never too
+    narrow).
     """
     a, b = _floats(a_scores), _floats(b_scores)
     if len(a) != len(b):
@@ -223,6 +184,142 @@ def win_rate(
     losses = len(a) - wins - ties
     base = proportion_ci(wins + 0.5 * ties, len(a), confidence)
     return WinRate(**asdict(base), wins=wins, ties=ties, losses=losses)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A model against a baseline on the same items; see `paired_difference`."""
+
+    difference: Estimate
+    """Mean of the per-item differences a_i - b_i with the paired t interval ("paired t")."""
+    bootstrap: Estimate
+    """The same mean with the paired bootstrap's interval and SE ("bootstrap")."""
+    win_rate: WinRate
+    """Items where a > b, ties half, with a Wilson interval."""
+    model: Estimate
+    """Unpaired mean of a (t interval), for the table beside the difference."""
+    baseline: Estimate
+    """Unpaired mean of b."""
+
+    @property
+    def separated(self) -> bool:
+        """Both the t and the bootstrap interval exclude 0 (NaN intervals never do)."""
+        return _excludes_zero(self.difference) and _excludes_zero(self.bootstrap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "difference": self.difference.to_dict(),
+            "bootstrap": self.bootstrap.to_dict(),
+            "win_rate": self.win_rate.to_dict(),
+            "model": self.model.to_dict(),
+            "baseline": self.baseline.to_dict(),
+            "separated": self.separated,
+        }
+
+
+def _excludes_zero(estimate: Estimate) -> bool:
+    return estimate.lower > 0 or estimate.upper < 0  # False for NaN
+
+
+def paired_difference(
+    a: Iterable[float] | torch.Tensor,
+    b: Iterable[float] | torch.Tensor,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> PairedDifference:
+    """a_i - b_i over items scored for both (a model and a baseline on the same prompts).
+
+    d̄ = Σ (a_i - b_i) / n with the paired t interval d̄ ± t_{(1+c)/2, n-1} · s_d / √n
+    (`scipy.stats.ttest_rel`; Student 1908), and a paired bootstrap interval: items resampled
+    with replacement, each keeping its pair (`scipy.stats.bootstrap` on the differences, BCa,
+    Efron 1987; `n_resamples` draws from a generator seeded with `seed`, so a report is
+    reproducible). Pairing removes what the two share: Var(d̄) = (σ_a² + σ_b² - 2 cov(a, b)) / n,
+    so when per-prompt scores are correlated (a prompt's difficulty, shared sampling seeds)
+    the paired interval is narrower than the two unpaired ones suggest, and a difference whose
+    unpaired intervals overlap can still be separated from 0.
+
+    Constant differences (all d_i equal) have the interval [d̄, d̄] from both methods (as
+    `mean_ci`); fewer than two items give NaN intervals.
+    """
+    _check_confidence(confidence)
+    xs, ys = np.asarray(_floats(a)), np.asarray(_floats(b))
+    if xs.shape != ys.shape:
+        raise ValueError(f"paired_difference needs paired scores, got {len(xs)} and {len(ys)}")
+    differences = xs - ys
+    n = len(differences)
+    model, baseline = mean_ci(xs, confidence), mean_ci(ys, confidence)
+    wins = win_rate(xs, ys, confidence)
+    if n < 2:
+        mean = float(differences.mean()) if n else math.nan
+        t_est = Estimate(mean, math.nan, math.nan, math.nan, n, confidence, "paired t")
+        boot = Estimate(mean, math.nan, math.nan, math.nan, n, confidence, "bootstrap")
+        return PairedDifference(t_est, boot, wins, model, baseline)
+    mean = math.fsum(differences.tolist()) / n
+    if np.all(differences == differences[0]):
+        t_est = Estimate(mean, 0.0, mean, mean, n, confidence, "paired t")
+        boot = Estimate(mean, 0.0, mean, mean, n, confidence, "bootstrap")
+        return PairedDifference(t_est, boot, wins, model, baseline)
+    test = stats.ttest_rel(xs, ys)
+    t_interval = test.confidence_interval(confidence)
+    se = float(differences.std(ddof=1)) / math.sqrt(n)
+    t_est = Estimate(
+        mean, se, float(t_interval.low), float(t_interval.high), n, confidence, "paired t"
+    )
+    resampled = stats.bootstrap(
+        (differences,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    boot_interval = resampled.confidence_interval
+    boot = Estimate(
+        mean,
+        float(resampled.standard_error),
+        float(boot_interval.low),
+        float(boot_interval.high),
+        n,
+        confidence,
+        "bootstrap",
+    )
+    return PairedDifference(t_est, boot, wins, model, baseline)
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """Paired differences over several training seeds; see `seed_spread`."""
+
+    across_seeds: Estimate
+    """Mean of the per-seed differences with a t interval over seeds (df = seeds - 1)."""
+    per_seed: tuple[Estimate, ...]
+    """Each seed's difference with its interval across prompts."""
+
+    @property
+    def separated(self) -> bool:
+        """The interval over seeds excludes 0."""
+        return _excludes_zero(self.across_seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "across_seeds": self.across_seeds.to_dict(),
+            "per_seed": [estimate.to_dict() for estimate in self.per_seed],
+            "n_seeds": len(self.per_seed),
+            "separated": self.separated,
+        }
+
+
+def seed_spread(per_seed: Sequence[Estimate], confidence: float = 0.95) -> SeedSpread:
+    """Combine one paired difference per training seed (each `paired_difference(...).difference`
+    of a method trained with that seed, against the same baseline on the same prompts).
+
+    across_seeds = mean_ci(d̄_1, ..., d̄_S): D̄ = Σ_s d̄_s / S ± t_{(1+c)/2, S-1} · s_D / √S. Each
+    d̄_s carries the prompt (and sampling) noise of its evaluation; their spread adds the
+    training noise, so this interval covers both, where one seed's interval covers only the
+    first. With S = 1 the interval is NaN: one seed says nothing about training noise.
+    """
+    return SeedSpread(mean_ci([e.mean for e in per_seed], confidence), tuple(per_seed))
 
 
 def distinct_n(texts: Iterable[str], n: int) -> float:
