@@ -43,9 +43,12 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def sample_next_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, draws: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B,) token ids drawn from softmax(logits / temperature) restricted to the top-p nucleus;
-    temperature 0 is greedy (argmax). Uses the global torch RNG.
+    temperature 0 is greedy (argmax). `draws`: (B,) float64 uniforms in [0, 1), one per row;
+    None draws them from the global torch RNG.
 
     Inverse-CDF sampling: token i is chosen when u·Z falls in [c_{i-1}, c_i), with c the
     cumulative sum of the probabilities (float64, so 32,000 terms lose nothing that matters)
@@ -55,7 +58,9 @@ def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -
         return logits.argmax(-1)
     scaled = top_p_filter(logits.float() / temperature, top_p)
     cumulative = scaled.softmax(-1).double().cumsum(-1)
-    draw = torch.rand(cumulative.shape[0], 1, dtype=torch.float64, device=logits.device)
+    if draws is None:
+        draws = torch.rand(cumulative.shape[0], dtype=torch.float64, device=logits.device)
+    draw = draws.to(device=logits.device, dtype=torch.float64).unsqueeze(1)
     tokens = torch.searchsorted(cumulative, draw * cumulative[:, -1:], right=True)
     return tokens.squeeze(1).clamp(max=logits.shape[-1] - 1)
 
@@ -84,11 +89,15 @@ def decode(
     temperature: float,
     top_p: float,
     stop_ids: Collection[int],
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Sample up to `max_new_tokens` tokens after each left-padded prompt row.
 
     Returns each row's new tokens (through its first stop token, which is kept) and whether it
     stopped on a stop token. Call under `torch.no_grad()` with the model in eval mode.
+    `uniforms`: (rows, max_new_tokens) float64 in [0, 1), the draw of each row at each step
+    (a row's tokens then depend only on its own logits and draws, not on the other rows);
+    None: the global torch RNG.
     """
     rows = input_ids.shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -107,8 +116,11 @@ def decode(
     cache = _returned_cache(output)
     prunable = hasattr(cache, "batch_select_indices")
     positions = positions[:, -1:]
+    if uniforms is not None:
+        uniforms = uniforms.to(input_ids.device)
     for step in range(max_new_tokens):
-        tokens = sample_next_tokens(output.logits[:, -1, :], temperature, top_p)
+        draws = uniforms[:, step] if uniforms is not None else None
+        tokens = sample_next_tokens(output.logits[:, -1, :], temperature, top_p, draws)
         still: list[int] = []
         for position, token in enumerate(tokens.tolist()):
             row = active[position]
@@ -126,6 +138,8 @@ def decode(
             cache.batch_select_indices(keep)
             active = [active[position] for position in still]
             tokens, attention_mask, positions = tokens[keep], attention_mask[keep], positions[keep]
+            if uniforms is not None:
+                uniforms = uniforms[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
         positions = positions + 1
         output = model(

@@ -104,6 +104,13 @@ def prompt_token_ids(tokenizer: Any, prompt_text: str) -> list[int]:
     return ids
 
 
+def row_uniforms(seed: int, steps: int) -> torch.Tensor:
+    """(steps,) float64 uniforms in [0, 1) from a CPU generator seeded with `seed`: one
+    prompt's draws, step by step (`decode`'s `uniforms`)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(steps, dtype=torch.float64, generator=generator)
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, ties by position)."""
     if batch_size < 1:
@@ -140,14 +147,20 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 32,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
     """Sample one response per prompt (a string, or a message list rendered with the chat
     template and its generation prompt), in the input order.
 
     temperature 0 is greedy decoding. Prompts are sorted by token length into batches of
     `batch_size` (left-padded, KV cache); before batch b the torch seed is set to `seed + b`,
-    so the results depend only on the seed, the prompts and batch_size. Responses stop at the
-    stop tokens of `stop_token_ids` or after max_new_tokens.
+    so the results depend only on the seed, the prompts and batch_size. With `seeds` (one per
+    prompt) each prompt draws its uniforms from its own generator seeded with its seed instead
+    (`seed` is unused and the global RNG untouched): its response depends only on the model,
+    the prompt and its seed, not on batch_size, the order or the other prompts (up to the
+    float rounding of padded batches), and two models given the same seeds sample with the
+    same random numbers. Responses stop at the stop tokens of `stop_token_ids` or after
+    max_new_tokens.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -155,6 +168,8 @@ def generate(
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     stop_ids = stop_token_ids(model, tokenizer)
     stop_set = set(stop_ids)
     pad_id = pad_token_id(tokenizer, stop_ids)
@@ -177,7 +192,11 @@ def generate(
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, width - len(ids) :] = 1
-            torch.manual_seed(seed + batch_index)
+            uniforms = None
+            if seeds is not None:
+                uniforms = torch.stack([row_uniforms(seeds[i], max_new_tokens) for i in members])
+            else:
+                torch.manual_seed(seed + batch_index)
             new_tokens, finished = decode(
                 model,
                 input_ids.to(device),
@@ -186,6 +205,7 @@ def generate(
                 temperature,
                 top_p,
                 stop_set,
+                uniforms,
             )
             for row, i in enumerate(members):
                 response = new_tokens[row]

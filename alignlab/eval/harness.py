@@ -18,13 +18,16 @@ What is estimated, from `num_samples` responses per prompt:
 - with a reference and a score: the win rate of the model's samples over the reference's
   (sample k of a prompt against sample k of the reference for that prompt).
 
-The reference samples for the win rate are drawn with an independent seed by default
-(`ref_seed=None`): the win rate is defined for independent draws, and sharing the seed couples
-the two samples (similar models then tie more often than they would by chance). A model
-compared with itself therefore has a win rate of 0.5 only in expectation; with
-`ref_seed=seed` its samples are identical to the reference's (same weights, seed and batches,
-deterministic kernels), every pair ties and the win rate is exactly 0.5. Its KL is exactly 0
-either way: each sample's two log-probs are the same computation.
+Sampling seeds are per prompt (`sampling_seeds`): sample k of a prompt draws its random
+numbers from a generator seeded by a hash of (seed, the prompt, k), whatever the model, the
+batch or the prompt's place in the list. Every model evaluated with one seed, and the
+reference (`ref_seed=None`: the same seed), therefore sample each prompt with the same random
+numbers (common random numbers): a comparison of two models on the same prompts is then free
+of the sampling noise the two share, and a model compared with itself gets the reference's
+samples exactly (difference 0, every pair a tie, win rate 0.5). The win rate is then that of coupled
+draws (similar models tie more often than independent draws would); `ref_seed=<another
+seed>` samples the reference independently. KL is exactly 0 for a model against itself either
+way: each sample's two log-probs are the same computation.
 
 Intervals with several samples per prompt are cluster-robust over prompts (means) or plain
 Wilson intervals over samples (rates, slightly too narrow then).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -64,9 +68,6 @@ logger = logging.getLogger(__name__)
 Prompt = str | Messages
 Scorer = Callable[["EvalPrompt", str], dict[str, float | bool]]
 RewardFn = Callable[[Prompt, str], float]
-
-REF_SEED_OFFSET = 1_000_003
-"""Default reference seed = seed + this: batch seeds (seed + batch index) never coincide."""
 
 
 @dataclass
@@ -210,11 +211,34 @@ class Sampling:
     ref_seed: int
 
 
+def sampling_seeds(prompts: Sequence[Prompt], num_samples: int, seed: int) -> list[int]:
+    """The generator seed of sample k of each prompt, prompt-major: the first 63 bits of
+    sha256 of (seed, the prompt as JSON, its occurrence among identical earlier prompts, k).
+
+    A function of the prompt and the eval seed only, not of the model, the batch or the
+    prompt's place in the list, so every model evaluated with one seed samples a prompt with
+    the same random numbers, and a prompt keeps its samples in a subset or a reordering of the
+    prompts. A repeated prompt gets fresh seeds (its occurrence number): duplicates are
+    independent draws, as the intervals assume.
+    """
+    seen: dict[str, int] = {}
+    seeds = []
+    for prompt in prompts:
+        content = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        occurrence = seen.get(content, 0)
+        seen[content] = occurrence + 1
+        for k in range(num_samples):
+            key = json.dumps([seed, content, occurrence, k]).encode()
+            seeds.append(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+    return seeds
+
+
 def _sample(
     loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: Sampling, seed: int
 ) -> list[EvalSample]:
-    """num_samples responses per prompt (prompt-major order)."""
+    """num_samples responses per prompt (prompt-major order), seeded per prompt and sample."""
     expanded = [(p, k) for p in range(len(prompts)) for k in range(sampling.num_samples)]
+    seeds = sampling_seeds([p.prompt for p in prompts], sampling.num_samples, seed)
     generations = generate(
         loaded.model,
         loaded.tokenizer,
@@ -223,7 +247,7 @@ def _sample(
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         batch_size=sampling.batch_size,
-        seed=seed,
+        seeds=seeds,
     )
     return [EvalSample(p, k, g) for (p, k), g in zip(expanded, generations)]
 
@@ -398,7 +422,7 @@ def evaluate_model(
         top_p,
         batch_size,
         seed,
-        seed + REF_SEED_OFFSET if ref_seed is None else ref_seed,
+        seed if ref_seed is None else ref_seed,
     )
     samples = _sample(policy, prompts, sampling, seed)
     score_samples(samples, prompts, scorer, reward_fns)

@@ -40,7 +40,6 @@ from torch import nn
 
 from alignlab.config import ConfigError, ModelConfig, option, section
 from alignlab.eval.harness import (
-    REF_SEED_OFFSET,
     EvalPrompt,
     EvalResult,
     EvalSample,
@@ -124,7 +123,7 @@ def evaluate_best_of_n(
         sample.rewards["best_of_n"] = samples.rewards[i]
     sampling = Sampling(
         1, max_new_tokens, temperature, top_p, batch_size, seed,
-        seed + REF_SEED_OFFSET if ref_seed is None else ref_seed,
+        seed if ref_seed is None else ref_seed,
     )  # fmt: skip
     kl = kl_best_of_n(n)
     metrics: dict[str, Any] = {

@@ -60,6 +60,28 @@ def test_sampling_is_deterministic_given_the_seed(tiny):
     assert [g.prompt_text for g in first] == [render_prompt(tok, p) for p in prompts]
 
 
+def test_per_prompt_seeds_make_responses_independent_of_batching(tiny):
+    """With `seeds`, a prompt's response depends on its seed, not on batch_size, the order of
+    the prompts or which other prompts share its batch; the global RNG is left alone."""
+    model, tok = tiny.model, tiny.tokenizer
+    seeds = [11, 12, 13, 14, 15, 16]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    batched = generate(model, tok, PROMPTS, max_new_tokens=8, batch_size=4, seeds=seeds)
+    assert torch.equal(torch.get_rng_state(), state)
+    order = [5, 2, 0, 3, 1, 4]
+    shuffled = generate(
+        model, tok, [PROMPTS[i] for i in order], max_new_tokens=8, batch_size=1,
+        seeds=[seeds[i] for i in order],
+    )  # fmt: skip
+    for position, i in enumerate(order):
+        assert shuffled[position].response_ids == batched[i].response_ids
+    reseeded = generate(model, tok, PROMPTS, max_new_tokens=8, batch_size=4, seeds=seeds[::-1])
+    assert [g.response_ids for g in reseeded] != [g.response_ids for g in batched]
+    with pytest.raises(ValueError, match="seeds"):
+        generate(model, tok, PROMPTS, max_new_tokens=2, seeds=seeds[:2])
+
+
 def test_stop_tokens_eos_and_end_of_turn(small_model_dirs):
     loaded = load_for_eval(small_model_dirs[0], "cpu")
     model, tok = loaded.model, loaded.tokenizer

@@ -84,8 +84,9 @@ def test_metrics_without_reference(tiny_model_dir):
 
 
 def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
-    """Same weights, same seed: the reference samples are the model's; every pair ties and each
-    sample's two log-probs are the same computation, so KL is 0 exactly."""
+    """Same weights and, by default, the same per-prompt seeds: the reference samples are the
+    model's; every pair ties and each sample's two log-probs are the same computation, so KL
+    is 0 exactly."""
     result = evaluate(
         tiny_model_dir,
         PROMPTS,
@@ -94,8 +95,8 @@ def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
         num_samples=2,
         max_new_tokens=6,
         seed=3,
-        ref_seed=3,
     )
+    assert result.metrics["settings"]["ref_seed"] == 3
     assert all(s.kl == 0.0 for s in result.samples)
     assert result.metrics["kl"]["mean"] == 0.0 and result.metrics["kl"]["se"] == 0.0
     assert [s.generation.response_ids for s in result.ref_samples] == [
@@ -108,8 +109,8 @@ def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
 
 
 def test_model_against_itself_independent_seed(tiny_model_dir, ref_copy):
-    """Default: the reference is sampled with another seed; the win rate is 0.5 only in
-    expectation (its interval covers it), the KL is still exactly 0 per sample."""
+    """The reference sampled with another seed: the win rate is 0.5 only in expectation (its
+    interval covers it), the KL is still exactly 0 per sample."""
     result = evaluate(
         tiny_model_dir,
         PROMPTS,
@@ -118,6 +119,7 @@ def test_model_against_itself_independent_seed(tiny_model_dir, ref_copy):
         num_samples=4,
         max_new_tokens=6,
         seed=3,
+        ref_seed=4,
     )
     assert all(s.kl == 0.0 for s in result.samples)
     assert result.metrics["kl"]["exact_sampling"] is True
@@ -191,4 +193,52 @@ def test_reference_scores_responses_after_its_own_rendering_of_the_prompt(tiny_m
         if isinstance(prompt, str):
             assert sample.ref_logp == pytest.approx(sample.logp, abs=1e-5)
         else:
-            assert sample.ref_logp != pytest.approx(sample.logp, abs=1e-3)
+            assert sample.ref_logp != pytest.approx(sample.logp, abs=1e-4)  # fp32 noise ~1e-5
+
+
+def test_sampling_seeds_are_per_prompt_not_per_model_or_batch(small_model_dirs, monkeypatch):
+    """The random numbers each prompt is sampled with (decode's uniforms, recorded) are the
+    same for two different models, whatever the batch size or the order of the prompts: a
+    function of the prompt, the sample index and the eval seed only."""
+    import alignlab.eval.generation as generation
+
+    real_decode = generation.decode
+    seen: dict[tuple[int, ...], list] = {}
+
+    def recording_decode(model, input_ids, attention_mask, *args):
+        uniforms = args[-1]
+        for row in range(input_ids.shape[0]):
+            ids = tuple(input_ids[row][attention_mask[row].bool()].tolist())
+            seen.setdefault(ids, []).append(uniforms[row].tolist())
+        return real_decode(model, input_ids, attention_mask, *args)
+
+    monkeypatch.setattr(generation, "decode", recording_decode)
+    prompts = [EvalPrompt(text) for text in ("a b", "c", "a", "b c a", "a b")]
+
+    def draws(model_dir, order, batch_size, seed=5):
+        seen.clear()
+        evaluate_many(
+            {"m": model_dir}, [prompts[i] for i in order], num_samples=2, max_new_tokens=4,
+            batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+        return {ids: sorted(rows) for ids, rows in seen.items()}
+
+    policy, other = small_model_dirs
+    first = draws(policy, range(5), batch_size=3)
+    # four distinct prompts, "a b" twice: 2 samples each, the repeat's four draws all distinct
+    assert sorted(len(rows) for rows in first.values()) == [2, 2, 2, 4]
+    assert all(len({tuple(r) for r in rows}) == len(rows) for rows in first.values())
+    assert draws(other, range(5), batch_size=3) == first
+    assert draws(other, [4, 3, 2, 1, 0], batch_size=1) == first
+    assert draws(other, range(5), batch_size=3, seed=6) != first
+
+
+def test_sampling_seeds_function_of_prompt_sample_and_seed():
+    from alignlab.eval.harness import sampling_seeds
+
+    prompts = ["x", [{"role": "user", "content": "y"}], "x"]
+    seeds = sampling_seeds(prompts, 2, seed=0)
+    assert len(set(seeds)) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert sampling_seeds(prompts[1:2], 2, seed=0) == seeds[2:4]  # a prompt's seeds, anywhere
+    assert sampling_seeds(prompts[:1], 2, seed=0) == seeds[:2]
+    assert sampling_seeds(prompts, 2, seed=1)[:2] != seeds[:2]
