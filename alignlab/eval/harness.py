@@ -16,7 +16,10 @@ What is estimated, from `num_samples` responses per prompt:
 - each reward fn and each numeric scorer key: mean with a t interval; each boolean scorer
   key: rate with a Wilson interval; both overall and per `meta["family"]`;
 - with a reference and a score: the win rate of the model's samples over the reference's
-  (sample k of a prompt against sample k of the reference for that prompt).
+  (sample k of a prompt against sample k of the reference for that prompt), and the paired
+  comparison (`metrics["paired"]`, `alignlab.eval.paired`): the mean per-prompt difference
+  of that score with paired t and bootstrap intervals, the per-prompt win rate (Wilson), the
+  unpaired means and whether the difference is separated from 0, overall and per family.
 
 Sampling seeds are per prompt (`sampling_seeds`): sample k of a prompt draws its random
 numbers from a generator seeded by a hash of (seed, the prompt, k), whatever the model, the
@@ -55,6 +58,7 @@ from alignlab.config import ConfigError
 from alignlab.data.templates import Messages, render_prompt
 from alignlab.eval.generation import Generation, generate, prompt_token_ids
 from alignlab.eval.logprobs import sequence_logps
+from alignlab.eval.paired import paired_comparison
 from alignlab.eval.stats import (
     distinct_n,
     kl_estimate,
@@ -389,6 +393,13 @@ def _value(sample: EvalSample, key: tuple[str, str]) -> float:
     return float(source[key[1]])
 
 
+def prompt_families(prompts: Sequence[EvalPrompt]) -> dict[int, str]:
+    """{prompt index: meta["family"]} for the prompts that have one."""
+    return {
+        i: str(p.meta["family"]) for i, p in enumerate(prompts) if p.meta.get("family") is not None
+    }
+
+
 # --- evaluation ---
 
 
@@ -481,10 +492,11 @@ def compare_with_reference(
     confidence: float = 0.95,
     cache: dict[Any, list[EvalSample]] | None = None,
 ) -> tuple[dict[str, Any], list[EvalSample]]:
-    """({"reference": summary, "win_rate": ...}, the reference's samples): the reference's
-    own samples (`sampling`, seed `sampling.ref_seed`), scored like `samples`, and the win
-    rate of sample k of each prompt over the reference's sample k (see `_win_key` for by
-    what). `cache` keeps the reference's scored samples across models."""
+    """({"reference": summary, "win_rate": ..., "paired": ...}, the reference's samples): the
+    reference's own samples (`sampling`, seed `sampling.ref_seed`), scored like `samples`, the
+    win rate of sample k of each prompt over the reference's sample k, and the paired
+    comparison of the per-prompt mean scores (see `_win_key` for by which score). `cache`
+    keeps the reference's scored samples across models."""
     cache_key = (id(ref.model), sampling)
     if cache is not None and cache_key in cache:
         ref_samples = cache[cache_key]
@@ -502,6 +514,16 @@ def compare_with_reference(
             [_value(s, key) for s in samples], [_value(s, key) for s in ref_samples], confidence
         )
         out["win_rate"] = {"by": ".".join(key), **est.to_dict()}
+        out["paired"] = paired_comparison(
+            samples,
+            ref_samples,
+            lambda sample: _value(sample, key),
+            prompt_families(prompts),
+            baseline=ref.name or "reference",
+            by=".".join(key),
+            confidence=confidence,
+            same_seeds=sampling.seed == sampling.ref_seed,
+        )
     return out, ref_samples
 
 

@@ -211,8 +211,8 @@ class PairedDifference:
             "difference": self.difference.to_dict(),
             "bootstrap": self.bootstrap.to_dict(),
             "win_rate": self.win_rate.to_dict(),
-            "model": self.model.to_dict(),
-            "baseline": self.baseline.to_dict(),
+            "model_mean": self.model.to_dict(),
+            "baseline_mean": self.baseline.to_dict(),
             "separated": self.separated,
         }
 

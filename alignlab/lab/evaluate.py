@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.eval.generation import Generation
-from alignlab.eval.harness import EvalPrompt, EvalResult, EvalSample, evaluate_many, summarize
+from alignlab.eval.harness import (
+    EvalPrompt,
+    EvalResult,
+    EvalSample,
+    evaluate_many,
+    prompt_families,
+    summarize,
+)
+from alignlab.eval.paired import paired_comparison
 from alignlab.lab.gold import Prompt
 from alignlab.lab.world import LabWorld
 
@@ -88,7 +96,9 @@ def evaluate_lab(
 ) -> dict[str, EvalResult]:
     """Sample every model on `split` prompts (temperature 1), score with gold, KL vs `ref`.
 
-    `heldout` is for reported numbers; choose settings on `valid`.
+    With `ref`, every model (and the oracle) has `metrics["paired"]`: its per-prompt gold
+    against the reference's samples on the same prompts and sampling seeds
+    (`alignlab.eval.paired`). `heldout` is for reported numbers; choose settings on `valid`.
 
     Temperature 1 and no top-p: the KL estimate and the gold are of the policy's actual
     distribution, not of a sharpened one.
@@ -107,5 +117,16 @@ def evaluate_lab(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(ref or next(iter(models.values()))))
-        results["oracle"] = oracle_result(world, prompts, tokenizer)
+        oracle = oracle_result(world, prompts, tokenizer)
+        ref_samples = next((r.ref_samples for r in results.values() if r.ref_samples), None)
+        if ref_samples:
+            oracle.metrics["paired"] = paired_comparison(
+                oracle.samples,
+                ref_samples,
+                lambda sample: sample.scores["total"],
+                prompt_families(prompts),
+                baseline=str(ref),
+                by="gold.total",
+            )
+        results["oracle"] = oracle
     return results

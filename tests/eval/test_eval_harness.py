@@ -105,6 +105,11 @@ def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
     win = result.metrics["win_rate"]
     assert win["by"] == "gold.total"
     assert win["mean"] == 0.5 and win["ties"] == 10 and win["wins"] == win["losses"] == 0
+    paired = result.metrics["paired"]
+    assert (paired["by"], paired["same_seeds"]) == ("gold.total", True)
+    assert paired["difference"]["mean"] == 0.0 and paired["difference"]["upper"] == 0.0
+    assert not paired["separated"] and paired["win_rate"]["ties"] == 5  # per prompt
+    assert set(paired["by_family"]) == {"chat", "math"}
     assert result.metrics["reference"]["gold"]["total"] == result.metrics["gold"]["total"]
 
 
@@ -242,3 +247,39 @@ def test_sampling_seeds_function_of_prompt_sample_and_seed():
     assert sampling_seeds(prompts[1:2], 2, seed=0) == seeds[2:4]  # a prompt's seeds, anywhere
     assert sampling_seeds(prompts[:1], 2, seed=0) == seeds[:2]
     assert sampling_seeds(prompts, 2, seed=1)[:2] != seeds[:2]
+
+
+def test_paired_comparison_with_the_reference_by_hand(small_model_dirs):
+    """Two different models: metrics["paired"] is the mean over prompts of (the model's mean
+    score over the prompt's samples - the reference's), with the t interval of those
+    per-prompt differences."""
+    import math
+
+    policy, ref = small_model_dirs
+    prompts = [EvalPrompt(t, {"family": f}) for t, f in [("a", "x"), ("b", "x"), ("c a", "y")]]
+    prompts += [EvalPrompt("b c", {"family": "y"}), EvalPrompt("a a b", {})]
+    result = evaluate(
+        policy, prompts, ref_dir=ref, reward_fns=REWARDS, num_samples=3, max_new_tokens=4
+    )
+    paired = result.metrics["paired"]
+    assert (paired["by"], paired["same_seeds"]) == ("rewards.chars", True)
+
+    def means(samples):
+        sums = [0.0] * 5
+        for s in samples:
+            sums[s.prompt_index] += len(s.generation.text) / 3
+        return sums
+
+    d = [a - b for a, b in zip(means(result.samples), means(result.ref_samples))]
+    mean = sum(d) / 5
+    assert paired["difference"]["mean"] == pytest.approx(mean)
+    s = math.sqrt(sum((x - mean) ** 2 for x in d) / 4)
+    assert s > 0  # two different models: the responses differ
+    half = 2.7764451 * s / math.sqrt(5)  # t_{0.975, 4}
+    assert paired["difference"]["lower"] == pytest.approx(mean - half, abs=1e-6)
+    assert paired["difference"]["upper"] == pytest.approx(mean + half, abs=1e-6)
+    assert paired["difference"]["n"] == 5 and paired["win_rate"]["n"] == 5
+    assert paired["model_mean"]["mean"] == pytest.approx(result.metrics["rewards"]["chars"]["mean"])
+    assert (
+        set(paired["by_family"]) == {"x", "y"} and paired["by_family"]["x"]["difference"]["n"] == 2
+    )

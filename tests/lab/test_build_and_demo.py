@@ -63,6 +63,12 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
     base = results["base"].metrics
     assert base["kl"]["mean"] == 0.0  # the base against itself
     assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
+    # the base against itself, same prompts and seeds: every prompt ties
+    assert base["paired"]["difference"]["mean"] == 0.0 and not base["paired"]["separated"]
+    assert base["paired"]["win_rate"]["ties"] == 24
+    # the oracle against the base's samples: gold 1.0 everywhere against < 0.9 on average
+    gap = 1.0 - base["gold"]["total"]["mean"]
+    assert oracle["paired"]["difference"]["mean"] == pytest.approx(gap, abs=1e-9)
     paths = write_report(results, tmp_path, title="toy", table_keys=HEADLINE)
     table = paths["markdown"].read_text()
     assert "| oracle |" in table and "| base |" in table
