@@ -5,8 +5,10 @@
 
 Reports response length, fraction finished, distinct-1/2, KL to `--ref`, and the mean of each
 `--reward module:function` (a callable (prompt, response) -> float; `module` may also be a
-path to a .py file). With a reward and a reference it also gives the win rate against the
-reference by the first reward.
+path to a .py file). With a reward and a reference it also compares the model with the
+reference's own samples on the same prompts and sampling seeds, by the first reward: the mean
+per-prompt difference with its paired t and bootstrap intervals, the per-prompt win rate
+(Wilson) and whether the difference is separated from 0 (`alignlab.eval.paired`).
 
 Prompts come from any dataset `alignlab.data.load_records` reads: the `prompt` field (string
 or message list), else the conversation of `messages` before its last assistant turn, else the
@@ -184,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reference and reward callables, with confidence intervals.",
     )
     parser.add_argument("--model", required=True, help="model folder or hub id")
-    parser.add_argument("--ref", help="reference model (same tokenizer) for KL and win rate")
+    parser.add_argument(
+        "--ref", help="reference model (same tokenizer): KL, and with --reward a paired comparison"
+    )
     parser.add_argument("--prompts", required=True, help="prompt dataset (JSONL, JSON, ...)")
     parser.add_argument("--split", default="train", help="split of a DatasetDict or hub dataset")
     parser.add_argument("--max-prompts", type=int, default=0, help="first N prompts (0: all)")

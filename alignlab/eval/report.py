@@ -21,7 +21,11 @@ from alignlab.eval.harness import EvalResult
 from alignlab.fileio import atomic_folder, atomic_write_text, write_jsonl
 
 ALWAYS_LAST = ("kl", "win_rate")
-"""Appended to the table whenever a result has them."""
+"""Appended to the table whenever a result has them (the win rate only without `PAIRED`)."""
+
+PAIRED = ("paired.difference", "paired.bootstrap", "paired.win_rate", "paired.separated")
+"""The columns of a paired comparison with the reference (`metrics["paired"]`), appended
+after KL in place of the per-sample win rate whenever a result has one."""
 
 
 def _metrics(result: EvalResult | dict[str, Any]) -> dict[str, Any]:
@@ -58,9 +62,14 @@ def default_table_keys(all_metrics: Sequence[dict[str, Any]]) -> list[str]:
 
 def _with_last(keys: Sequence[str], all_metrics: Sequence[dict[str, Any]]) -> list[str]:
     out = list(keys)
+    paired = any(m.get("paired") for m in all_metrics)
     for key in ALWAYS_LAST:
+        if key == "win_rate" and paired:
+            continue
         if key not in out and any(lookup(m, key) is not None for m in all_metrics):
             out.append(key)
+    if paired:
+        out += [key for key in PAIRED if key not in out]
     return out
 
 
@@ -75,19 +84,39 @@ def _num(x: Any) -> str:
     return f"{x:.3f}"
 
 
-def format_value(value: Any, style: str = "pm") -> str:
+def interval_decimals(half_width: Any) -> int | None:
+    """Decimals that show two significant digits of `half_width` (0.047 -> 3, 0.12 -> 2,
+    4.5 -> 1, 45 -> 0, at most 6): further digits of the estimate are noise. None when there
+    is no positive finite half-width."""
+    if half_width is None or not math.isfinite(half_width) or half_width <= 0:
+        return None
+    return min(6, max(0, 1 - math.floor(math.log10(half_width))))
+
+
+def _fixed(x: Any, decimals: int | None, signed: bool = False) -> str:
+    if decimals is None:
+        text = _num(x)
+        return f"+{text}" if signed and text != "n/a" and float(x) > 0 else text
+    return f"{float(x):{'+' if signed else ''}.{decimals}f}"
+
+
+def format_value(value: Any, style: str = "pm", signed: bool = False) -> str:
     """An estimate as `mean ± half-width` (style "pm") or `mean [lo, hi]` ("interval", and
-    always for an asymmetric interval such as a Wilson one, which ± would misstate)."""
+    always for an asymmetric interval such as a Wilson one, which ± would misstate), to two
+    significant digits of the half-width (`interval_decimals`); `signed` for differences
+    prints "+" on positive numbers."""
     if value is None:
         return "-"
     if _is_estimate(value):
         mean, lo, hi = value.get("mean"), value.get("lower"), value.get("upper")
         if lo is None or hi is None:
-            return _num(mean)
+            return _fixed(mean, None, signed)
+        decimals = interval_decimals((hi - lo) / 2)
         symmetric = abs((hi - mean) - (mean - lo)) <= 1e-9 * max(1.0, abs(hi), abs(lo))
         if style == "interval" or not symmetric:
-            return f"{_num(mean)} [{_num(lo)}, {_num(hi)}]"
-        return f"{_num(mean)} ± {_num((hi - lo) / 2)}"
+            bounds = f"[{_fixed(lo, decimals, signed)}, {_fixed(hi, decimals, signed)}]"
+            return f"{_fixed(mean, decimals, signed)} {bounds}"
+        return f"{_fixed(mean, decimals, signed)} ± {_fixed((hi - lo) / 2, decimals)}"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, float)):
@@ -103,7 +132,45 @@ def _label(key: str, all_metrics: Sequence[dict[str, Any]], labels: dict[str, st
     if key == "win_rate":
         by = next((m["win_rate"].get("by") for m in all_metrics if m.get("win_rate")), None)
         return f"win rate vs ref ({by})" if by else "win rate vs ref"
+    if key in PAIRED:
+        by = next((m["paired"].get("by") for m in all_metrics if m.get("paired")), None)
+        return {
+            "paired.difference": f"Δ {by or 'score'} vs ref (paired t)",
+            "paired.bootstrap": "Δ bootstrap",
+            "paired.win_rate": "win rate vs ref (per prompt, Wilson)",
+            "paired.separated": "separated",
+        }[key]
     return key
+
+
+def format_comparison(comparison: dict[str, Any] | None, part: str) -> str:
+    """One cell of a paired comparison (`metrics["paired"]` or one of its families):
+    "difference" `+0.038 [+0.012, +0.064]`, "bootstrap" `[+0.011, +0.063]`, "win_rate"
+    `0.560 [0.514, 0.603]`, "separated" yes / no, "marked" the difference with a trailing
+    `*` when separated."""
+    if not comparison:
+        return "-"
+    if part == "separated":
+        return "yes" if comparison.get("separated") else "no"
+    if part == "bootstrap":
+        lo, hi = (
+            (comparison.get("bootstrap") or {}).get("lower"),
+            (comparison.get("bootstrap") or {}).get("upper"),
+        )
+        if lo is None or hi is None:
+            return "n/a"
+        decimals = interval_decimals((hi - lo) / 2)
+        return f"[{_fixed(lo, decimals, True)}, {_fixed(hi, decimals, True)}]"
+    if part == "win_rate":
+        return format_value(comparison.get("win_rate"), "interval")
+    cell = format_value(comparison.get("difference"), "interval", signed=True)
+    return cell + " *" if part == "marked" and comparison.get("separated") else cell
+
+
+def _cell(metrics: dict[str, Any], key: str, style: str) -> str:
+    if key in PAIRED:
+        return format_comparison(metrics.get("paired"), key.partition(".")[2])
+    return format_value(lookup(metrics, key), style)
 
 
 def _table(
@@ -114,10 +181,7 @@ def _table(
     labels: dict[str, str],
 ) -> tuple[list[str], list[list[str]]]:
     header = ["model", *(_label(k, all_metrics, labels) for k in keys)]
-    rows = [
-        [name, *(format_value(lookup(m, k), style) for k in keys)]
-        for name, m in zip(names, all_metrics)
-    ]
+    rows = [[name, *(_cell(m, k, style) for k in keys)] for name, m in zip(names, all_metrics)]
     return header, rows
 
 
@@ -146,6 +210,42 @@ def _family_table(
         for name, m in zip(names, all_metrics)
     ]
     return key, header, rows
+
+
+def _paired_family_table(
+    names: Sequence[str], all_metrics: Sequence[dict[str, Any]]
+) -> tuple[str, list[str], list[list[str]]] | None:
+    """Per-family paired differences to the reference (`*`: separated), when any exist."""
+    comparisons = [m.get("paired") or {} for m in all_metrics]
+    families: list[str] = []
+    for comparison in comparisons:
+        families.extend(f for f in comparison.get("by_family") or {} if f not in families)
+    if not families:
+        return None
+    by = next(c["by"] for c in comparisons if c.get("by_family"))
+    rows = [
+        [name, *(format_comparison((c.get("by_family") or {}).get(f), "marked") for f in families)]
+        for name, c in zip(names, comparisons)
+    ]
+    return by, ["model", *families], rows
+
+
+def _seed_table(seeds: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[list[str]]]:
+    """One row per model of `alignlab.eval.paired.combine_seeds`: the mean paired difference
+    over seeds with its t interval over seeds, and each seed's difference."""
+    first = next(iter(seeds.values()))
+    header = ["model", f"Δ {first['by']} vs ref over seeds (t)", "separated", "per seed (paired t)"]
+    rows = [
+        [
+            name,
+            format_value(spread["across_seeds"], "interval", signed=True),
+            "yes" if spread["separated"] else "no",
+            "; ".join(format_value(e, "interval", signed=True) for e in spread["per_seed"]),
+        ]
+        for name, spread in seeds.items()
+    ]
+    n_seeds = max(spread["n_seeds"] for spread in seeds.values())
+    return f"{n_seeds} training seeds", header, rows
 
 
 def _md_cell(text: str) -> str:
@@ -329,6 +429,7 @@ def write_report(
     title: str = "Evaluation",
     table_keys: Sequence[str] | dict[str, str] | None = None,
     style: str = "pm",
+    seeds: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write the report of `results` ({model name: EvalResult, or its metrics dict}) to out_dir.
 
@@ -340,9 +441,14 @@ def write_report(
 
     The table has a row per model and a column per key of `table_keys` (dotted paths into the
     metrics, e.g. "gold.total", "rewards.length"; default `default_table_keys`; a dict maps
-    keys to column labels), then KL and
-    win rate when present; cells are `mean ± half-width` (style "pm"; asymmetric Wilson intervals
-    still as `mean [lo, hi]`) or `mean [lo, hi]` ("interval"). Returns {"json", "samples", "markdown", "html", "plot_<name>": path}.
+    keys to column labels), then KL and, with a reference, the paired comparison
+    (`metrics["paired"]`: Δ with its paired t interval, the bootstrap interval, the per-prompt
+    win rate and whether Δ is separated from 0; else the per-sample win rate). Cells are
+    `mean ± half-width` (style "pm"; asymmetric Wilson intervals still as `mean [lo, hi]`) or
+    `mean [lo, hi]` ("interval"), to two significant digits of the half-width. A table of the
+    paired differences per family follows the family table. `seeds` (from
+    `alignlab.eval.paired.combine_seeds`) adds a table of the differences over training seeds.
+    Returns {"json", "samples", "markdown", "html", "plot_<name>": path}.
     """
     if not results:
         raise ValueError("write_report needs at least one result")
@@ -356,6 +462,16 @@ def write_report(
     labels = dict(table_keys) if isinstance(table_keys, dict) else {}
     header, rows = _table(names, all_metrics, keys, style, labels)
     family = _family_table(names, all_metrics, style)
+    tables = []  # (title, header, rows) after the main table
+    if family is not None:
+        key, f_header, f_rows = family
+        tables.append((f"gold.{key} by family", f_header, f_rows))
+    paired_family = _paired_family_table(names, all_metrics)
+    if paired_family is not None:
+        by, p_header, p_rows = paired_family
+        tables.append((f"Δ {by} vs ref by family (paired t; * separated)", p_header, p_rows))
+    if seeds:
+        tables.append(_seed_table(seeds))
     plots = _plots(names, all_metrics)
 
     paths: dict[str, Path] = {}
@@ -383,11 +499,17 @@ def write_report(
         "Means with Student-t 95% intervals, rates with Wilson intervals; "
         "KL is the Monte Carlo estimate from the model's own samples."
     )
+    if any(m.get("paired") for m in all_metrics):
+        intro.append(
+            "Δ: the mean per-prompt difference to the reference on the same prompts and "
+            "sampling seeds, with its paired t interval and a paired (BCa) bootstrap interval; "
+            "win rate: prompts where the model scores higher, ties half; separated: both "
+            "intervals exclude 0."
+        )
 
     md = [f"# {title}", "", " ".join(intro), "", _markdown_table(header, rows)]
-    if family is not None:
-        key, f_header, f_rows = family
-        md += [f"## gold.{key} by family", "", _markdown_table(f_header, f_rows)]
+    for table_title, t_header, t_rows in tables:
+        md += [f"## {table_title}", "", _markdown_table(t_header, t_rows)]
     for name in plots:
         md += [f"![{name}](plots/{name}.png)", ""]
     paths["markdown"] = out / "report.md"
@@ -395,9 +517,8 @@ def write_report(
 
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(' '.join(intro))}</p>"]
     body.append(_html_table(header, rows))
-    if family is not None:
-        key, f_header, f_rows = family
-        body += [f"<h2>gold.{html.escape(key)} by family</h2>", _html_table(f_header, f_rows)]
+    for table_title, t_header, t_rows in tables:
+        body += [f"<h2>{html.escape(table_title)}</h2>", _html_table(t_header, t_rows)]
     for name, data in plots.items():
         encoded = base64.b64encode(data).decode("ascii")
         body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">')

@@ -22,7 +22,9 @@ def eval_main(argv: list[str]) -> None:
         "--model", required=True, action="append",
         help="model folder or hub id, optionally NAME=DIR; repeat for several models",
     )  # fmt: skip
-    parser.add_argument("--ref", help="reference model for KL and win rate (default: none)")
+    parser.add_argument(
+        "--ref", help="reference model for KL and the paired gold comparison (default: none)"
+    )
     parser.add_argument("--out", default="runs/eval", help="report folder")
     parser.add_argument("--n-prompts", type=int, default=500, help="prompts of the split")
     parser.add_argument(

@@ -51,11 +51,15 @@ def test_cli_end_to_end(tiny_model_dir, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "| model |" in printed and "| tiny-llama |" in printed
-    assert "KL to ref" in printed and "win rate vs ref (rewards.word_count)" in printed
+    assert "KL to ref" in printed and "Δ rewards.word_count vs ref (paired t)" in printed
+    assert "win rate vs ref (per prompt, Wilson)" in printed and "| separated |" in printed
     for name in ("results.json", "report.md", "report.html", "samples.jsonl"):
         assert (out / name).is_file()
     metrics = json.loads((out / "results.json").read_text())["models"]["tiny-llama"]
     assert metrics["n_samples"] == 6 and metrics["kl"]["mean"] == 0.0
+    # the model against itself on the same prompts and seeds: Δ exactly 0, not separated
+    assert metrics["paired"]["same_seeds"] and metrics["paired"]["difference"]["mean"] == 0.0
+    assert metrics["paired"]["separated"] is False
     assert set(metrics["rewards"]) == {"word_count", "char_count"}  # module and file specs
     assert all(v["mean"] >= 0 for v in metrics["rewards"].values())
 

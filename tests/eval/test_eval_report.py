@@ -6,7 +6,14 @@ import json
 import pytest
 
 from alignlab.eval.harness import EvalPrompt, evaluate_many
-from alignlab.eval.report import format_value, markdown_table, write_report
+from alignlab.eval.paired import combine_seeds
+from alignlab.eval.report import (
+    format_comparison,
+    format_value,
+    interval_decimals,
+    markdown_table,
+    write_report,
+)
 from alignlab.models.tiny import build_tiny_model, tiny_llama_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -74,15 +81,23 @@ def test_report_files(results, tmp_path):
         "gold.total",
         "gold.refused",
         "KL to ref",
-        "win rate vs ref (gold.total)",
+        "Δ gold.total vs ref (paired t)",
+        "Δ bootstrap",
+        "win rate vs ref (per prompt, Wilson)",
+        "separated",
     ):
         assert column in header
+    assert "win rate vs ref (gold.total)" not in header  # the per-prompt one replaces it
     assert any(r.startswith("| base | ") for r in rows)
     assert any(r.startswith("| other\\|seed5 | ") for r in rows)  # pipe escaped
     base_row = next(r for r in rows if r.startswith("| base | "))
     assert "0.000 ± 0.000" in base_row  # KL of the reference against itself
     assert "±" in base_row
     assert "## gold.total by family" in md and "| chat | math |" in md
+    # the reference against itself (same prompts and seeds): Δ exactly 0, not separated
+    assert "| 0.000 [0.000, 0.000] | [0.000, 0.000] |" in base_row and base_row.endswith("| no |")
+    assert "## Δ gold.total vs ref by family (paired t; * separated)" in md
+    assert "same prompts and sampling seeds" in md
 
     html_text = paths["html"].read_text()
     assert "<table>" in html_text and "Tiny &lt;report&gt;" in html_text
@@ -98,19 +113,60 @@ def test_report_files(results, tmp_path):
 def test_table_keys_and_interval_style(results, tmp_path):
     table = markdown_table(results, table_keys=["gold.helpful"], style="interval")
     header = table.splitlines()[0]
-    assert header.startswith("| model | gold.helpful | KL to ref | win rate")
+    assert header.startswith("| model | gold.helpful | KL to ref | Δ gold.total vs ref")
     assert "[" in table.splitlines()[2]
     # rewriting replaces the plots folder and reuses metrics dicts
     metrics_only = {name: r.metrics for name, r in results.items()}
     paths = write_report(metrics_only, tmp_path, "again", table_keys=["length"])
-    assert paths["markdown"].read_text().count("| base |") == 2  # main and family tables
+    # main, family and paired family tables
+    assert paths["markdown"].read_text().count("| base |") == 3
 
 
 def test_format_value():
     est = {"mean": 1.0, "lower": 0.5, "upper": 1.5}
-    assert format_value(est) == "1.000 ± 0.500"
-    assert format_value(est, "interval") == "1.000 [0.500, 1.500]"
+    assert format_value(est) == "1.00 ± 0.50"  # two significant digits of the half-width
+    assert format_value(est, "interval") == "1.00 [0.50, 1.50]"
+    assert format_value({"mean": 0.2951, "lower": 0.2481, "upper": 0.3421}) == "0.295 ± 0.047"
+    assert format_value({"mean": 123.4, "lower": 78.4, "upper": 168.4}) == "123 ± 45"
     assert format_value({"mean": 2.0, "lower": None, "upper": None}) == "2.000"
     wilson = {"mean": 0.0, "lower": 0.0, "upper": 0.24}  # asymmetric: never as ±
-    assert format_value(wilson) == "0.000 [0.000, 0.240]"
+    assert format_value(wilson) == "0.00 [0.00, 0.24]"
+    assert format_value({"mean": 0.0, "lower": 0.0, "upper": 0.0}) == "0.000 ± 0.000"
     assert format_value(None) == "-" and format_value(0.25) == "0.250"
+    diff = {"mean": 0.04, "lower": 0.021, "upper": 0.059}
+    assert format_value(diff, "interval", signed=True) == "+0.040 [+0.021, +0.059]"
+    assert (interval_decimals(0.047), interval_decimals(0.12), interval_decimals(4.5)) == (3, 2, 1)
+    assert interval_decimals(0.0) is None and interval_decimals(1e-9) == 6
+
+
+def test_format_comparison():
+    comparison = {
+        "difference": {"mean": 0.04, "lower": 0.021, "upper": 0.059},
+        "bootstrap": {"mean": 0.04, "lower": 0.0192, "upper": 0.0613},
+        "win_rate": {"mean": 0.56, "lower": 0.514, "upper": 0.603},
+        "separated": True,
+    }
+    assert format_comparison(comparison, "difference") == "+0.040 [+0.021, +0.059]"
+    assert format_comparison(comparison, "marked") == "+0.040 [+0.021, +0.059] *"
+    assert format_comparison(comparison, "bootstrap") == "[+0.019, +0.061]"
+    assert format_comparison(comparison, "win_rate") == "0.560 [0.514, 0.603]"
+    assert format_comparison(comparison, "separated") == "yes"
+    apart = dict(
+        comparison, separated=False, difference={"mean": -0.01, "lower": -0.05, "upper": 0.03}
+    )
+    assert format_comparison(apart, "marked") == "-0.010 [-0.050, +0.030]"
+    assert format_comparison(None, "difference") == "-"
+
+
+def test_seed_table(results, tmp_path):
+    """Three "seeds" of the same evaluation: the report's seed table lists each model's mean
+    difference over seeds and the per-seed values."""
+    runs = [{name: r.metrics for name, r in results.items()} for _ in range(3)]
+    seeds = combine_seeds(runs)
+    paths = write_report(results, tmp_path, "seeds", seeds=seeds)
+    md = paths["markdown"].read_text()
+    assert "## 3 training seeds" in md
+    row = next(
+        line for line in md.splitlines() if line.startswith("| other\\|seed5 |") and "; " in line
+    )
+    assert row.count("; ") == 2
