@@ -549,8 +549,9 @@ def evaluate(
 
     With `ref_dir` (same tokenizer vocabulary): KL(model || ref) from the model's samples, and
     when a scorer or reward fn is given, the reference's own samples, their scores
-    (`metrics["reference"]`) and the model's win rate against them (`metrics["win_rate"]`, by
-    the scorer's "total", else the first reward fn, else the scorer's first numeric key).
+    (`metrics["reference"]`), the model's win rate against them (`metrics["win_rate"]`) and
+    the paired comparison of the per-prompt means (`metrics["paired"]`), by the scorer's
+    "total", else the first reward fn, else the scorer's first numeric key.
     Sampling defaults (temperature 1, top_p 1) sample the model's own distribution.
     """
     name = Path(str(model_dir)).name or str(model_dir)

@@ -17,7 +17,7 @@ as the bound it is.
 `evaluate_best_of_n` gives the picked responses the eval harness's treatment
 (`alignlab.eval.harness`): length, finished, diversity, scorer (e.g. the lab's gold) and
 reward fns with confidence intervals, overall and per family, and with a reference its win rate
-against the reference's own samples. Its `metrics["kl"]` is the closed form above (KL to the
+against the reference's own samples and the paired comparison with them (`metrics["paired"]`). Its `metrics["kl"]` is the closed form above (KL to the
 sampling policy at the sampling temperature, which is KL to `ref` when `ref` is that policy),
 so its EvalResult sits in the same report tables as a trained model's.
 
