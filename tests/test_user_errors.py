@@ -207,6 +207,9 @@ CASES = [
      ["unknown key 'train.lrr'; did you mean train.lr?"], None),
     ("null_value_reads_null", lambda p: sft(p, "train.lr=null"),
      ["train.lr: expected float, got null"], None),
+    ("checkpoint_fraction_without_checkpointing", lambda p: sft(
+        p, "model.checkpoint_fraction=0.5"),
+     ["model.checkpoint_fraction=0.5", "needs model.gradient_checkpointing=true"], None),
     ("bad_yaml_override", lambda p: sft(p, "train.lr=[1,"),
      ["override 'train.lr=[1,'", "not valid YAML", "line 1"], None),
     ("bad_yaml_preset", lambda p: ["sft", "--config", str(p["bad_yaml"]), *sft(p)[1:]],
