@@ -21,6 +21,7 @@ from transformers import (
 
 from alignlab.cli import main
 from alignlab.config import ModelConfig
+from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.tiny import train_tokenizer
 
@@ -93,6 +94,24 @@ def test_preference_and_rl_recipes_train_without_dropout(arch_dir):
     torch.testing.assert_close(train_mode, eval_mode, rtol=0, atol=0)
     rates = [v for k, v in off.config.to_dict().items() if "drop" in k and isinstance(v, float)]
     assert rates and set(rates) == {0.1}  # the config (and so the saved model) keeps its rates
+
+
+def test_partial_checkpointing_gives_the_plain_gradients(arch_dir):
+    # the first layer recomputed (in Qwen2 and Mistral without its MLP down projection),
+    # the second kept: the same kernels on the same inputs as the plain backward
+    arch, folder = arch_dir
+    tokenizer = load_tokenizer(ModelConfig(path=str(folder)))
+    ids = torch.tensor([tokenizer("What is two plus two? Four.")["input_ids"]])
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    grads = []
+    for checkpointing in ({}, {"gradient_checkpointing": True, "checkpoint_fraction": 0.5}):
+        cfg = ModelConfig(path=str(folder), disable_dropout=True, **checkpointing)
+        model = load_model(cfg, tokenizer).train()
+        TokenLogProbs(model)(batch).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=f"{arch}: {name}")
 
 
 def test_sft_then_dpo_from_the_cli_with_the_real_template(arch_dir, tmp_path):
