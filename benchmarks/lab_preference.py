@@ -51,7 +51,7 @@ PAIRED = {  # name -> overrides of the dpo recipe (preset dpo_lab)
 OTHERS = {"kto": "kto_lab", "rrhf": "rrhf_lab", "coh": "coh_lab"}  # name -> preset
 WIN_RATE = ("kto", "rrhf")  # trained on every labelled pair, read as per-sample win rates
 COMMON = ["train.micro_batch_size=16", "train.progress=false"]
-SELECTED = (  # each method's setting chosen on 1,500 valid prompts (docs/results.md, fifth run)
+SELECTED = (  # each method's setting chosen on 1,500 valid prompts (docs/experiments/lab-history.md, fifth run)
     "dpo:data=all:nll_weight=1",
     "ipo:data=all:nll_weight=1",
     "cdpo:data=all:nll_weight=1",
