@@ -19,6 +19,10 @@ reward model trained on every labelled pair, as in the RRHF paper).
     python benchmarks/lab_preference.py                     # every method, chosen settings (GPU: --batch-size 512)
     python benchmarks/lab_preference.py --methods dpo,ipo   # a subset
     python benchmarks/lab_preference.py --methods dpo:beta=0.5,dpo:nll_weight=1 --eval-split valid
+    python benchmarks/lab_preference.py --seeds 0,1,2       # each method with 3 training seeds
+
+With several `--seeds` every method is trained once per seed from the same SFT model and
+data, and the report adds the spread over seeds of each method's paired difference to SFT.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from training_seeds import parse_seeds, seed_override, seeded_name, spread_over_seeds
 
 from alignlab.data.sources import load_records
 from alignlab.eval.report import markdown_table, write_report
@@ -113,7 +119,12 @@ def main() -> None:
         "--pairs", default="best_vs_worst", choices=("best_vs_worst", "all"),
         help="what the paired methods and CoH train on: one pair per prompt, or every labelled pair",
     )  # fmt: skip
+    parser.add_argument(
+        "--seeds", default="0", help="training seeds of every method, e.g. 0,1,2 (the benchmark's "
+        "tables: at least 3)",
+    )  # fmt: skip
     args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
     out = Path(args.out)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -145,7 +156,8 @@ def main() -> None:
     finals: dict[str, Path] = {}
     errors: dict[str, str] = {}
     lr = [f"train.lr={args.lr}"] if args.lr else []  # last, so it wins over the presets
-    for token in [m for m in args.methods.split(",") if m]:
+    tokens = [m for m in args.methods.split(",") if m]
+    for token, seed in [(t, s) for t in tokens for s in seeds]:
         # "dpo" or a variant "dpo:beta=0.5:train.lr=1e-5" (its own run folder)
         method, *variant = token.split(":")
         default = "all" if method in WIN_RATE else args.pairs
@@ -160,14 +172,14 @@ def main() -> None:
             recipe, preset, extra = method, OTHERS[method], [f"data.path={data[choice]}"]
         else:
             raise SystemExit(f"unknown method {method}")
-        folder = out / token.replace(":", "_").replace("=", "-")
+        name = seeded_name(token, seed)
+        folder = out / name.replace(":", "_").replace("=", "-")
+        overrides = [*base, *extra, *lr, *variant, *seed_override(seed)]
         try:
-            finals[token] = timed(
-                token, recipe_stage, recipe, preset, [*base, *extra, *lr, *variant], folder
-            )
+            finals[name] = timed(name, recipe_stage, recipe, preset, overrides, folder)
         except Exception as error:  # one broken method must not cost the others' numbers
             traceback.print_exc()
-            errors[token] = f"{type(error).__name__}: {error}"
+            errors[name] = f"{type(error).__name__}: {error}"
 
     # --- heldout evaluation against SFT ---
     results = timed(
@@ -182,6 +194,7 @@ def main() -> None:
         out,
         title="Offline preference methods from the same SFT model",
         table_keys=HEADLINE,
+        seeds=spread_over_seeds(results, tokens, seeds) or None,
     )
     print(markdown_table(results, table_keys=HEADLINE))
     summary = {

@@ -14,6 +14,10 @@
     python benchmarks/lab_rl.py                                  # everything
     python benchmarks/lab_rl.py --methods ppo,grpo --bon ""      # a subset
     python benchmarks/lab_rl.py --methods grpo:train.lr=2e-5     # a variant, its own folder
+    python benchmarks/lab_rl.py --seeds 0,1,2 --bon "" --small-rm-pairs 0   # 3 training seeds
+
+With several `--seeds` every RL method is trained once per seed from the same SFT model and
+reward model, and the report adds the spread over seeds of each one's paired difference to SFT.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import json
 import time
 import traceback
 from pathlib import Path
+
+from training_seeds import parse_seeds, seed_override, seeded_name, spread_over_seeds
 
 from alignlab.eval.curves import overoptimisation_summary, plot_curves
 from alignlab.eval.report import markdown_table, write_report
@@ -66,7 +72,11 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=1500)
     parser.add_argument("--eval-split", default="heldout", choices=("heldout", "valid"))
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size")
+    parser.add_argument(
+        "--seeds", default="0", help="training seeds of every RL method, e.g. 0,1,2"
+    )
     args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
     out = Path(args.out)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -82,16 +92,19 @@ def main() -> None:
 
     # --- every RL method from SFT with that reward model ---
     finals: dict[str, Path] = {}
-    for token in [m for m in args.methods.split(",") if m]:
+    tokens = [m for m in args.methods.split(",") if m]
+    for token, seed in [(t, s) for t in tokens for s in seeds]:
         method, *variant = token.split(":")
+        name = seeded_name(token, seed)
         t = time.perf_counter()
         try:
-            folder = out / token.replace(":", "_").replace("=", "-")
-            finals[token] = rl_run(method, variant, sft, prompts, rm, folder)
+            folder = out / name.replace(":", "_").replace("=", "-")
+            variant = [*variant, *seed_override(seed)]
+            finals[name] = rl_run(method, variant, sft, prompts, rm, folder)
         except Exception as error:  # one broken method must not cost the others' numbers
             traceback.print_exc()
-            errors[token] = f"{type(error).__name__}: {error}"
-        timings[token] = round(time.perf_counter() - t, 1)
+            errors[name] = f"{type(error).__name__}: {error}"
+        timings[name] = round(time.perf_counter() - t, 1)
 
     # --- over-optimisation: a reward model from a few hundred pairs, optimised for longer ---
     overopt = None
@@ -128,7 +141,7 @@ def main() -> None:
     # --- report: table, curves, over-optimisation summary ---
     paths = write_report(
         results, out, title="RL methods from the same SFT model and reward model",
-        table_keys=HEADLINE,
+        table_keys=HEADLINE, seeds=spread_over_seeds(results, tokens, seeds) or None,
     )  # fmt: skip
     runs = {  # the runs that log proxy, gold and KL per step
         name: path.parent
