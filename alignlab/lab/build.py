@@ -18,8 +18,9 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from alignlab.config import option
+from alignlab.config import ConfigError, option
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.corpus import pretraining_corpus
 from alignlab.lab.export import export_datasets
@@ -30,6 +31,23 @@ BUILD_VERSION = 1
 produces, so that cached builds made by older code are rebuilt instead of reused."""
 
 
+LAB_SIZES: dict[str, dict[str, int | float]] = {
+    # 3.4M parameters (vocabulary 1,000, tied embeddings): the demo's size, within its budget
+    "small": {
+        "hidden_size": 256, "num_layers": 4, "num_heads": 4,
+        "pretrain_epochs": 8.0, "pretrain_lr": 2e-3,
+    },
+    # 11M parameters, 3.2x small: wider and deeper at the same head width (64); a lower peak
+    # learning rate, as larger models of one family need (Kaplan et al. 2020, arXiv:2001.08361)
+    "medium": {
+        "hidden_size": 384, "num_layers": 6, "num_heads": 6,
+        "pretrain_epochs": 8.0, "pretrain_lr": 1e-3,
+    },
+}  # fmt: skip
+"""Named lab sizes: the model shape and pretraining settings each one fills in."""
+DEFAULT_SIZE = "small"
+
+
 @dataclasses.dataclass
 class LabBuildConfig:
     """The lab's world, base model and pretraining budget."""
@@ -38,14 +56,21 @@ class LabBuildConfig:
         "runs/lab", "cache folder for the tokenizer, base model and datasets", kind="output"
     )
     seed: int = option(0, "world and training seed")
-    vocab_size: int = option(1000, "BPE vocabulary size", min=300)
-    hidden_size: int = option(256, "model width", min=16)
-    num_layers: int = option(4, "decoder layers", min=1)
-    num_heads: int = option(4, "attention heads", min=1)
-    pretrain_epochs: float = option(
-        8.0, "passes over the pretraining corpus", min=0, min_exclusive=True
+    size: str = option(
+        DEFAULT_SIZE,
+        "named model size: fills the shape and pretraining fields left null",
+        choices=tuple(LAB_SIZES),
     )
-    pretrain_lr: float = option(2e-3, "peak pretraining learning rate", min=0, min_exclusive=True)
+    vocab_size: int = option(1000, "BPE vocabulary size", min=300)
+    hidden_size: int | None = option(None, "model width (null: the size's)", min=16)
+    num_layers: int | None = option(None, "decoder layers (null: the size's)", min=1)
+    num_heads: int | None = option(None, "attention heads (null: the size's)", min=1)
+    pretrain_epochs: float | None = option(
+        None, "passes over the pretraining corpus (null: the size's)", min=0, min_exclusive=True
+    )
+    pretrain_lr: float | None = option(
+        None, "peak pretraining learning rate (null: the size's)", min=0, min_exclusive=True
+    )
     max_length: int = option(256, "packed sequence length for pretraining", min=32)
     micro_batch_size: int = option(16, "packed sequences per step", min=1)
     n_sft: int = option(2000, "SFT demonstrations exported", min=1)
@@ -54,9 +79,24 @@ class LabBuildConfig:
         "bf16", "autocast for pretraining", choices=("no", "bf16", "fp16")
     )
 
+    def __post_init__(self) -> None:
+        if self.size not in LAB_SIZES:
+            raise ConfigError(f"size: {self.size!r} is not one of {', '.join(LAB_SIZES)}")
+        for name, value in LAB_SIZES[self.size].items():
+            if getattr(self, name) is None:  # an explicit value wins over the size's
+                setattr(self, name, value)
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden_size: {self.hidden_size} is not a multiple of num_heads={self.num_heads}"
+            )
+
     def key(self) -> str:
-        """Hash of everything that changes the build (not the output folder)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        """Hash of everything that changes the build: not the output folder, and not the size's
+        name, only the values it filled in (a size is a name for them, and today's default
+        keeps the key, so the caches it made stay valid)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "size")}
         fields["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -71,6 +111,22 @@ class LabArtifacts:
     @property
     def world(self) -> LabWorld:
         return LabWorld(seed=self.manifest["config"]["seed"])
+
+
+def model_config(cfg: LabBuildConfig, vocab_size: int) -> Any:
+    """The base model's Llama config: full multi-head attention, a SwiGLU width of 8/3 of the
+    model width (rounded down to a multiple of 8, as Llama does), 1024 positions."""
+    from alignlab.models.tiny import tiny_llama_config
+
+    return tiny_llama_config(
+        vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads,
+        intermediate_size=int(cfg.hidden_size * 8 / 3 // 8 * 8),
+        max_position_embeddings=1024,
+    )
 
 
 def load_cached(cfg: LabBuildConfig) -> LabArtifacts | None:
@@ -123,7 +179,7 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
         return cached
     from alignlab.config import load_config
     from alignlab.data.templates import render_messages
-    from alignlab.models.tiny import build_tiny_model, tiny_llama_config, train_tokenizer
+    from alignlab.models.tiny import build_tiny_model, train_tokenizer
     from alignlab.recipes import sft
 
     start = time.perf_counter()
@@ -146,16 +202,7 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
         r["text"] if "text" in r else render_messages(tokenizer, r["messages"]) for r in records
     ]
     write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for t in texts))
-    config = tiny_llama_config(
-        len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        num_kv_heads=cfg.num_heads,
-        intermediate_size=int(cfg.hidden_size * 8 / 3 // 8 * 8),
-        max_position_embeddings=1024,
-    )
-    build_tiny_model(out / "init", tokenizer, config, seed=cfg.seed)
+    build_tiny_model(out / "init", tokenizer, model_config(cfg, len(tokenizer)), seed=cfg.seed)
     print(f"lab build: tokenizer ({len(tokenizer)} tokens) and model ready, pretraining")
 
     # --- pretraining with the SFT recipe (loss on every token, packed) ---

@@ -67,9 +67,12 @@ def main(argv: list[str]) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser(
-        "build", help="tokenizer + pretrained base model + datasets (cached)"
+        "build",
+        help="tokenizer + pretrained base model + datasets (cached); size=medium: a 3x larger base",
     )
-    build_cmd.add_argument("overrides", nargs="*", help="key=value build options")
+    build_cmd.add_argument(
+        "overrides", nargs="*", help="key=value build options, e.g. size=medium out=runs/lab-medium"
+    )
     export_cmd = sub.add_parser(
         "export", help="write the SFT, preference and prompt datasets as JSONL"
     )
