@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from alignlab.cli import main
 from alignlab.eval.report import write_report
 from alignlab.lab.build import LabBuildConfig, build
-from alignlab.lab.evaluate import HEADLINE, evaluate_lab
+from alignlab.lab.evaluate import HEADLINE, LEFT_OUT_OF_HEADLINE, evaluate_lab
 
 TOY = dict(
     vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, pretrain_epochs=0.05,
@@ -65,10 +65,20 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
     assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
     # the base against itself, same prompts and seeds: every prompt ties
     assert base["paired"]["difference"]["mean"] == 0.0 and not base["paired"]["separated"]
-    assert base["paired"]["win_rate"]["ties"] == 24
-    # the oracle against the base's samples: gold 1.0 everywhere against < 0.9 on average
-    gap = 1.0 - base["gold"]["total"]["mean"]
+    # headline gold leaves out the families of LEFT_OUT_OF_HEADLINE, the per-family numbers not
+    families = [p.family for p in toy_lab.world.prompts("heldout", 24)]
+    kept = [f for f in families if f not in LEFT_OUT_OF_HEADLINE]
+    assert 0 < len(kept) < 24  # the toy's prompts hold a left-out family (arithmetic)
+    headline = base["headline"]
+    assert headline["n_prompts"] == len(kept) and headline["gold"]["total"]["n"] == len(kept)
+    assert set(headline["left_out"]) == set(families) - set(kept)
+    assert base["paired"]["win_rate"]["ties"] == len(kept)
+    assert set(base["paired"]["by_family"]) == set(families)
+    assert base["paired"]["left_out"] == headline["left_out"]
+    # the oracle against the base's samples: gold 1.0 everywhere, on the headline prompts
+    gap = 1.0 - headline["gold"]["total"]["mean"]
     assert oracle["paired"]["difference"]["mean"] == pytest.approx(gap, abs=1e-9)
+    assert oracle["headline"]["gold"]["total"]["mean"] == pytest.approx(1.0)
     paths = write_report(results, tmp_path, title="toy", table_keys=HEADLINE)
     table = paths["markdown"].read_text()
     assert "| oracle |" in table and "| base |" in table
@@ -87,7 +97,7 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
     assert main([*args, "--n-prompts", "12", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert "| oracle |" in out and "gold" in out
-    assert "Δ gold.total vs ref (paired t)" in out and "| separated |" in out
+    assert "Δ headline gold vs ref (paired t)" in out and "| separated |" in out
     assert (tmp_path / "report.html").exists()
     # several named models on the same valid prompts, in one table
     many = ["eval", "--model", f"a={toy_lab.base}", "--model", f"b={toy_lab.base}"]
