@@ -430,6 +430,7 @@ def write_report(
     table_keys: Sequence[str] | dict[str, str] | None = None,
     style: str = "pm",
     seeds: dict[str, dict[str, Any]] | None = None,
+    verdict: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the report of `results` ({model name: EvalResult, or its metrics dict}) to out_dir.
 
@@ -507,7 +508,10 @@ def write_report(
             "intervals exclude 0."
         )
 
-    md = [f"# {title}", "", " ".join(intro), "", _markdown_table(header, rows)]
+    md = [f"# {title}", ""]
+    if verdict:
+        md += ["**Verdict**", "", *(f"- {line}" for line in verdict), ""]
+    md += [" ".join(intro), "", _markdown_table(header, rows)]
     for table_title, t_header, t_rows in tables:
         md += [f"## {table_title}", "", _markdown_table(t_header, t_rows)]
     for name in plots:
@@ -515,7 +519,11 @@ def write_report(
     paths["markdown"] = out / "report.md"
     atomic_write_text(paths["markdown"], "\n".join(md))
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(' '.join(intro))}</p>"]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if verdict:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
+        body.append(f'<section class="verdict"><h2>Verdict</h2><ul>{items}</ul></section>')
+    body.append(f"<p>{html.escape(' '.join(intro))}</p>")
     body.append(_html_table(header, rows))
     for table_title, t_header, t_rows in tables:
         body += [f"<h2>{html.escape(table_title)}</h2>", _html_table(t_header, t_rows)]

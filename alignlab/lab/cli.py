@@ -81,6 +81,11 @@ def main(argv: list[str]) -> None:
         "demo", help="the main job: build, SFT, feedback, RM, DPO, evaluate, report"
     )
     demo_cmd.add_argument("--out", default="runs/demo")
+    demo_cmd.add_argument(
+        "--seed", type=int, default=0,
+        help="training seed of SFT, RM, DPO, PPO and the evaluation's sampling seed (the lab "
+        "build stays the same)",
+    )  # fmt: skip
     demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
     args = parser.parse_args(argv)
     if args.command in ("export", "demo"):
@@ -107,4 +112,4 @@ def main(argv: list[str]) -> None:
     elif args.command == "demo":
         from alignlab.lab.demo import run_demo
 
-        run_demo(args.out, config)
+        run_demo(args.out, config, seed=args.seed)
