@@ -14,6 +14,7 @@ def eval_main(argv: list[str]) -> None:
     """`alignlab eval --model [NAME=]DIR ... [--ref DIR]` on the lab's heldout (or valid)
     prompts, scored by gold; several models share the prompts and sampling seeds."""
     from alignlab.eval.report import markdown_table, write_report
+    from alignlab.eval.verdict import verdict_of_results
     from alignlab.lab.evaluate import HEADLINE, evaluate_lab
     from alignlab.lab.world import LabWorld
 
@@ -53,8 +54,11 @@ def eval_main(argv: list[str]) -> None:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, split=args.split,
     )  # fmt: skip
     title = f"lab evaluation ({args.split}) of {', '.join(models)}"
-    paths = write_report(results, args.out, title=title, table_keys=HEADLINE)
+    lines = verdict_of_results(results, unit=f"{args.split} prompts", leave_out=("oracle",))
+    paths = write_report(results, args.out, title=title, table_keys=HEADLINE, verdict=lines)
     print(markdown_table(results, table_keys=HEADLINE))
+    for line in lines:
+        print(line)
     print(f"report: {paths['markdown']}")
 
 

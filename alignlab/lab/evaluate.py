@@ -141,7 +141,7 @@ def headline_comparison(
     overall = paired_comparison(
         [s for s in samples if s.prompt_index in headline],
         [s for s in baseline_samples if s.prompt_index in headline],
-        total, baseline=baseline, by="headline gold", confidence=confidence,
+        total, baseline=baseline, by="gold", confidence=confidence,
         same_seeds=same_seeds,
     )  # fmt: skip
     per_family = paired_comparison(

@@ -97,7 +97,7 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
     assert main([*args, "--n-prompts", "12", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert "| oracle |" in out and "gold" in out
-    assert "Δ headline gold vs ref (paired t)" in out and "| separated |" in out
+    assert "Δ gold vs ref (paired t)" in out and "| separated |" in out
     assert (tmp_path / "report.html").exists()
     # several named models on the same valid prompts, in one table
     many = ["eval", "--model", f"a={toy_lab.base}", "--model", f"b={toy_lab.base}"]
