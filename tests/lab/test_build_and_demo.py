@@ -128,6 +128,33 @@ def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
         AutoModelForCausalLM.from_pretrained(tmp_path / stage / "final")
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
     assert json.loads((tmp_path / "feedback" / "stats.json").read_text())["comparisons"] > 0
-    capsys.readouterr()
+    # every model paired with SFT: SFT against itself ties everywhere, at KL 0
+    models = json.loads(paths["json"].read_text())["models"]
+    assert models["sft"]["kl"]["mean"] == 0.0 and models["sft"]["paired"]["difference"]["mean"] == 0
+    assert all(models[m]["paired"]["baseline"] == str(tmp_path / "sft" / "final") for m in models)
+    # the report and the terminal open / end with the verdict on DPO, PPO and the base vs SFT
+    lines = table.split("**Verdict**\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    for line, name in zip(lines, ("DPO", "PPO", "base"), strict=False):
+        assert name in line and ("beats" in line) != line.endswith("not separated."), line
+    assert len(lines) == 4 and "but arithmetic" in lines[3]  # the left-out family named
+    out = capsys.readouterr().out
+    verdict_lines = out.split("verdict (seed 0, paired with SFT):\n", 1)[1].splitlines()
+    assert [line.strip() for line in verdict_lines[: len(lines)]] == [x[2:] for x in lines]
     run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
     assert capsys.readouterr().out.count("cached in") >= 6  # build, sft, feedback, rm, dpo, ppo
+
+
+def test_demo_seed_changes_training_and_eval_seeds_not_the_build(toy_lab, tmp_path, capsys):
+    from alignlab.lab.demo import run_demo
+
+    short = ["train.max_steps=1", "train.progress=false", "train.tensorboard=false"]
+    rl = ["rl.prompts_per_step=4", "rl.mini_batch_size=8", "rl.max_new_tokens=4"]
+    stages = {"sft": short, "rm": short, "dpo": short, "ppo": [*short, *rl]}
+    cfg = LabBuildConfig(out=str(toy_lab.out), **TOY)
+    paths = run_demo(tmp_path, cfg, n_prompts=6, feedback_prompts=8, overrides=stages, seed=3)
+    assert "cached in" in capsys.readouterr().out.split("[2/7]")[0]  # the shared lab build
+    for stage in ("sft", "rm", "dpo", "ppo"):
+        config = json.loads((tmp_path / stage / "run.json").read_text())["config"]
+        assert config["train"]["seed"] == 3, stage
+    models = json.loads(paths["json"].read_text())["models"]
+    assert {m["settings"]["seed"] for n, m in models.items() if n != "oracle"} == {3}
