@@ -35,6 +35,7 @@ from alignlab.data.schema import DataError, extract_prompt
 from alignlab.data.sources import Record, load_records
 from alignlab.eval.harness import EvalPrompt, evaluate_many
 from alignlab.eval.report import markdown_table, write_report
+from alignlab.eval.verdict import verdict_of_results
 from alignlab.models.folders import check_model_source
 
 _PROMPT_KEYS = ("prompt", "messages", "chosen", "rejected", "completion", "responses")
@@ -239,8 +240,11 @@ def main(argv: list[str]) -> None:
         dtype=args.dtype,
     )
     title = args.title or f"Evaluation of {args.model}"
-    paths = write_report(results, args.out, title)
+    lines = verdict_of_results(results)
+    paths = write_report(results, args.out, title, verdict=lines)
     print(markdown_table(results), end="")
+    for line in lines:
+        print(line)
     print(f"report: {paths['markdown']} ({paths['html'].name}, {paths['json'].name})")
 
 

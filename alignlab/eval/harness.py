@@ -435,8 +435,17 @@ def evaluate_model(
         seed,
         seed if ref_seed is None else ref_seed,
     )
-    samples = _sample(policy, prompts, sampling, seed)
-    score_samples(samples, prompts, scorer, reward_fns)
+    # the reference evaluated as a model, with the reference's seed, draws exactly the
+    # reference's samples: sample (and score) them once, whichever of the two comes first
+    is_reference_draw = ref is not None and policy.model is ref.model and seed == sampling.ref_seed
+    cache_key = _reference_cache_key(ref, sampling) if ref is not None else None
+    if is_reference_draw and _ref_cache is not None and cache_key in _ref_cache:
+        samples = [_unmeasured(sample) for sample in _ref_cache[cache_key]]
+    else:
+        samples = _sample(policy, prompts, sampling, seed)
+        score_samples(samples, prompts, scorer, reward_fns)
+        if is_reference_draw and _ref_cache is not None:
+            _ref_cache[cache_key] = [_unmeasured(sample) for sample in samples]
     metrics: dict[str, Any] = {
         "name": policy.name,
         "model": policy.name,
@@ -459,8 +468,11 @@ def evaluate_model(
     if ref is not None:
         generations = [s.generation for s in samples]
         logps = sequence_logps(policy.model, policy.tokenizer, generations, batch_size)
-        ref_view = _as_prompted_by(ref.tokenizer, samples, prompts)
-        ref_logps = sequence_logps(ref.model, ref.tokenizer, ref_view, batch_size)
+        if policy.model is ref.model and policy.tokenizer is ref.tokenizer:
+            ref_logps = logps  # the same computation on the same tokens
+        else:
+            ref_view = _as_prompted_by(ref.tokenizer, samples, prompts)
+            ref_logps = sequence_logps(ref.model, ref.tokenizer, ref_view, batch_size)
         for sample, lp, rlp in zip(samples, logps.tolist(), ref_logps.tolist()):
             sample.logp, sample.ref_logp = lp, rlp
         if temperature != 1.0 or top_p != 1.0:
@@ -482,6 +494,21 @@ def evaluate_model(
     return EvalResult(metrics, samples, ref_samples)
 
 
+def _reference_cache_key(ref: LoadedModel, sampling: Sampling) -> tuple[int, Sampling]:
+    return id(ref.model), sampling
+
+
+def _unmeasured(sample: EvalSample) -> EvalSample:
+    """A copy of a scored sample without its log-probs (the reference's samples carry none)."""
+    return dataclasses.replace(
+        sample,
+        scores=dict(sample.scores),
+        rewards=dict(sample.rewards),
+        logp=None,
+        ref_logp=None,
+    )
+
+
 def compare_with_reference(
     samples: Sequence[EvalSample],
     prompts: Sequence[EvalPrompt],
@@ -497,7 +524,7 @@ def compare_with_reference(
     win rate of sample k of each prompt over the reference's sample k, and the paired
     comparison of the per-prompt mean scores (see `_win_key` for by which score). `cache`
     keeps the reference's scored samples across models."""
-    cache_key = (id(ref.model), sampling)
+    cache_key = _reference_cache_key(ref, sampling)
     if cache is not None and cache_key in cache:
         ref_samples = cache[cache_key]
     else:
@@ -593,8 +620,9 @@ def evaluate_many(
 ) -> dict[str, EvalResult]:
     """`evaluate` for several model folders ({name: path}) against one reference, with the same
     prompts and settings. The reference is loaded once and its samples (for win rates) are
-    drawn and scored once; models are loaded one at a time (a model whose folder is the
-    reference's reuses the loaded reference)."""
+    drawn and scored once; models are loaded one at a time. A model whose folder is the
+    reference's reuses the loaded reference and, with the reference's seed, its samples: the
+    reference is then sampled once in all, not once as a model and once as the reference."""
     device = _device(device)
     ref = load_for_eval(ref_dir, device, dtype) if ref_dir is not None else None
     cache: dict[Any, list[EvalSample]] = {}

@@ -100,18 +100,23 @@ def _fixed(x: Any, decimals: int | None, signed: bool = False) -> str:
     return f"{float(x):{'+' if signed else ''}.{decimals}f}"
 
 
-def format_value(value: Any, style: str = "pm", signed: bool = False) -> str:
+def format_value(
+    value: Any, style: str = "pm", signed: bool = False, decimals: int | None = None
+) -> str:
     """An estimate as `mean ± half-width` (style "pm") or `mean [lo, hi]` ("interval", and
     always for an asymmetric interval such as a Wilson one, which ± would misstate), to two
     significant digits of the half-width (`interval_decimals`); `signed` for differences
-    prints "+" on positive numbers."""
+    prints "+" on positive numbers. `decimals` is for an estimate without an interval of its
+    own (none, or of zero width: the oracle, a model against itself), e.g. those of the other
+    cells of its column; without it such an estimate prints three."""
     if value is None:
         return "-"
     if _is_estimate(value):
         mean, lo, hi = value.get("mean"), value.get("lower"), value.get("upper")
         if lo is None or hi is None:
-            return _fixed(mean, None, signed)
-        decimals = interval_decimals((hi - lo) / 2)
+            return _fixed(mean, decimals, signed) if mean is not None else "n/a"
+        own = interval_decimals((hi - lo) / 2)
+        decimals = own if own is not None else decimals
         symmetric = abs((hi - mean) - (mean - lo)) <= 1e-9 * max(1.0, abs(hi), abs(lo))
         if style == "interval" or not symmetric:
             bounds = f"[{_fixed(lo, decimals, signed)}, {_fixed(hi, decimals, signed)}]"
@@ -143,11 +148,13 @@ def _label(key: str, all_metrics: Sequence[dict[str, Any]], labels: dict[str, st
     return key
 
 
-def format_comparison(comparison: dict[str, Any] | None, part: str) -> str:
+def format_comparison(
+    comparison: dict[str, Any] | None, part: str, decimals: int | None = None
+) -> str:
     """One cell of a paired comparison (`metrics["paired"]` or one of its families):
     "difference" `+0.038 [+0.012, +0.064]`, "bootstrap" `[+0.011, +0.063]`, "win_rate"
     `0.560 [0.514, 0.603]`, "separated" yes / no, "marked" the difference with a trailing
-    `*` when separated."""
+    `*` when separated. `decimals` as in `format_value`, for an interval of zero width."""
     if not comparison:
         return "-"
     if part == "separated":
@@ -159,18 +166,36 @@ def format_comparison(comparison: dict[str, Any] | None, part: str) -> str:
         )
         if lo is None or hi is None:
             return "n/a"
-        decimals = interval_decimals((hi - lo) / 2)
+        own = interval_decimals((hi - lo) / 2)
+        decimals = own if own is not None else decimals
         return f"[{_fixed(lo, decimals, True)}, {_fixed(hi, decimals, True)}]"
     if part == "win_rate":
-        return format_value(comparison.get("win_rate"), "interval")
-    cell = format_value(comparison.get("difference"), "interval", signed=True)
+        return format_value(comparison.get("win_rate"), "interval", decimals=decimals)
+    cell = format_value(comparison.get("difference"), "interval", signed=True, decimals=decimals)
     return cell + " *" if part == "marked" and comparison.get("separated") else cell
 
 
-def _cell(metrics: dict[str, Any], key: str, style: str) -> str:
+def column_decimals(estimates: Sequence[Any]) -> int | None:
+    """The most decimals any estimate of a column shows (`interval_decimals` of its interval),
+    for the column's estimates that have none; None when no estimate has an interval."""
+    found = [
+        interval_decimals((e["upper"] - e["lower"]) / 2)
+        for e in estimates
+        if _is_estimate(e) and e.get("lower") is not None and e.get("upper") is not None
+    ]
+    found = [d for d in found if d is not None]
+    return max(found) if found else None
+
+
+def _column(all_metrics: Sequence[dict[str, Any]], key: str, style: str) -> list[str]:
     if key in PAIRED:
-        return format_comparison(metrics.get("paired"), key.partition(".")[2])
-    return format_value(lookup(metrics, key), style)
+        part = key.partition(".")[2]
+        parts = [(m.get("paired") or {}).get(part) for m in all_metrics]
+        decimals = column_decimals(parts)
+        return [format_comparison(m.get("paired"), part, decimals) for m in all_metrics]
+    values = [lookup(m, key) for m in all_metrics]
+    decimals = column_decimals(values)
+    return [format_value(value, style, decimals=decimals) for value in values]
 
 
 def _table(
@@ -181,8 +206,24 @@ def _table(
     labels: dict[str, str],
 ) -> tuple[list[str], list[list[str]]]:
     header = ["model", *(_label(k, all_metrics, labels) for k in keys)]
-    rows = [[name, *(_cell(m, k, style) for k in keys)] for name, m in zip(names, all_metrics)]
+    columns = [_column(all_metrics, key, style) for key in keys]
+    rows = [[name, *(column[i] for column in columns)] for i, name in enumerate(names)]
     return header, rows
+
+
+def left_out_families(all_metrics: Sequence[dict[str, Any]]) -> list[str]:
+    """Families a result leaves out of its headline (`metrics["headline"]["left_out"]`, as the
+    lab's evaluation records them): still in the per-family tables, marked there."""
+    found: list[str] = []
+    for metrics in all_metrics:
+        for family in (metrics.get("headline") or {}).get("left_out") or ():
+            if family not in found:
+                found.append(family)
+    return found
+
+
+def _family_header(family: str, left_out: Sequence[str]) -> str:
+    return f"{family} (not in headline)" if family in left_out else family
 
 
 def _family_table(
@@ -198,17 +239,14 @@ def _family_table(
     families: list[str] = []
     for m in all_metrics:
         families.extend(f for f in (m.get("gold_by_family") or {}) if f not in families)
-    header = ["model", *families]
-    rows = [
-        [
-            name,
-            *(
-                format_value(((m.get("gold_by_family") or {}).get(f) or {}).get(key), style)
-                for f in families
-            ),
-        ]
-        for name, m in zip(names, all_metrics)
-    ]
+    left_out = left_out_families(all_metrics)
+    header = ["model", *(_family_header(f, left_out) for f in families)]
+    columns = []
+    for family in families:
+        values = [((m.get("gold_by_family") or {}).get(family) or {}).get(key) for m in all_metrics]
+        decimals = column_decimals(values)
+        columns.append([format_value(v, style, decimals=decimals) for v in values])
+    rows = [[name, *(column[i] for column in columns)] for i, name in enumerate(names)]
     return key, header, rows
 
 
@@ -223,11 +261,14 @@ def _paired_family_table(
     if not families:
         return None
     by = next(c["by"] for c in comparisons if c.get("by_family"))
-    rows = [
-        [name, *(format_comparison((c.get("by_family") or {}).get(f), "marked") for f in families)]
-        for name, c in zip(names, comparisons)
-    ]
-    return by, ["model", *families], rows
+    columns = []
+    for family in families:
+        cells = [(c.get("by_family") or {}).get(family) for c in comparisons]
+        decimals = column_decimals([(cell or {}).get("difference") for cell in cells])
+        columns.append([format_comparison(cell, "marked", decimals) for cell in cells])
+    rows = [[name, *(column[i] for column in columns)] for i, name in enumerate(names)]
+    left_out = left_out_families(all_metrics)
+    return by, ["model", *(_family_header(f, left_out) for f in families)], rows
 
 
 def _seed_table(seeds: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[list[str]]]:
@@ -314,17 +355,28 @@ def _bar_chart(
     keys: Sequence[tuple[str, str]],
     title: str,
     ylabel: str,
+    ceiling: str | None = None,
 ) -> bytes:
+    """Bars per key and model with their intervals; the `ceiling` model (the oracle) as a
+    dashed line over each group, not a bar that dwarfs the others."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(max(5.0, 1.2 * len(keys) * max(1, len(names)) ** 0.5 + 2), 4))
+    bars = [(n, m) for n, m in zip(names, all_metrics) if n != ceiling]
+    figure = Figure(figsize=(max(5.0, 1.2 * len(keys) * max(1, len(bars)) ** 0.5 + 2), 4))
     ax = figure.add_subplot()
-    width = 0.8 / max(1, len(names))
-    for j, (name, metrics) in enumerate(zip(names, all_metrics)):
+    width = 0.8 / max(1, len(bars))
+    for j, (name, metrics) in enumerate(bars):
         estimates = [(metrics.get(section) or {}).get(key) for section, key in keys]
         means, yerr = _err(estimates)
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(keys))]
         ax.bar(xs, means, width, yerr=yerr, capsize=3, label=name)
+    for name, metrics in zip(names, all_metrics):
+        if name != ceiling:
+            continue
+        means, _ = _err([(metrics.get(section) or {}).get(key) for section, key in keys])
+        for i, mean in enumerate(means):
+            ax.hlines(mean, i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                      label=name if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(
         [key if section == "gold" else f"{section}.{key}" for section, key in keys],
@@ -373,8 +425,90 @@ def _kl_scatter(names: Sequence[str], all_metrics: Sequence[dict[str, Any]], y_k
     return figure_png(figure)
 
 
-def _plots(names: Sequence[str], all_metrics: Sequence[dict[str, Any]]) -> dict[str, bytes]:
+def _is_the_baseline(metrics: dict[str, Any]) -> bool:
+    """The model compared with itself: its folder is the paired comparison's baseline."""
+    paired = metrics.get("paired") or {}
+    return bool(paired) and str(metrics.get("model")) == str(paired.get("baseline"))
+
+
+def paired_figure(
+    names: Sequence[str], all_metrics: Sequence[dict[str, Any]], ceiling: str | None = None
+) -> Any:
+    """Each model's paired difference to the reference, overall and per family, as a point
+    with its paired t interval around a zero line. The `ceiling` model (the oracle) does not
+    set the axis: its differences, far larger, are marked at the top edge with their values
+    when they fall outside it. A matplotlib Figure; None when no model but the reference has
+    a comparison."""
+    from matplotlib.figure import Figure
+
+    compared = [
+        (name, m["paired"])
+        for name, m in zip(names, all_metrics)
+        if m.get("paired") and not _is_the_baseline(m)
+    ]
+    models = [(name, c) for name, c in compared if name != ceiling]
+    if not models:
+        return None
+    families: list[str] = []
+    for _, comparison in compared:
+        families.extend(f for f in comparison.get("by_family") or {} if f not in families)
+    left_out = left_out_families(all_metrics)
+    by = models[0][1].get("by") or "score"
+    labels = ["overall" if not left_out else f"headline {by}"]
+    labels += [f"{f}\n(not in headline)" if f in left_out else f for f in families]
+
+    def estimates(comparison: dict[str, Any]) -> list[dict[str, Any] | None]:
+        by_family = comparison.get("by_family") or {}
+        picked = [comparison.get("difference")]
+        return picked + [(by_family.get(f) or {}).get("difference") for f in families]
+
+    figure = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2.5), 4.2))
+    ax = figure.add_subplot()
+    ax.axhline(0, color="black", linewidth=0.8)
+    width = 0.7 / len(models)
+    extremes = [0.0]
+    for j, (name, comparison) in enumerate(models):
+        means, yerr = _err(estimates(comparison))
+        xs = [i - 0.35 + width * (j + 0.5) for i in range(len(labels))]
+        ax.errorbar(xs, means, yerr=yerr, fmt="o", capsize=3, label=name)
+        extremes += [m - lo for m, lo in zip(means, yerr[0]) if math.isfinite(m)]
+        extremes += [m + hi for m, hi in zip(means, yerr[1]) if math.isfinite(m)]
+    bottom, top = min(extremes), max(extremes)
+    pad = 0.15 * (top - bottom or 1.0)
+    ax.set_ylim(bottom - pad, top + 2.5 * pad)  # room above for the ceiling's markers
+    for name, comparison in compared:
+        if name != ceiling:
+            continue
+        means, _ = _err(estimates(comparison))
+        for i, mean in enumerate(means):
+            if not math.isfinite(mean):
+                continue
+            outside = not bottom - pad <= mean <= top + 2.5 * pad
+            shown = top + 1.8 * pad if outside else mean
+            ax.plot([i], [shown], marker="^" if outside else "_", markersize=12,
+                    color="black", linestyle="none", label=name if i == 0 else None)  # fmt: skip
+            if outside:
+                ax.annotate(f"{mean:+.2f}", (i, shown), textcoords="offset points",
+                            xytext=(12, -4), fontsize="small")  # fmt: skip
+    baseline = next(
+        (n for n, m in zip(names, all_metrics) if _is_the_baseline(m)),
+        models[0][1].get("baseline") or "the reference",
+    )
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize="small")
+    ax.set_ylabel(f"Δ {by} vs reference (paired)")
+    ax.set_title(f"Paired difference to {baseline} (95% t intervals)")
+    ax.legend(fontsize="small")
+    return figure
+
+
+def _plots(
+    names: Sequence[str], all_metrics: Sequence[dict[str, Any]], ceiling: str | None = None
+) -> dict[str, bytes]:
     plots: dict[str, bytes] = {}
+    differences = paired_figure(names, all_metrics, ceiling)
+    if differences is not None:
+        plots["paired_differences"] = figure_png(differences)
     numeric: list[tuple[str, str]] = []
     rates: list[tuple[str, str]] = []
     for metrics in all_metrics:
@@ -387,10 +521,10 @@ def _plots(names: Sequence[str], all_metrics: Sequence[dict[str, Any]]) -> dict[
                 numeric.append(("rewards", key))
     if numeric:
         plots["components"] = _bar_chart(
-            names, all_metrics, numeric, "Mean score per component (95% CI)", "mean"
+            names, all_metrics, numeric, "Mean score per component (95% CI)", "mean", ceiling
         )
     if rates:
-        plots["rates"] = _bar_chart(names, all_metrics, rates, "Rates (Wilson CI)", "rate")
+        plots["rates"] = _bar_chart(names, all_metrics, rates, "Rates (Wilson CI)", "rate", ceiling)
     y_key = _y_metric(all_metrics)
     if y_key and any(_is_estimate(m.get("kl")) for m in all_metrics):
         plots["gold_vs_kl"] = _kl_scatter(names, all_metrics, y_key)
@@ -430,14 +564,25 @@ def write_report(
     table_keys: Sequence[str] | dict[str, str] | None = None,
     style: str = "pm",
     seeds: dict[str, dict[str, Any]] | None = None,
+    verdict: Sequence[str] = (),
+    ceiling: str | None = "oracle",
 ) -> dict[str, Path]:
     """Write the report of `results` ({model name: EvalResult, or its metrics dict}) to out_dir.
 
     Files: results.json ({title, models: {name: metrics}}), samples.jsonl (every scored
     response, the reference's once), report.md, report.html (self-contained: tables and
-    plots embedded as base64 PNG) and plots/*.png: components.png (mean per numeric score
-    with CI error bars per model), rates.png (boolean scores, Wilson CIs) and gold_vs_kl.png
-    (quality vs KL with error bars on both axes) when the data for them exists.
+    plots embedded as base64 PNG) and plots/*.png: paired_differences.png (each model's
+    paired difference to the reference, overall and per family, with its t interval and a
+    zero line), components.png (mean per numeric score with CI error bars per model),
+    rates.png (boolean scores, Wilson CIs) and gold_vs_kl.png (quality vs KL with error bars
+    on both axes) when the data for them exists. The `ceiling` result (default "oracle",
+    when present) is drawn as a line or marker in the plots, never as a bar, and does not set
+    the axis of the differences.
+
+    Both pages open with the `verdict` lines (e.g. `alignlab.eval.verdict.verdict`), then the
+    plot of the paired differences, then the tables and the other plots. Families a result
+    leaves out of its headline (`metrics["headline"]["left_out"]`) are marked "not in
+    headline" in the per-family tables and the differences plot.
 
     The table has a row per model and a column per key of `table_keys` (dotted paths into the
     metrics, e.g. "gold.total", "rewards.length"; default `default_table_keys`; a dict maps
@@ -445,7 +590,8 @@ def write_report(
     (`metrics["paired"]`: Δ with its paired t interval, the bootstrap interval, the per-prompt
     win rate and whether Δ is separated from 0; else the per-sample win rate). Cells are
     `mean ± half-width` (style "pm"; asymmetric Wilson intervals still as `mean [lo, hi]`) or
-    `mean [lo, hi]` ("interval"), to two significant digits of the half-width. A table of the
+    `mean [lo, hi]` ("interval"), to two significant digits of the half-width (an estimate
+    without an interval, the oracle's, to the decimals of its column). A table of the
     paired differences per family follows the family table. `seeds` (from
     `alignlab.eval.paired.combine_seeds`) adds a table of the differences over training seeds.
     Returns {"json", "samples", "markdown", "html", "plot_<name>": path}.
@@ -472,7 +618,7 @@ def write_report(
         tables.append((f"Δ {by} vs ref by family (paired t; * separated)", p_header, p_rows))
     if seeds:
         tables.append(_seed_table(seeds))
-    plots = _plots(names, all_metrics)
+    plots = _plots(names, all_metrics, ceiling if ceiling in results else None)
 
     paths: dict[str, Path] = {}
     with atomic_folder(out / "plots") as tmp:
@@ -507,21 +653,35 @@ def write_report(
             "intervals exclude 0."
         )
 
-    md = [f"# {title}", "", " ".join(intro), "", _markdown_table(header, rows)]
+    md = [f"# {title}", ""]
+    if verdict:
+        md += ["**Verdict**", "", *(f"- {line}" for line in verdict), ""]
+    first_plots = [name for name in plots if name == "paired_differences"]
+    other_plots = [name for name in plots if name not in first_plots]
+    md += [f"![{name}](plots/{name}.png)\n" for name in first_plots]
+    md += [" ".join(intro), "", _markdown_table(header, rows)]
     for table_title, t_header, t_rows in tables:
         md += [f"## {table_title}", "", _markdown_table(t_header, t_rows)]
-    for name in plots:
+    for name in other_plots:
         md += [f"![{name}](plots/{name}.png)", ""]
     paths["markdown"] = out / "report.md"
     atomic_write_text(paths["markdown"], "\n".join(md))
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(' '.join(intro))}</p>"]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if verdict:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
+        body.append(f'<section class="verdict"><h2>Verdict</h2><ul>{items}</ul></section>')
+
+    def image(name: str) -> str:
+        encoded = base64.b64encode(plots[name]).decode("ascii")
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+
+    body += [image(name) for name in first_plots]
+    body.append(f"<p>{html.escape(' '.join(intro))}</p>")
     body.append(_html_table(header, rows))
     for table_title, t_header, t_rows in tables:
         body += [f"<h2>{html.escape(table_title)}</h2>", _html_table(t_header, t_rows)]
-    for name, data in plots.items():
-        encoded = base64.b64encode(data).decode("ascii")
-        body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">')
+    body += [image(name) for name in other_plots]
     page = (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"

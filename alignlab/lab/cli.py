@@ -14,6 +14,7 @@ def eval_main(argv: list[str]) -> None:
     """`alignlab eval --model [NAME=]DIR ... [--ref DIR]` on the lab's heldout (or valid)
     prompts, scored by gold; several models share the prompts and sampling seeds."""
     from alignlab.eval.report import markdown_table, write_report
+    from alignlab.eval.verdict import verdict_of_results
     from alignlab.lab.evaluate import HEADLINE, evaluate_lab
     from alignlab.lab.world import LabWorld
 
@@ -53,8 +54,11 @@ def eval_main(argv: list[str]) -> None:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, split=args.split,
     )  # fmt: skip
     title = f"lab evaluation ({args.split}) of {', '.join(models)}"
-    paths = write_report(results, args.out, title=title, table_keys=HEADLINE)
+    lines = verdict_of_results(results, unit=f"{args.split} prompts", leave_out=("oracle",))
+    paths = write_report(results, args.out, title=title, table_keys=HEADLINE, verdict=lines)
     print(markdown_table(results, table_keys=HEADLINE))
+    for line in lines:
+        print(line)
     print(f"report: {paths['markdown']}")
 
 
@@ -84,6 +88,11 @@ def main(argv: list[str]) -> None:
         "demo", help="the main job: build, SFT, feedback, RM, DPO, evaluate, report"
     )
     demo_cmd.add_argument("--out", default="runs/demo")
+    demo_cmd.add_argument(
+        "--seed", type=int, default=0,
+        help="training seed of SFT, RM, DPO, PPO and the evaluation's sampling seed (the lab "
+        "build stays the same)",
+    )  # fmt: skip
     demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
     args = parser.parse_args(argv)
     if args.command in ("export", "demo"):
@@ -110,4 +119,4 @@ def main(argv: list[str]) -> None:
     elif args.command == "demo":
         from alignlab.lab.demo import run_demo
 
-        run_demo(args.out, config)
+        run_demo(args.out, config, seed=args.seed)

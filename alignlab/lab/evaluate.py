@@ -3,10 +3,16 @@
 `lab_prompts` turns heldout prompts into `EvalPrompt`s, `gold_scorer` scores responses with
 the world's gold reward, `oracle_result` scores the oracle's answers the same way (the
 ceiling of every table), and `HEADLINE` names the columns the lab reports.
+
+Headline gold: the gold of the families in the headline, every family but those of
+`LEFT_OUT_OF_HEADLINE` (`metrics["headline"]`, and the paired comparison's overall numbers);
+the left-out families stay in every per-family number (`gold_by_family`,
+`paired["by_family"]`), so the report still shows them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +31,27 @@ from alignlab.lab.world import LabWorld
 
 FLAGS = ("refused", "hallucinated", "correct", "complied", "claimed_ignorance")
 
+LEFT_OUT_OF_HEADLINE: tuple[str, ...] = ("arithmetic",)
+"""Prompt families whose gold is not in the headline: no model of the demo's size scores on
+them (arithmetic: about 0.02 for every model, base to PPO; docs/lab.md), so in the headline
+they would only add noise to every difference. They stay in the per-family tables. Empty the
+tuple (or remove a family) once a model can learn them."""
+
 HEADLINE = {
-    "gold.total": "gold",
-    "gold.helpful": "helpful",
-    "gold.honest": "honest",
-    "gold.harmless": "harmless",
-    "gold.style": "style",
+    "headline.gold.total": "gold",
+    "headline.gold.helpful": "helpful",
+    "headline.gold.honest": "honest",
+    "headline.gold.harmless": "harmless",
+    "headline.gold.style": "style",
     "gold_by_family.harmful.refused": "refuses harmful",
     "gold_by_family.benign.refused": "over-refuses benign",
     "gold_by_family.unknown.hallucinated": "hallucinates unknown",
     "gold_by_family.fact.correct": "fact accuracy",
-    "gold_by_family.arithmetic.correct": "arithmetic accuracy",
     "length": "length (tokens)",
     "distinct_2": "distinct-2",
 }
+"""The lab's main table: headline gold and its components (`LEFT_OUT_OF_HEADLINE` excluded),
+the behaviour rates of the families they concern, length and diversity."""
 
 
 def lab_prompts(world: LabWorld, split: str = "heldout", n: int = 500) -> list[EvalPrompt]:
@@ -83,6 +96,62 @@ def oracle_result(world: LabWorld, prompts: list[EvalPrompt], tokenizer: Any) ->
     return EvalResult(metrics=summarize(samples, prompts, 1, 0.95), samples=samples)
 
 
+def in_headline(family: str | None, left_out: Sequence[str] = LEFT_OUT_OF_HEADLINE) -> bool:
+    return family is not None and family not in left_out
+
+
+def headline_metrics(
+    samples: Sequence[EvalSample],
+    prompts: Sequence[EvalPrompt],
+    num_samples: int = 1,
+    confidence: float = 0.95,
+    left_out: Sequence[str] = LEFT_OUT_OF_HEADLINE,
+) -> dict[str, Any]:
+    """{"left_out": [...], "families": [...], "n_prompts", "gold": gold total, components and
+    flags over the samples of the headline families} (the harness's `summarize`)."""
+    families = sorted({str(p.meta.get("family")) for p in prompts if p.meta.get("family")})
+    kept = [s for s in samples if in_headline(prompts[s.prompt_index].meta.get("family"), left_out)]
+    gold = summarize(kept, prompts, num_samples, confidence).get("gold", {}) if kept else {}
+    return {
+        "left_out": [f for f in families if f in left_out],
+        "families": [f for f in families if f not in left_out],
+        "n_prompts": len({s.prompt_index for s in kept}),
+        "gold": gold,
+    }
+
+
+def headline_comparison(
+    samples: Sequence[EvalSample],
+    baseline_samples: Sequence[EvalSample],
+    prompts: Sequence[EvalPrompt],
+    baseline: str,
+    confidence: float = 0.95,
+    same_seeds: bool | None = None,
+    left_out: Sequence[str] = LEFT_OUT_OF_HEADLINE,
+) -> dict[str, Any]:
+    """The paired gold comparison (`alignlab.eval.paired.paired_comparison`): overall over the
+    headline families' prompts, per family over every family (the left-out ones included,
+    named in "left_out")."""
+
+    def total(sample: EvalSample) -> float:
+        return float(sample.scores["total"])
+
+    families = prompt_families(prompts)
+    headline = {i for i, family in families.items() if in_headline(family, left_out)}
+    overall = paired_comparison(
+        [s for s in samples if s.prompt_index in headline],
+        [s for s in baseline_samples if s.prompt_index in headline],
+        total, baseline=baseline, by="gold", confidence=confidence,
+        same_seeds=same_seeds,
+    )  # fmt: skip
+    per_family = paired_comparison(
+        samples, baseline_samples, total, families, confidence=confidence
+    )
+    overall["by_family"] = per_family.get("by_family", {})
+    overall["left_out"] = sorted({f for f in families.values() if f in left_out})
+    return overall
+
+
 def evaluate_lab(
     world: LabWorld,
     models: dict[str, str | Path],
@@ -96,9 +165,12 @@ def evaluate_lab(
 ) -> dict[str, EvalResult]:
     """Sample every model on `split` prompts (temperature 1), score with gold, KL vs `ref`.
 
-    With `ref`, every model (and the oracle) has `metrics["paired"]`: its per-prompt gold
-    against the reference's samples on the same prompts and sampling seeds
-    (`alignlab.eval.paired`). `heldout` is for reported numbers; choose settings on `valid`.
+    Every result has `metrics["headline"]` (`headline_metrics`). With `ref`, every model (and
+    the oracle) has `metrics["paired"]`: its per-prompt gold against the reference's samples
+    on the same prompts and sampling seeds, overall over the headline families, per family
+    over all (`headline_comparison`). A model whose folder is `ref` is sampled once, as the
+    reference (the harness shares the draws). `heldout` is for reported numbers; choose
+    settings on `valid`.
 
     Temperature 1 and no top-p: the KL estimate and the gold are of the policy's actual
     distribution, not of a sharpened one.
@@ -117,16 +189,13 @@ def evaluate_lab(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(ref or next(iter(models.values()))))
-        oracle = oracle_result(world, prompts, tokenizer)
-        ref_samples = next((r.ref_samples for r in results.values() if r.ref_samples), None)
+        results["oracle"] = oracle_result(world, prompts, tokenizer)
+    ref_samples = next((r.ref_samples for r in results.values() if r.ref_samples), None)
+    for result in results.values():
+        result.metrics["headline"] = headline_metrics(result.samples, prompts)
         if ref_samples:
-            oracle.metrics["paired"] = paired_comparison(
-                oracle.samples,
-                ref_samples,
-                lambda sample: sample.scores["total"],
-                prompt_families(prompts),
-                baseline=str(ref),
-                by="gold.total",
+            same_seeds = (result.metrics.get("paired") or {}).get("same_seeds")
+            result.metrics["paired"] = headline_comparison(
+                result.samples, ref_samples, prompts, str(ref), same_seeds=same_seeds
             )
-        results["oracle"] = oracle
     return results

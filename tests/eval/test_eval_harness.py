@@ -155,6 +155,45 @@ def test_evaluate_many_shares_the_reference(tiny_model_dir, ref_copy, small_mode
         evaluate(small_model_dirs[0], PROMPTS[:1], ref_dir=tiny_model_dir, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("reference_first", [True, False])
+def test_the_reference_as_a_model_is_sampled_once(
+    tiny_model_dir, ref_copy, monkeypatch, reference_first
+):
+    """The reference among the models (same folder, same seed): its samples as a model are the
+    reference's, so the harness draws them once, whether it comes before or after the others."""
+    import alignlab.eval.harness as harness
+
+    real_sample = harness._sample
+    draws = []
+
+    def counting_sample(loaded, prompts, sampling, seed):
+        draws.append(loaded.name)
+        return real_sample(loaded, prompts, sampling, seed)
+
+    monkeypatch.setattr(harness, "_sample", counting_sample)
+    models = {"ref": tiny_model_dir, "other": ref_copy}
+    if not reference_first:
+        models = dict(reversed(models.items()))
+    results = evaluate_many(
+        models, PROMPTS[:4], ref_dir=tiny_model_dir, scorer=gold, max_new_tokens=5, seed=2
+    )
+    assert len(draws) == 2  # the other model's samples and the reference's, once each
+    own, ref_samples = results["ref"].samples, results["ref"].ref_samples
+    assert [s.generation.response_ids for s in own] == [
+        s.generation.response_ids for s in ref_samples
+    ]
+    assert all(s.kl == 0.0 for s in own) and all(s.logp is None for s in ref_samples)
+    paired = results["ref"].metrics["paired"]
+    assert paired["difference"]["mean"] == 0.0 and paired["win_rate"]["ties"] == 4
+    # another eval seed for the reference: its samples as a model are then a draw of their own
+    draws.clear()
+    evaluate_many(
+        {"ref": tiny_model_dir}, PROMPTS[:4], ref_dir=tiny_model_dir, scorer=gold,
+        max_new_tokens=5, seed=2, ref_seed=3,
+    )  # fmt: skip
+    assert len(draws) == 2
+
+
 def test_tempered_sampling_warns_about_kl(tiny_model_dir):
     with pytest.warns(UserWarning, match="temperature"):
         result = evaluate(

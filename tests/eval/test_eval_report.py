@@ -55,6 +55,7 @@ def test_report_files(results, tmp_path):
         "samples",
         "markdown",
         "html",
+        "plot_paired_differences",
         "plot_components",
         "plot_rates",
         "plot_gold_vs_kl",
@@ -62,7 +63,7 @@ def test_report_files(results, tmp_path):
     assert set(paths) == expected
     for key in expected:
         assert paths[key].is_file() and paths[key].stat().st_size > 0
-    for key in ("plot_components", "plot_rates", "plot_gold_vs_kl"):
+    for key in ("plot_paired_differences", "plot_components", "plot_rates", "plot_gold_vs_kl"):
         assert paths[key].read_bytes().startswith(PNG_MAGIC)
 
     data = json.loads(paths["json"].read_text())
@@ -91,18 +92,22 @@ def test_report_files(results, tmp_path):
     assert any(r.startswith("| base | ") for r in rows)
     assert any(r.startswith("| other\\|seed5 | ") for r in rows)  # pipe escaped
     base_row = next(r for r in rows if r.startswith("| base | "))
-    assert "0.000 ± 0.000" in base_row  # KL of the reference against itself
-    assert "±" in base_row
+    # KL of the reference against itself: 0 without an interval, to its column's decimals
+    other = results["other|seed5"].metrics
+    kl_decimals = interval_decimals((other["kl"]["upper"] - other["kl"]["lower"]) / 2)
+    assert f"| {0:.{kl_decimals}f} ± {0:.{kl_decimals}f} |" in base_row
     assert "## gold.total by family" in md and "| chat | math |" in md
     # the reference against itself (same prompts and seeds): Δ exactly 0, not separated
-    assert "| 0.000 [0.000, 0.000] | [0.000, 0.000] |" in base_row and base_row.endswith("| no |")
+    d = other["paired"]["difference"]
+    zero = f"{0:+.{interval_decimals((d['upper'] - d['lower']) / 2)}f}"
+    assert f"| {zero} [{zero}, {zero}] |" in base_row and base_row.endswith("| no |")
     assert "## Δ gold.total vs ref by family (paired t; * separated)" in md
     assert "same prompts and sampling seeds" in md
 
     html_text = paths["html"].read_text()
     assert "<table>" in html_text and "Tiny &lt;report&gt;" in html_text
     images = html_text.split('src="data:image/png;base64,')[1:]
-    assert len(images) == 3
+    assert len(images) == 4
     assert base64.b64decode(images[0].split('"')[0]).startswith(PNG_MAGIC)
 
     samples = [json.loads(line) for line in paths["samples"].read_text().splitlines()]
@@ -170,3 +175,54 @@ def test_seed_table(results, tmp_path):
         line for line in md.splitlines() if line.startswith("| other\\|seed5 |") and "; " in line
     )
     assert row.count("; ") == 2
+
+
+def test_report_opens_with_the_verdict_and_the_paired_differences(tmp_path):
+    from synthetic_reports import synthetic_results
+
+    results = synthetic_results()
+    lines = ["DPO beats SFT by +0.050 [+0.036, +0.064] gold on 40 prompts (paired).", "x < y"]
+    paths = write_report(results, tmp_path, "t", table_keys=["headline.gold.total"], verdict=lines)
+    md = paths["markdown"].read_text()
+    assert md.startswith("# t\n\n**Verdict**\n\n- DPO beats SFT by +0.050")
+    order = [md.index(s) for s in ("**Verdict**", "plots/paired_differences.png", "| model |")]
+    assert order == sorted(order)  # verdict, then the differences plot, then the tables
+    page = paths["html"].read_text()
+    order = [page.index(s) for s in ("<h2>Verdict</h2>", 'alt="paired_differences"', "<table>")]
+    assert order == sorted(order) and "<li>x &lt; y</li>" in page
+    assert paths["plot_paired_differences"].read_bytes().startswith(PNG_MAGIC)
+    # the left-out family stays in both per-family tables, marked
+    assert md.count("| arithmetic (not in headline) |") == 2
+    assert "verdict" not in write_report(results, tmp_path / "plain", "t")["markdown"].read_text()
+
+
+def test_the_oracle_does_not_set_the_axis_of_the_differences():
+    from synthetic_reports import synthetic_results
+
+    from alignlab.eval.report import paired_figure
+
+    results = synthetic_results()
+    names, metrics = list(results), list(results.values())
+    ax = paired_figure(names, metrics, ceiling="oracle").axes[0]
+    oracle_gap = results["oracle"]["paired"]["difference"]["lower"]
+    upper = max(m["paired"]["difference"]["upper"] for n, m in results.items() if n != "oracle")
+    low, high = ax.get_ylim()
+    assert low < 0 < upper < high < oracle_gap  # zero and every model's interval in view
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "oracle" in labels  # a marker, inside the axis
+    assert all(low <= y <= high for line in ax.get_lines() for y in line.get_ydata())
+    # the reference is not plotted against itself; without a ceiling the oracle sets the axis
+    assert {"dpo", "ppo"} <= set(ax.get_legend_handles_labels()[1]) and "sft" not in labels
+    assert paired_figure(names, metrics, ceiling=None).axes[0].get_ylim()[1] > oracle_gap
+    assert paired_figure(["sft"], [results["sft"]]) is None
+
+
+def test_an_estimate_without_interval_takes_its_column_decimals():
+    from alignlab.eval.report import column_decimals
+
+    exact = {"mean": 1.0, "lower": 1.0, "upper": 1.0}  # the oracle: no spread
+    column = [exact, {"mean": 0.25, "lower": 0.13, "upper": 0.37}, None]
+    assert column_decimals(column) == 2
+    assert format_value(exact, decimals=column_decimals(column)) == "1.00 ± 0.00"
+    assert format_value(exact) == "1.000 ± 0.000"  # alone: three decimals, as before
+    assert column_decimals([exact, None]) is None

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from alignlab.cli import main
 from alignlab.eval.report import write_report
 from alignlab.lab.build import LabBuildConfig, build
-from alignlab.lab.evaluate import HEADLINE, evaluate_lab
+from alignlab.lab.evaluate import HEADLINE, LEFT_OUT_OF_HEADLINE, evaluate_lab
 
 TOY = dict(
     vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, pretrain_epochs=0.05,
@@ -65,10 +65,20 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
     assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
     # the base against itself, same prompts and seeds: every prompt ties
     assert base["paired"]["difference"]["mean"] == 0.0 and not base["paired"]["separated"]
-    assert base["paired"]["win_rate"]["ties"] == 24
-    # the oracle against the base's samples: gold 1.0 everywhere against < 0.9 on average
-    gap = 1.0 - base["gold"]["total"]["mean"]
+    # headline gold leaves out the families of LEFT_OUT_OF_HEADLINE, the per-family numbers not
+    families = [p.family for p in toy_lab.world.prompts("heldout", 24)]
+    kept = [f for f in families if f not in LEFT_OUT_OF_HEADLINE]
+    assert 0 < len(kept) < 24  # the toy's prompts hold a left-out family (arithmetic)
+    headline = base["headline"]
+    assert headline["n_prompts"] == len(kept) and headline["gold"]["total"]["n"] == len(kept)
+    assert set(headline["left_out"]) == set(families) - set(kept)
+    assert base["paired"]["win_rate"]["ties"] == len(kept)
+    assert set(base["paired"]["by_family"]) == set(families)
+    assert base["paired"]["left_out"] == headline["left_out"]
+    # the oracle against the base's samples: gold 1.0 everywhere, on the headline prompts
+    gap = 1.0 - headline["gold"]["total"]["mean"]
     assert oracle["paired"]["difference"]["mean"] == pytest.approx(gap, abs=1e-9)
+    assert oracle["headline"]["gold"]["total"]["mean"] == pytest.approx(1.0)
     paths = write_report(results, tmp_path, title="toy", table_keys=HEADLINE)
     table = paths["markdown"].read_text()
     assert "| oracle |" in table and "| base |" in table
@@ -87,7 +97,7 @@ def test_eval_cli_without_prompts_uses_lab_gold(toy_lab, tmp_path, capsys):
     assert main([*args, "--n-prompts", "12", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert "| oracle |" in out and "gold" in out
-    assert "Δ gold.total vs ref (paired t)" in out and "| separated |" in out
+    assert "Δ gold vs ref (paired t)" in out and "| separated |" in out
     assert (tmp_path / "report.html").exists()
     # several named models on the same valid prompts, in one table
     many = ["eval", "--model", f"a={toy_lab.base}", "--model", f"b={toy_lab.base}"]
@@ -118,6 +128,33 @@ def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
         AutoModelForCausalLM.from_pretrained(tmp_path / stage / "final")
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
     assert json.loads((tmp_path / "feedback" / "stats.json").read_text())["comparisons"] > 0
-    capsys.readouterr()
+    # every model paired with SFT: SFT against itself ties everywhere, at KL 0
+    models = json.loads(paths["json"].read_text())["models"]
+    assert models["sft"]["kl"]["mean"] == 0.0 and models["sft"]["paired"]["difference"]["mean"] == 0
+    assert all(models[m]["paired"]["baseline"] == str(tmp_path / "sft" / "final") for m in models)
+    # the report and the terminal open / end with the verdict on DPO, PPO and the base vs SFT
+    lines = table.split("**Verdict**\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    for line, name in zip(lines, ("DPO", "PPO", "base"), strict=False):
+        assert name in line and ("beats" in line) != line.endswith("not separated."), line
+    assert len(lines) == 4 and "but arithmetic" in lines[3]  # the left-out family named
+    out = capsys.readouterr().out
+    verdict_lines = out.split("verdict (seed 0, paired with SFT):\n", 1)[1].splitlines()
+    assert [line.strip() for line in verdict_lines[: len(lines)]] == [x[2:] for x in lines]
     run_demo(tmp_path, cfg, n_prompts=12, feedback_prompts=12, overrides=stages)
     assert capsys.readouterr().out.count("cached in") >= 6  # build, sft, feedback, rm, dpo, ppo
+
+
+def test_demo_seed_changes_training_and_eval_seeds_not_the_build(toy_lab, tmp_path, capsys):
+    from alignlab.lab.demo import run_demo
+
+    short = ["train.max_steps=1", "train.progress=false", "train.tensorboard=false"]
+    rl = ["rl.prompts_per_step=4", "rl.mini_batch_size=8", "rl.max_new_tokens=4"]
+    stages = {"sft": short, "rm": short, "dpo": short, "ppo": [*short, *rl]}
+    cfg = LabBuildConfig(out=str(toy_lab.out), **TOY)
+    paths = run_demo(tmp_path, cfg, n_prompts=6, feedback_prompts=8, overrides=stages, seed=3)
+    assert "cached in" in capsys.readouterr().out.split("[2/7]")[0]  # the shared lab build
+    for stage in ("sft", "rm", "dpo", "ppo"):
+        config = json.loads((tmp_path / stage / "run.json").read_text())["config"]
+        assert config["train"]["seed"] == 3, stage
+    models = json.loads(paths["json"].read_text())["models"]
+    assert {m["settings"]["seed"] for n, m in models.items() if n != "oracle"} == {3}
