@@ -25,7 +25,7 @@ best-of-n with gold as the scorer, and the oracle, per prompt family, paired on 
 Every decoding of every model is cached in <out>/samples/ (keyed by the model file and the
 settings): a rerun only re-scores and re-tabulates.
 
-    python benchmarks/lab_ceiling.py                              # 300 heldout prompts, 64 samples
+    python benchmarks/lab_ceiling.py                              # 400 heldout prompts, 64 samples
     python benchmarks/lab_ceiling.py --eval-prompts 100 --samples 4 --bon 1,4   # a timing probe
     python benchmarks/lab_ceiling.py size=medium                  # the larger lab (runs/lab-medium)
 """
@@ -206,7 +206,10 @@ def main() -> None:
     parser.add_argument(
         "--sft", help="SFT run folder; default: the demo's, runs/demo/sft (another size: OUT/sft)"
     )
-    parser.add_argument("--eval-prompts", type=int, default=300, help="heldout prompts")
+    parser.add_argument(
+        "--eval-prompts", type=int, default=400,
+        help="heldout prompts (400 x 64 samples: ~30 min on 2 shared cores)",
+    )  # fmt: skip
     parser.add_argument(
         "--eval-split", default="heldout", choices=("heldout", "valid"),
         help="heldout for reported numbers, valid to choose settings",
