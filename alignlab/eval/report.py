@@ -13,7 +13,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +214,13 @@ def _table(
 def left_out_families(all_metrics: Sequence[dict[str, Any]]) -> list[str]:
     """Families a result leaves out of its headline (`metrics["headline"]["left_out"]`, as the
     lab's evaluation records them): still in the per-family tables, marked there."""
-    found: list[str] = []
-    for metrics in all_metrics:
-        for family in (metrics.get("headline") or {}).get("left_out") or ():
-            if family not in found:
-                found.append(family)
-    return found
+    return _in_first_seen_order((m.get("headline") or {}).get("left_out") for m in all_metrics)
+
+
+def _in_first_seen_order(groups: Iterable[Iterable[str] | None]) -> list[str]:
+    """Every name of `groups` (family lists, or mappings keyed by family) once, in the order
+    first seen; a None group is empty."""
+    return list(dict.fromkeys(name for group in groups for name in group or ()))
 
 
 def _family_header(family: str, left_out: Sequence[str]) -> str:
@@ -236,9 +237,7 @@ def _family_table(
     if not gold_keys:
         return None
     key = "total" if "total" in gold_keys else gold_keys[0]
-    families: list[str] = []
-    for m in all_metrics:
-        families.extend(f for f in (m.get("gold_by_family") or {}) if f not in families)
+    families = _in_first_seen_order(m.get("gold_by_family") for m in all_metrics)
     left_out = left_out_families(all_metrics)
     header = ["model", *(_family_header(f, left_out) for f in families)]
     columns = []
@@ -255,9 +254,7 @@ def _paired_family_table(
 ) -> tuple[str, list[str], list[list[str]]] | None:
     """Per-family paired differences to the reference (`*`: separated), when any exist."""
     comparisons = [m.get("paired") or {} for m in all_metrics]
-    families: list[str] = []
-    for comparison in comparisons:
-        families.extend(f for f in comparison.get("by_family") or {} if f not in families)
+    families = _in_first_seen_order(c.get("by_family") for c in comparisons)
     if not families:
         return None
     by = next(c["by"] for c in comparisons if c.get("by_family"))
@@ -449,9 +446,7 @@ def paired_figure(
     models = [(name, c) for name, c in compared if name != ceiling]
     if not models:
         return None
-    families: list[str] = []
-    for _, comparison in compared:
-        families.extend(f for f in comparison.get("by_family") or {} if f not in families)
+    families = _in_first_seen_order(c.get("by_family") for _, c in compared)
     left_out = left_out_families(all_metrics)
     by = models[0][1].get("by") or "score"
     labels = ["overall" if not left_out else f"headline {by}"]
