@@ -59,7 +59,7 @@ from alignlab.eval.paired import paired_comparison
 from alignlab.eval.report import format_comparison, format_value
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.build import DEFAULT_SIZE, LabBuildConfig, build
-from alignlab.lab.evaluate import gold_scorer, lab_prompts, oracle_result
+from alignlab.lab.evaluate import gold_scorer, gold_total, lab_prompts, oracle_result
 from alignlab.lab.oracle_sft import oracle_sft_stage
 from alignlab.lab.pipeline import cached, sft_stage
 from alignlab.rl.sample_filter import best_per_prompt
@@ -74,10 +74,6 @@ STEPS = (
     ("temperature (SFT)", "sft greedy", "sft sampled"),
     ("demonstrations (greedy)", "oracle-sft greedy", "sft greedy"),
 )
-
-
-def gold_total(sample: EvalSample) -> float:
-    return float(sample.scores["total"])
 
 
 # --- decoding, cached ---

@@ -96,6 +96,11 @@ def oracle_result(world: LabWorld, prompts: list[EvalPrompt], tokenizer: Any) ->
     return EvalResult(metrics=summarize(samples, prompts, 1, 0.95), samples=samples)
 
 
+def gold_total(sample: EvalSample) -> float:
+    """A scored sample's gold total (the number every lab comparison is made on)."""
+    return float(sample.scores["total"])
+
+
 def in_headline(family: str | None, left_out: Sequence[str] = LEFT_OUT_OF_HEADLINE) -> bool:
     return family is not None and family not in left_out
 
@@ -133,19 +138,16 @@ def headline_comparison(
     headline families' prompts, per family over every family (the left-out ones included,
     named in "left_out")."""
 
-    def total(sample: EvalSample) -> float:
-        return float(sample.scores["total"])
-
     families = prompt_families(prompts)
     headline = {i for i, family in families.items() if in_headline(family, left_out)}
     overall = paired_comparison(
         [s for s in samples if s.prompt_index in headline],
         [s for s in baseline_samples if s.prompt_index in headline],
-        total, baseline=baseline, by="gold", confidence=confidence,
+        gold_total, baseline=baseline, by="gold", confidence=confidence,
         same_seeds=same_seeds,
     )  # fmt: skip
     per_family = paired_comparison(
-        samples, baseline_samples, total, families, confidence=confidence
+        samples, baseline_samples, gold_total, families, confidence=confidence
     )
     overall["by_family"] = per_family.get("by_family", {})
     overall["left_out"] = sorted({f for f in families.values() if f in left_out})
