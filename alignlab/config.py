@@ -269,6 +269,11 @@ class TrainConfig:
     max_steps: int = option(0, "stop after this many optimizer steps; 0 = from epochs", min=0)
     micro_batch_size: int = option(8, "sequences per forward pass per process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
+    group_by_length: bool = option(
+        False,
+        "batch examples of similar length together, in random order (less padding: about "
+        "half the compute on data whose lengths vary 3x; as HF's LengthGroupedSampler)",
+    )
     lr: float = option(2e-5, "peak learning rate", min=0, min_exclusive=True)
     optimizer: str = option(
         "adamw",

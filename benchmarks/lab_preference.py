@@ -10,7 +10,9 @@
    KTO and RRHF on every labelled pair read as per-sample win rates (`pairs_as=win_rate`:
    KTO's desirable = won more than half of its comparisons, RRHF's ranks = win rates), each
    from the SFT model;
-4. heldout evaluation against the SFT model: gold with 95% CIs, KL to SFT, win rate.
+4. heldout evaluation against the SFT model: gold with 95% CIs, KL to SFT, win rate, and
+   oracle-SFT on the same prompts: each method's gain as a share of oracle-SFT's, the
+   headroom it used (`benchmarks/headroom.py`; `--no-oracle-sft` leaves it out).
 
 A method token is "name" or "name:override:override..." (its own run folder); the override
 `data=all|best_vs_worst|rm_ranked` picks its data (rm_ranked: RRHF on lists ranked by a
@@ -35,13 +37,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from headroom import ORACLE_SFT, append_headroom
 from training_seeds import parse_seeds, seed_override, seeded_name, spread_over_seeds
 
 from alignlab.data.sources import load_records
 from alignlab.eval.report import markdown_table, write_report
 from alignlab.fileio import write_jsonl
 from alignlab.lab.build import LabBuildConfig, build
-from alignlab.lab.evaluate import HEADLINE, evaluate_lab
+from alignlab.lab.evaluate import HEADLINE, evaluate_lab, lab_prompts
+from alignlab.lab.oracle_sft import oracle_sft_stage
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
 
 T = TypeVar("T")
@@ -123,6 +127,10 @@ def main() -> None:
         "--seeds", default="0", help="training seeds of every method, e.g. 0,1,2 (the benchmark's "
         "tables: at least 3)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-oracle-sft", action="store_true",
+        help="leave out oracle-SFT (SFT on the oracle's answers) and the headroom table",
+    )  # fmt: skip
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
     out = Path(args.out)
@@ -181,15 +189,20 @@ def main() -> None:
             traceback.print_exc()
             errors[name] = f"{type(error).__name__}: {error}"
 
+    # --- the reachable headroom: SFT on the oracle's answers, evaluated with the methods ---
+    models = {"sft": sft, **finals}
+    if not args.no_oracle_sft:
+        models[ORACLE_SFT] = timed(ORACLE_SFT, oracle_sft_stage, lab, out / "oracle_sft")
+
     # --- heldout evaluation against SFT ---
     results = timed(
         "evaluation",
         lambda: evaluate_lab(
-            lab.world, {"sft": sft, **finals}, ref=sft, n_prompts=args.eval_prompts,
+            lab.world, models, ref=sft, n_prompts=args.eval_prompts,
             batch_size=args.batch_size, split=args.eval_split,
         ),
     )  # fmt: skip
-    write_report(
+    paths = write_report(
         results,
         out,
         title="Offline preference methods from the same SFT model",
@@ -197,6 +210,9 @@ def main() -> None:
         seeds=spread_over_seeds(results, tokens, seeds) or None,
     )
     print(markdown_table(results, table_keys=HEADLINE))
+    if ORACLE_SFT in results:
+        prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)
+        print(append_headroom(paths["markdown"], results, prompts, list(finals)))
     summary = {
         "labels": feedback["stats"], "args": vars(args), "timings_s": timings, "errors": errors,
     }  # fmt: skip

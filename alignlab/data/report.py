@@ -63,13 +63,17 @@ class DataReport:
         return text
 
 
-def longest_sequence(rows: list[dict]) -> int:
-    """Tokens in the longest sequence of tokenized `rows` (any `*input_ids` key: one sequence or
-    a list of them, as in ranked rows)."""
+def row_length(row: dict) -> int:
+    """Tokens in the longest sequence of one tokenized row (any `*input_ids` key: one sequence
+    or a list of them, as in ranked rows): what the row pads a batch to."""
     longest = 0
-    for row in rows:
-        for key, value in row.items():
-            if key.endswith("input_ids") and value:
-                sequences = value if isinstance(value[0], list) else [value]
-                longest = max(longest, *(len(s) for s in sequences))
+    for key, value in row.items():
+        if key.endswith("input_ids") and value:
+            sequences = value if isinstance(value[0], list) else [value]
+            longest = max(longest, *(len(s) for s in sequences))
     return longest
+
+
+def longest_sequence(rows: list[dict]) -> int:
+    """Tokens in the longest sequence of tokenized `rows` (`row_length`)."""
+    return max((row_length(row) for row in rows), default=0)

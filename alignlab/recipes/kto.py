@@ -125,7 +125,7 @@ def run(cfg: KTOConfig) -> Path:
         print(f"{report.summary()}; {desirable} desirable, {len(train_set) - desirable} not")
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-    schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
+    schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
     rows = {"train": train_set, "eval": eval_set}
 
     def sequence(split: str, key: tuple) -> dict[str, list[int]]:

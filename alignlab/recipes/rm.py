@@ -190,7 +190,7 @@ def run(cfg: RMConfig) -> Path:
         print(report.summary())
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-    schedule, total_steps, global_batch = loop.training_schedule(len(train_set), train_cfg, runtime)
+    schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
 
     # --- model ---
     model = load_reward_model(

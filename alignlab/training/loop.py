@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from alignlab.config import TrainConfig
+from alignlab.data.report import row_length
 from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule
 from alignlab.training.checkpoint import crash_point, save_hf_folder
@@ -137,11 +138,14 @@ def hold_out(rows: list, fraction: float) -> tuple[list, list]:
 
 
 def training_schedule(
-    num_examples: int, train_cfg: TrainConfig, runtime: Runtime
+    train_set: Sequence[dict], train_cfg: TrainConfig, runtime: Runtime
 ) -> tuple[BatchSchedule, int, int]:
-    """(schedule, total optimizer steps, global batch = micro-batch x accumulation x processes)."""
+    """(schedule, total optimizer steps, global batch = micro-batch x accumulation x processes)
+    over the tokenized rows of `train_set`, grouped by their longest sequence when
+    train.group_by_length."""
     global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * runtime.world_size
-    schedule = BatchSchedule(num_examples, global_batch, train_cfg.seed)
+    lengths = [row_length(row) for row in train_set] if train_cfg.group_by_length else None
+    schedule = BatchSchedule(len(train_set), global_batch, train_cfg.seed, lengths)
     return schedule, schedule.total_steps(train_cfg.epochs, train_cfg.max_steps), global_batch
 
 
