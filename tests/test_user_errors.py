@@ -189,6 +189,8 @@ CASES = [
         "dpo", f"model.path={p['model']}", f"data.path={p['pairs']}",
         f"train.output_dir={p['sft_run']}"],
      ["train.output_dir=", "holds a sft run", "train.overwrite=true"], None),
+    ("final_dir_holds_another_model", lambda p: sft(p, f"final_dir={p['bad_config']}"),
+     ["final_dir=", "already holds files (", "left empty, the model goes to", "train.overwrite=true"], None),
     ("writes_over_its_input", lambda p: sft(
         p, f"model.path={p['inside'] / 'final'}", f"train.output_dir={p['inside']}",
         "train.overwrite=true"),

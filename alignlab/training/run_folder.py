@@ -199,6 +199,7 @@ def open_run_folder(config: Any, runtime: Runtime, parent: RunFolder | None = No
         folder.resume_from = checkpoint
     elif parent is None:
         _check_fresh(folder, checkpoint, train.overwrite)
+        _check_final_dir(folder, train.overwrite)
     if runtime.is_main and train.resume:
         print(f"resuming from {checkpoint}" if checkpoint else "resume: no checkpoint yet")
     return folder
@@ -248,6 +249,20 @@ def _check_fresh(folder: RunFolder, checkpoint: Path | None, overwrite: bool) ->
         raise ConfigError(
             f"{_where(path)} holds this run's checkpoints (up to {checkpoint.name}); continue "
             "it with train.resume=true, or start over with train.overwrite=true"
+        )
+
+
+def _check_final_dir(folder: RunFolder, overwrite: bool) -> None:
+    """A final_dir outside the run folder is nobody's cache: a model already there (say, the
+    final_dir of the config.yaml this run was copied from) is replaced only when told to."""
+    final = folder.final_dir
+    if final.resolve().is_relative_to(folder.path.resolve()) or overwrite:
+        return
+    if final.is_dir() and any(final.iterdir()):
+        names = ", ".join(sorted(e.name for e in final.iterdir())[:3])
+        raise ConfigError(
+            f"final_dir={final} already holds files ({names}, ...); this run would replace them. Pick another final_dir (left empty, the model "
+            f"goes to {folder.path / 'final'}), or set train.overwrite=true to replace them"
         )
 
 

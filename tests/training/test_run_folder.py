@@ -135,6 +135,22 @@ def test_overwrite_replaces_another_run_and_never_deletes_foreign_files(
     assert sft(tiny_model_dir, sft_file, out, "train.overwrite=true", "train.resume=true") == 2
 
 
+def test_a_final_dir_outside_the_run_keeps_the_model_already_there(
+    tiny_model_dir, sft_file, tmp_path, capsys
+):
+    """As a run copied from another's config.yaml, whose final_dir still names the first
+    run's model folder (the lab build's pretraining writes runs/lab/base that way)."""
+    first = tmp_path / "base"
+    assert sft(tiny_model_dir, sft_file, tmp_path / "one", f"final_dir={first}") == 0
+    before = snapshot(first)
+    assert sft(tiny_model_dir, sft_file, tmp_path / "two", f"final_dir={first}") == 2
+    assert f"final_dir={first} already holds files" in capsys.readouterr().err
+    assert snapshot(first) == before and not (tmp_path / "two").exists()
+    assert sft(tiny_model_dir, sft_file, tmp_path / "two", f"final_dir={first}", "train.lr=1e-3",
+               "train.overwrite=true") == 0  # fmt: skip
+    assert snapshot(first) != before
+
+
 def test_an_earlier_run_that_saved_no_model_is_replaced_without_asking(
     tiny_model_dir, sft_file, tmp_path, capsys
 ):
