@@ -113,6 +113,10 @@ def run_demo(
         baseline=DISPLAY["sft"],
         unit="heldout prompts",
     )
+    lines.append(
+        f"One training run per model (seed {seed}): the intervals cover prompts and sampling, "
+        "not training noise; `--seed N` retrains, docs/experiments/demo.md compares seeds."
+    )
     paths = write_report(
         results, out, title=f"alignlab demo (seed {seed}): base, SFT, DPO, PPO and the oracle",
         table_keys=HEADLINE, verdict=lines,

@@ -136,7 +136,8 @@ def test_demo_runs_every_stage_and_caches_them(toy_lab, tmp_path, capsys):
     lines = table.split("**Verdict**\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     for line, name in zip(lines, ("DPO", "PPO", "base"), strict=False):
         assert name in line and ("beats" in line) != line.endswith("not separated."), line
-    assert len(lines) == 4 and "but arithmetic" in lines[3]  # the left-out family named
+    assert len(lines) == 5 and "but arithmetic" in lines[3]  # the left-out family named
+    assert "One training run per model (seed 0)" in lines[4]  # and what the intervals leave out
     out = capsys.readouterr().out
     verdict_lines = out.split("verdict (seed 0, paired with SFT):\n", 1)[1].splitlines()
     assert [line.strip() for line in verdict_lines[: len(lines)]] == [x[2:] for x in lines]
