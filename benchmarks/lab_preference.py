@@ -192,7 +192,9 @@ def main() -> None:
     # --- the reachable headroom: SFT on the oracle's answers, evaluated with the methods ---
     models = {"sft": sft, **finals}
     if not args.no_oracle_sft:
-        models[ORACLE_SFT] = timed(ORACLE_SFT, oracle_sft_stage, lab, out / "oracle_sft")
+        models[ORACLE_SFT] = timed(
+            ORACLE_SFT, oracle_sft_stage, lab, out / "oracle_sft"
+        )  # lab_rl's too
 
     # --- heldout evaluation against SFT ---
     results = timed(

@@ -9,7 +9,9 @@
 4. over-optimisation: the same PPO with a reward model trained on a few hundred pairs only,
    for longer: its proxy reward keeps rising while gold falls (Gao et al. 2022);
 5. heldout evaluation against the SFT model (gold with 95% CIs, KL, win rate), and the
-   proxy / gold / KL curves of every RL run (plots/curves.png).
+   proxy / gold / KL curves of every RL run (plots/curves.png);
+6. oracle-SFT evaluated with them: each method's gain as a share of oracle-SFT's, the
+   headroom it used (`benchmarks/headroom.py`; `--no-oracle-sft` leaves it out).
 
     python benchmarks/lab_rl.py                                  # everything
     python benchmarks/lab_rl.py --methods ppo,grpo --bon ""      # a subset
@@ -28,6 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
+from headroom import ORACLE_SFT, append_headroom
 from training_seeds import parse_seeds, seed_override, seeded_name, spread_over_seeds
 
 from alignlab.eval.curves import overoptimisation_summary, plot_curves
@@ -35,6 +38,7 @@ from alignlab.eval.report import markdown_table, write_report
 from alignlab.fileio import write_jsonl
 from alignlab.lab.build import LabBuildConfig, build
 from alignlab.lab.evaluate import HEADLINE, evaluate_lab, gold_scorer, lab_prompts
+from alignlab.lab.oracle_sft import oracle_sft_stage
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
 from alignlab.training.metrics import read_metrics
 
@@ -75,6 +79,10 @@ def main() -> None:
     parser.add_argument(
         "--seeds", default="0", help="training seeds of every RL method, e.g. 0,1,2"
     )
+    parser.add_argument(
+        "--no-oracle-sft", action="store_true",
+        help="leave out oracle-SFT (SFT on the oracle's answers) and the headroom table",
+    )  # fmt: skip
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
     out = Path(args.out)
@@ -121,6 +129,8 @@ def main() -> None:
     # --- heldout evaluation against SFT, best-of-n beside the trained models ---
     t = time.perf_counter()
     models = {"sft": sft, **finals, **({"overopt (small RM)": overopt} if overopt else {})}
+    if not args.no_oracle_sft:  # beside the feedback, so lab_preference's is reused
+        models[ORACLE_SFT] = oracle_sft_stage(lab, Path(args.feedback).parent / "oracle_sft")
     results = evaluate_lab(
         lab.world, models, ref=sft, n_prompts=args.eval_prompts, batch_size=args.batch_size,
         split=args.eval_split,
@@ -159,6 +169,10 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with paths["markdown"].open("a") as handle:
         handle.write(f"\n![proxy, gold and KL over training]({curves.relative_to(out)})\n")
+    if ORACLE_SFT in results:
+        methods = [*finals, *(n for n in results if n.startswith("best-of-"))]
+        prompts_used = lab_prompts(lab.world, args.eval_split, args.eval_prompts)
+        print(append_headroom(paths["markdown"], results, prompts_used, methods))
     print(markdown_table(results, table_keys=HEADLINE))
     print(json.dumps(summary, indent=2))
     print(f"done in {time.perf_counter() - start:.0f} s")
