@@ -37,7 +37,7 @@ from alignlab.eval.curves import overoptimisation_summary, plot_curves
 from alignlab.eval.report import markdown_table, write_report
 from alignlab.fileio import write_jsonl
 from alignlab.lab.build import LabBuildConfig, build
-from alignlab.lab.evaluate import HEADLINE, evaluate_lab, gold_scorer, lab_prompts
+from alignlab.lab.evaluate import HEADLINE, add_headline, evaluate_lab, gold_scorer, lab_prompts
 from alignlab.lab.oracle_sft import oracle_sft_stage
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage
 from alignlab.training.metrics import read_metrics
@@ -140,12 +140,17 @@ def main() -> None:
         from alignlab.rl.best_of_n import evaluate_best_of_n
 
         policy = load_for_eval(str(sft))
-        for n in [int(x) for x in args.bon.split(",")]:
-            results[f"best-of-{n}"] = evaluate_best_of_n(
-                policy, lab_prompts(lab.world, args.eval_split, args.eval_prompts), str(rm), n,
-                ref=policy, scorer=gold_scorer(lab.world), max_new_tokens=48,
-                batch_size=args.batch_size,
-            )  # fmt: skip
+        eval_prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)
+        best_of = {
+            f"best-of-{n}": evaluate_best_of_n(
+                policy, eval_prompts, str(rm), n, ref=policy, scorer=gold_scorer(lab.world),
+                max_new_tokens=48, batch_size=args.batch_size,
+            )
+            for n in [int(x) for x in args.bon.split(",")]
+        }  # fmt: skip
+        # headline gold and the paired comparison with the same SFT samples as every method's
+        add_headline(best_of, eval_prompts, results["sft"].samples, sft)
+        results.update(best_of)
     timings["evaluation"] = round(time.perf_counter() - t, 1)
 
     # --- report: table, curves, over-optimisation summary ---

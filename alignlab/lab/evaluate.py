@@ -12,7 +12,7 @@ the left-out families stay in every per-family number (`gold_by_family`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,20 @@ def evaluate_lab(
         tokenizer = AutoTokenizer.from_pretrained(str(ref or next(iter(models.values()))))
         results["oracle"] = oracle_result(world, prompts, tokenizer)
     ref_samples = next((r.ref_samples for r in results.values() if r.ref_samples), None)
+    add_headline(results, prompts, ref_samples, ref)
+    return results
+
+
+def add_headline(
+    results: Mapping[str, EvalResult],
+    prompts: Sequence[EvalPrompt],
+    ref_samples: Sequence[EvalSample] | None,
+    ref: str | Path | None,
+) -> None:
+    """Give every result `metrics["headline"]` and, with the reference's samples,
+    `metrics["paired"]` over the headline families (`headline_comparison`): what
+    `evaluate_lab` does to its own results, for results made elsewhere on the same prompts
+    (best-of-n from `alignlab.rl.best_of_n`), so that one table compares them all alike."""
     for result in results.values():
         result.metrics["headline"] = headline_metrics(result.samples, prompts)
         if ref_samples:
@@ -200,4 +214,3 @@ def evaluate_lab(
             result.metrics["paired"] = headline_comparison(
                 result.samples, ref_samples, prompts, str(ref), same_seeds=same_seeds
             )
-    return results
