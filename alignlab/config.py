@@ -271,8 +271,8 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
     group_by_length: bool = option(
         False,
-        "batch examples of similar length together, in random order (less padding: about "
-        "half the compute on data whose lengths vary 3x; as HF's LengthGroupedSampler)",
+        "batch examples of similar length together, batches in random order (less padding, "
+        "as HF's LengthGroupedSampler; its cost on the lab's data: docs/methods/sft.md)",
     )
     lr: float = option(2e-5, "peak learning rate", min=0, min_exclusive=True)
     optimizer: str = option(
