@@ -191,10 +191,8 @@ def main() -> None:
 
     # --- the reachable headroom: SFT on the oracle's answers, evaluated with the methods ---
     models = {"sft": sft, **finals}
-    if not args.no_oracle_sft:
-        models[ORACLE_SFT] = timed(
-            ORACLE_SFT, oracle_sft_stage, lab, out / "oracle_sft"
-        )  # lab_rl's too
+    if not args.no_oracle_sft:  # lab_rl reuses it when its --feedback is this run's
+        models[ORACLE_SFT] = timed(ORACLE_SFT, oracle_sft_stage, lab, out / "oracle_sft")
 
     # --- heldout evaluation against SFT ---
     results = timed(

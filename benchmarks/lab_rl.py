@@ -135,12 +135,12 @@ def main() -> None:
         lab.world, models, ref=sft, n_prompts=args.eval_prompts, batch_size=args.batch_size,
         split=args.eval_split,
     )  # fmt: skip
+    eval_prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)  # evaluate_lab's
     if args.bon:
         from alignlab.eval.harness import load_for_eval
         from alignlab.rl.best_of_n import evaluate_best_of_n
 
         policy = load_for_eval(str(sft))
-        eval_prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)
         best_of = {
             f"best-of-{n}": evaluate_best_of_n(
                 policy, eval_prompts, str(rm), n, ref=policy, scorer=gold_scorer(lab.world),
@@ -176,8 +176,7 @@ def main() -> None:
         handle.write(f"\n![proxy, gold and KL over training]({curves.relative_to(out)})\n")
     if ORACLE_SFT in results:
         methods = [*finals, *(n for n in results if n.startswith("best-of-"))]
-        prompts_used = lab_prompts(lab.world, args.eval_split, args.eval_prompts)
-        print(append_headroom(paths["markdown"], results, prompts_used, methods))
+        print(append_headroom(paths["markdown"], results, eval_prompts, methods))
     print(markdown_table(results, table_keys=HEADLINE))
     print(json.dumps(summary, indent=2))
     print(f"done in {time.perf_counter() - start:.0f} s")

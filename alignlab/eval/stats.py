@@ -269,25 +269,30 @@ def paired_difference(
     t_est = Estimate(
         mean, se, float(t_interval.low), float(t_interval.high), n, confidence, "paired t"
     )
-    resampled = stats.bootstrap(
-        (differences,),
-        np.mean,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-    )
-    boot_interval = resampled.confidence_interval
-    boot = Estimate(
-        mean,
-        float(resampled.standard_error),
-        float(boot_interval.low),
-        float(boot_interval.high),
-        n,
-        confidence,
-        "bootstrap",
-    )
+    boot = _bootstrap((differences,), np.mean, mean, confidence, n_resamples, seed)
     return PairedDifference(t_est, boot, wins, model, baseline)
+
+
+def _bootstrap(
+    data: tuple[np.ndarray, ...],
+    statistic: Any,
+    mean: float,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+    **kwargs: Any,
+) -> Estimate:
+    """`mean` with the BCa bootstrap's SE and interval of `statistic` over the items of `data`
+    (`scipy.stats.bootstrap`, `n_resamples` draws from a generator seeded with `seed`)."""
+    resampled = stats.bootstrap(
+        data, statistic, n_resamples=n_resamples, confidence_level=confidence, method="BCa",
+        rng=np.random.default_rng(seed), **kwargs,
+    )  # fmt: skip
+    interval = resampled.confidence_interval
+    return Estimate(
+        mean, float(resampled.standard_error), float(interval.low), float(interval.high),
+        len(data[0]), confidence, "bootstrap",
+    )  # fmt: skip
 
 
 def share_of_gap(
@@ -327,15 +332,9 @@ def share_of_gap(
     def ratio(gained: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray:
         return gained.sum(axis=axis) / gap.sum(axis=axis)
 
-    resampled = stats.bootstrap(
-        (gained, gap), ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-        confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    interval = resampled.confidence_interval
-    return Estimate(
-        mean, float(resampled.standard_error), float(interval.low), float(interval.high), n,
-        confidence, "bootstrap",
-    )  # fmt: skip
+    return _bootstrap(
+        (gained, gap), ratio, mean, confidence, n_resamples, seed, paired=True, vectorized=True
+    )
 
 
 @dataclass(frozen=True)
