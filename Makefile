@@ -9,6 +9,9 @@ PYTEST_ARGS ?= -m "not slow"
 # for people who install alignlab as a library.
 LOCK := requirements.lock
 EXTRAS ?= dev
+# --no-compile: byte-compiling every file of torch and transformers at install takes about a
+# minute on 2 cores; Python compiles the modules a run imports, when it imports them.
+PIP_INSTALL := $(BIN)/python -m pip install -q --no-compile
 
 .PHONY: setup demo test lint bench lock clean
 
@@ -17,8 +20,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: setup
@@ -32,7 +35,7 @@ test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[bench]"
+	$(PIP_INSTALL) -c $(LOCK) -e ".[bench]"
 	$(BIN)/python benchmarks/sft_speed.py
 	$(BIN)/python benchmarks/dpo_speed.py
 	$(BIN)/python benchmarks/rl_speed.py

@@ -199,9 +199,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", help="default: runs/lab_ceiling (another size: ...-SIZE)")
     parser.add_argument("--lab", help="lab build cache; default: runs/lab (another size: ...-SIZE)")
-    parser.add_argument(
-        "--sft", help="SFT run folder; default: the demo's, runs/demo/sft (another size: OUT/sft)"
-    )
+    parser.add_argument("--sft", help="SFT run folder; default: the lab build's, LAB/sft")
     parser.add_argument(
         "--eval-prompts", type=int, default=400,
         help="heldout prompts (400 x 64 samples: ~30 min on 2 shared cores)",
@@ -219,12 +217,11 @@ def main() -> None:
     bon = [int(n) for n in args.bon.split(",") if n]
     if any(n < 1 or n > args.samples for n in bon):
         parser.error(f"--bon {args.bon}: every n must be in [1, --samples={args.samples}]")
-    # another size builds beside the default one, never over it (nor over the demo's SFT)
+    # another size builds beside the default one (runs/lab-SIZE), never over it
     build_cfg = load_config(LabBuildConfig, None, args.build_options)
     suffix = "" if build_cfg.size == DEFAULT_SIZE else f"-{build_cfg.size}"
     out = Path(args.out or f"runs/lab_ceiling{suffix}")
-    build_cfg.out = args.lab = args.lab or f"runs/lab{suffix}"
-    args.sft = args.sft or ("runs/demo/sft" if not suffix else str(out / "sft"))
+    build_cfg.out = args.lab = args.lab or build_cfg.out
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -237,7 +234,7 @@ def main() -> None:
     # --- the two SFT models: the lab's demonstrations and the oracle's ---
     lab = timed("build", lambda: build(build_cfg))
     folders = {
-        "sft": timed("sft", lambda: sft_stage(lab, Path(args.sft))),
+        "sft": timed("sft", lambda: sft_stage(lab, Path(args.sft) if args.sft else None)),
         "oracle-sft": timed("oracle-sft", lambda: oracle_sft_stage(lab, out / "oracle_sft")),
     }
 

@@ -1,6 +1,6 @@
 """Every offline preference method from the same SFT model on the same simulated labels.
 
-1. lab build and the demo's SFT model (both cached: run `make demo` first to save time);
+1. lab build and its SFT model (both cached, in runs/lab and runs/lab/sft);
 2. sample K=4 responses per train prompt from the SFT model (temperature 1); a panel of 3
    simulated annotators (Bradley-Terry on gold, temperature 0.15, 10% label flips, majority
    vote) labels every pair of a prompt's distinct samples (`alignlab.lab.feedback`). From
@@ -103,7 +103,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/lab_preference")
     parser.add_argument("--lab", default="runs/lab", help="lab build cache")
-    parser.add_argument("--sft", default="runs/demo/sft", help="SFT run folder (the demo's)")
+    parser.add_argument("--sft", help="SFT run folder; default: the lab build's, LAB/sft")
     parser.add_argument("--n-prompts", type=int, default=3000, help="train prompts to sample")
     parser.add_argument("--k", type=int, default=4, help="samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=3000)
@@ -144,7 +144,7 @@ def main() -> None:
         return result
 
     lab = build(LabBuildConfig(out=args.lab))
-    sft = sft_stage(lab, Path(args.sft))
+    sft = sft_stage(lab, Path(args.sft) if args.sft else None)
 
     # --- preference data from SFT samples, labelled by simulated annotators ---
     feedback = timed(

@@ -1,6 +1,6 @@
 """Every RL method from the same SFT model with the same reward model, gold tracked throughout.
 
-1. lab build, the demo's SFT model, simulated feedback on SFT samples and the reward model on
+1. lab build, its SFT model (runs/lab/sft), simulated feedback on SFT samples and the reward model on
    it (the stages of `alignlab.lab.pipeline`, shared with benchmarks/lab_preference.py and
    cached: point --feedback at that benchmark's folder to reuse its labels);
 2. PPO, RLOO, GRPO, REINFORCE++, ReST and RAFT from the SFT model on the lab's RL prompts, the
@@ -63,7 +63,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/lab_rl")
     parser.add_argument("--lab", default="runs/lab", help="lab build cache")
-    parser.add_argument("--sft", default="runs/demo/sft", help="SFT run folder (the demo's)")
+    parser.add_argument("--sft", help="SFT run folder; default: the lab build's, LAB/sft")
     parser.add_argument("--feedback", default="runs/lab_preference/feedback")
     parser.add_argument("--n-prompts", type=int, default=3000, help="feedback prompts")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -92,7 +92,7 @@ def main() -> None:
 
     # --- SFT, feedback and the reward model (cached, shared with lab_preference) ---
     lab = build(LabBuildConfig(out=args.lab))
-    sft = sft_stage(lab, Path(args.sft))
+    sft = sft_stage(lab, Path(args.sft) if args.sft else None)
     feedback = feedback_stage(lab, sft, Path(args.feedback), args.n_prompts)
     rm = rm_stage(sft, feedback["rm_pairs"], Path(args.feedback).parent / "rm", COMMON)
     rm_eval = [r for r in read_metrics(rm.parent) if "eval/accuracy" in r][-1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from alignlab.config import ArgumentParser, describe, load_config
-from alignlab.lab.build import LabBuildConfig, build
+from alignlab.lab.build import DEFAULT_SIZE, DEMO_SIZE, LabBuildConfig, build
 from alignlab.models.folders import check_model_source
 from alignlab.preflight import check_inputs, check_output_folder
 
@@ -75,7 +75,9 @@ def main(argv: list[str]) -> None:
         help="tokenizer + pretrained base model + datasets (cached); size=medium: a 3x larger base",
     )
     build_cmd.add_argument(
-        "overrides", nargs="*", help="key=value build options, e.g. size=medium out=runs/lab-medium"
+        "overrides",
+        nargs="*",
+        help="key=value build options, e.g. size=medium (into runs/lab-medium)",
     )
     export_cmd = sub.add_parser(
         "export", help="write the SFT, preference and prompt datasets as JSONL"
@@ -93,12 +95,17 @@ def main(argv: list[str]) -> None:
         help="training seed of SFT, RM, DPO, PPO and the evaluation's sampling seed (the lab "
         "build stays the same)",
     )  # fmt: skip
-    demo_cmd.add_argument("overrides", nargs="*", help="key=value build options")
+    demo_cmd.add_argument(
+        "overrides", nargs="*",
+        help=f"key=value build options; the demo's own size is size={DEMO_SIZE} (runs/lab-demo), "
+        f"size={DEFAULT_SIZE} runs it on the lab benchmarks' build",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command in ("export", "demo"):
         check_output_folder(args.out, "--out")
     if args.command in ("build", "demo"):
-        config = load_config(LabBuildConfig, None, args.overrides)
+        size = [f"size={DEMO_SIZE}"] if args.command == "demo" else []  # the user's size wins
+        config = load_config(LabBuildConfig, None, [*size, *args.overrides])
         check_inputs(config)
 
     if args.command == "build":

@@ -1,8 +1,11 @@
 """`alignlab lab demo` (`make demo`): build the lab, align the base, measure every step.
 
-[1/7] lab build: tokenizer, pretrained base model, datasets (cached after the first run)
+[1/7] lab build: tokenizer, pretrained base model, datasets (cached after the first run), of
+      the demo's own size (`size=demo`, runs/lab-demo: the benchmarks' model pretrained 5
+      epochs instead of 8, so that `make demo` fits in 10 minutes on 2 cores)
 [2/7] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab)
-[3/7] feedback: 4 SFT samples per train prompt, every pair labelled by simulated annotators
+[3/7] feedback: 4 SFT samples on each of 700 train prompts, every pair labelled by simulated
+      annotators
 [4/7] reward model on those labels (recipe `rm`, preset rm_lab, one epoch)
 [5/7] DPO from SFT on every labelled pair (recipe `dpo`, preset dpo_lab without its NLL term)
 [6/7] PPO from SFT with the reward model, gold logged beside it (recipe `ppo`, preset
@@ -16,8 +19,8 @@ The verdict (`alignlab.eval.verdict`) claims a difference to SFT only where its 
 interval is separated from 0, and says "not separated" elsewhere; headline gold leaves out
 the families of `alignlab.lab.evaluate.LEFT_OUT_OF_HEADLINE`. `seed` changes the training
 seeds of SFT, the reward model, DPO and PPO and the evaluation's sampling seed; the lab build
-(world, base model) stays the same, so several seeds share it. Seed 0 is the presets' own
-seed, so its SFT model is the one the lab benchmarks start from (`--sft runs/demo/sft`).
+(world, base model) stays the same, so several seeds share it. Build options choose another
+build: `alignlab lab demo size=small` runs the demo on the lab benchmarks' build (runs/lab).
 
 Every stage is cached (`alignlab.lab.pipeline`): a second run reuses what is unchanged.
 """
@@ -55,7 +58,7 @@ def run_demo(
     out: str | Path,
     build_cfg: LabBuildConfig,
     n_prompts: int = 1500,
-    feedback_prompts: int = 1000,
+    feedback_prompts: int = 700,  # not 1,000: for time (docs/experiments/demo.md, "Budget")
     overrides: dict[str, list[str]] | None = None,
     seed: int = 0,
 ) -> dict[str, Path]:

@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM
 
 from alignlab.cli import main
 from alignlab.config import ConfigError, load_config
-from alignlab.lab.build import DEFAULT_SIZE, LAB_SIZES, LabBuildConfig, model_config
+from alignlab.lab.build import DEFAULT_SIZE, DEMO_SIZE, LAB_SIZES, LabBuildConfig, model_config
 
 
 def parameters(cfg: LabBuildConfig, vocab_size: int = 1000) -> int:
@@ -43,7 +43,7 @@ def test_the_key_hashes_the_values_not_the_size_name():
 def test_bad_sizes_and_shapes_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="size: 'huge' is not allowed"):
         load_config(LabBuildConfig, None, ["size=huge"])
-    with pytest.raises(ConfigError, match="size: 'huge' is not one of small, medium"):
+    with pytest.raises(ConfigError, match="size: 'huge' is not one of small, demo, medium"):
         LabBuildConfig(size="huge")
     with pytest.raises(ConfigError, match="hidden_size: 100 is not a multiple of num_heads=6"):
         load_config(LabBuildConfig, None, ["size=medium", "hidden_size=100"])
@@ -53,3 +53,26 @@ def test_build_cli_refuses_an_unknown_size(capsys):
     assert main(["lab", "build", "size=huge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "size" in err[0] and "medium" in err[0]
+
+
+def test_each_size_has_its_own_default_folder():
+    assert LabBuildConfig().out == "runs/lab"
+    assert load_config(LabBuildConfig, None, ["size=medium"]).out == "runs/lab-medium"
+    assert load_config(LabBuildConfig, None, ["size=demo", "out=elsewhere"]).out == "elsewhere"
+
+
+def test_the_demo_size_is_the_benchmarks_model_pretrained_for_fewer_epochs():
+    small, demo = LabBuildConfig(), LabBuildConfig(size=DEMO_SIZE)
+    assert model_config(small, 1000).to_dict() == model_config(demo, 1000).to_dict()
+    assert demo.pretrain_epochs < small.pretrain_epochs and demo.key() != small.key()
+
+
+@pytest.mark.parametrize(
+    "argv,size,out",
+    [([], DEMO_SIZE, "runs/lab-demo"), (["size=small"], "small", "runs/lab")],
+)
+def test_the_demo_builds_its_own_size_unless_told_otherwise(monkeypatch, tmp_path, argv, size, out):
+    seen = {}
+    monkeypatch.setattr("alignlab.lab.demo.run_demo", lambda out, cfg, seed: seen.update(cfg=cfg))
+    assert main(["lab", "demo", "--out", str(tmp_path / "demo"), *argv]) in (0, None)
+    assert (seen["cfg"].size, seen["cfg"].out) == (size, out)
