@@ -5,13 +5,13 @@
       epochs instead of 8, so that `make demo` fits in 10 minutes on 2 cores)
 [2/7] SFT of the base on the lab's imperfect demonstrations (recipe `sft`, preset sft_lab,
       two epochs)
-[3/7] feedback: 4 SFT samples on each of 700 train prompts, every pair labelled by simulated
+[3/7] feedback: 4 SFT samples on each of 600 train prompts, every pair labelled by simulated
       annotators
 [4/7] reward model on those labels (recipe `rm`, preset rm_lab, one epoch)
 [5/7] DPO from SFT on every labelled pair (recipe `dpo`, preset dpo_lab without its NLL term)
 [6/7] PPO from SFT with the reward model, gold logged beside it (recipe `ppo`, preset
       ppo_demo: a short run of ppo_lab, 18 steps at lr 2e-5)
-[7/7] heldout evaluation on 1,500 prompts, every model paired with SFT (the same prompts and
+[7/7] heldout evaluation on 1,000 prompts, every model paired with SFT (the same prompts and
       sampling seeds; KL to SFT: what DPO and PPO cost from their starting point) and the
       report, which opens with the verdict: <out>/report.md, report.html, results.json,
       plots/ (with PPO's proxy / gold / KL curves)
@@ -61,8 +61,8 @@ DISPLAY = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "PPO"}
 def run_demo(
     out: str | Path,
     build_cfg: LabBuildConfig,
-    n_prompts: int = 1500,
-    feedback_prompts: int = 700,  # not 1,000: for time (docs/experiments/demo.md, "Budget")
+    n_prompts: int = 1000,
+    feedback_prompts: int = 600,  # not 1,000: for time (docs/experiments/demo.md, "Budget")
     overrides: dict[str, list[str]] | None = None,
     seed: int = 0,
 ) -> dict[str, Path]:
