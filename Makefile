@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -m "not slow"
 LOCK := requirements.lock
 EXTRAS ?= dev
 # --no-compile: byte-compiling every file of torch and transformers at install takes about a
-# minute on 2 cores. WARM then compiles, once, what every run imports (~15 s), even where
+# minute on 2 cores. WARM then compiles, once, what every run imports (~20 s), even where
 # PYTHONDONTWRITEBYTECODE is set: else each new process would compile it again (~8 s each).
 PIP_INSTALL := $(BIN)/python -m pip install -q --no-compile
 WARM := PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import alignlab.cli, alignlab.recipes.sft, \
