@@ -234,7 +234,7 @@ def main() -> None:
     # --- the two SFT models: the lab's demonstrations and the oracle's ---
     lab = timed("build", lambda: build(build_cfg))
     folders = {
-        "sft": timed("sft", lambda: sft_stage(lab, Path(args.sft) if args.sft else None)),
+        "sft": timed("sft", lambda: sft_stage(lab, args.sft)),
         "oracle-sft": timed("oracle-sft", lambda: oracle_sft_stage(lab, out / "oracle_sft")),
     }
 

@@ -144,7 +144,7 @@ def main() -> None:
         return result
 
     lab = build(LabBuildConfig(out=args.lab))
-    sft = sft_stage(lab, Path(args.sft) if args.sft else None)
+    sft = sft_stage(lab, args.sft)
 
     # --- preference data from SFT samples, labelled by simulated annotators ---
     feedback = timed(

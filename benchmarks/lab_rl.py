@@ -1,8 +1,8 @@
 """Every RL method from the same SFT model with the same reward model, gold tracked throughout.
 
-1. lab build, its SFT model (runs/lab/sft), simulated feedback on SFT samples and the reward model on
-   it (the stages of `alignlab.lab.pipeline`, shared with benchmarks/lab_preference.py and
-   cached: point --feedback at that benchmark's folder to reuse its labels);
+1. lab build, its SFT model (runs/lab/sft), simulated feedback on SFT samples and the reward
+   model on it (the stages of `alignlab.lab.pipeline`, shared with benchmarks/lab_preference.py
+   and cached: point --feedback at that benchmark's folder to reuse its labels);
 2. PPO, RLOO, GRPO, REINFORCE++, ReST and RAFT from the SFT model on the lab's RL prompts, the
    reward model as reward, the lab's gold logged beside it (never trained on);
 3. best-of-n from the SFT model with the same reward model (no training; KL in closed form);
@@ -92,7 +92,7 @@ def main() -> None:
 
     # --- SFT, feedback and the reward model (cached, shared with lab_preference) ---
     lab = build(LabBuildConfig(out=args.lab))
-    sft = sft_stage(lab, Path(args.sft) if args.sft else None)
+    sft = sft_stage(lab, args.sft)
     feedback = feedback_stage(lab, sft, Path(args.feedback), args.n_prompts)
     rm = rm_stage(sft, feedback["rm_pairs"], Path(args.feedback).parent / "rm", COMMON)
     rm_eval = [r for r in read_metrics(rm.parent) if "eval/accuracy" in r][-1]

@@ -57,10 +57,12 @@ def recipe_stage(
     return cached(out, made_from, out / "final", lambda: module.run(config))
 
 
-def sft_stage(lab: LabArtifacts, out: Path | None = None, overrides: Sequence[str] = ()) -> Path:
-    """The SFT model of the base on the lab's demonstrations, in `out` or by default beside the
-    base in the build's folder (`<lab>/sft`: the lab benchmarks' starting model)."""
-    out = out or lab.out / "sft"
+def sft_stage(
+    lab: LabArtifacts, out: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Path:
+    """The SFT model of the base on the lab's demonstrations, in `out` or by default (None or
+    empty) beside the base in the build's folder (`<lab>/sft`: the lab benchmarks' start)."""
+    out = Path(out) if out else lab.out / "sft"
     args = [f"model.path={lab.base}", f"data.path={lab.data['sft']}", *overrides]
     return recipe_stage("sft", "sft_lab", args, out, key=lab.manifest["key"])
 
