@@ -432,8 +432,16 @@ def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
             raise ConfigError(f"{where}: {value!r} is out of range; it must be <= {high}")
 
 
-def _unknown_key(key: Any, valid: list[str], where: str) -> ConfigError:
-    """The unknown key and the closest valid one, both as full dotted keys (`train.lr`)."""
+def _unknown_key(
+    key: Any, valid: list[str], where: str, renamed: dict[str, str] | None = None
+) -> ConfigError:
+    """The unknown key and the closest valid one, both as full dotted keys (`train.lr`).
+    `renamed` maps a section's old key names to their new ones (a class's `RENAMED`)."""
+    if renamed and key in renamed:
+        return ConfigError(
+            f"unknown key '{where}{key}'; did you mean {where}{renamed[key]}? "
+            f"({where}{key} was renamed {where}{renamed[key]})"
+        )
     close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
     if close:
         hint = f"; did you mean {where}{close[0]}?"
@@ -451,7 +459,7 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise _unknown_key(key, list(fields), where)
+            raise _unknown_key(key, list(fields), where, getattr(cls, "RENAMED", None))
         f = fields[key]
         name = f"{where}{key}"
         if dataclasses.is_dataclass(f.type):

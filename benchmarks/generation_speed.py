@@ -6,7 +6,7 @@ model is random, so few responses end early; throughput counts the tokens actual
 generated). The HF side is what a
 hand-written RL loop does: left-pad, `model.generate(do_sample=True)` in one batch, then a
 forward over prompt + response for the sampled tokens' log-probs (which RL needs). alignlab's
-`alignlab.rl.rollout.rollout` does the same through `alignlab.eval.generation.generate`
+`alignlab.rl.rollout.rollout` does the same through `alignlab.models.generation.generate`
 (length-sorted batches, KV cache) and scores the responses with `TokenLogProbs` (chunked
 log-probs, no full-vocabulary log-softmax). Reported: new tokens per second over the whole
 rollout (sampling + log-probs) and the sampling part alone, median of --repeats runs.
@@ -59,7 +59,7 @@ def hf_rollout(model, tokenizer, prompts: list[str], new: int) -> tuple[float, f
 
 
 def alignlab_rollout(model, tokenizer, prompts: list[str], new: int) -> tuple[float, float, int]:  # noqa: ANN001
-    from alignlab.eval import generation
+    from alignlab.models import generation
     from alignlab.rl.rollout import rollout
 
     clock: dict[str, float] = {}

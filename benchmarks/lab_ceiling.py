@@ -44,7 +44,6 @@ from typing import Any
 import torch
 
 from alignlab.config import load_config
-from alignlab.eval.generation import Generation
 from alignlab.eval.harness import (
     EvalPrompt,
     EvalResult,
@@ -62,6 +61,7 @@ from alignlab.lab.build import DEFAULT_SIZE, LabBuildConfig, build
 from alignlab.lab.evaluate import gold_scorer, gold_total, lab_prompts, oracle_result
 from alignlab.lab.oracle_sft import oracle_sft_stage
 from alignlab.lab.pipeline import cached, sft_stage
+from alignlab.models.generation import Generation
 from alignlab.rl.sample_filter import best_per_prompt
 
 MODELS = ("sft", "oracle-sft")

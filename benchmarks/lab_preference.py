@@ -76,7 +76,7 @@ SELECTED = (  # each method's setting chosen on 1,500 valid prompts (docs/experi
 
 def ranked_lists(rm_pairs: Path, rm_dir: Path) -> list[dict]:
     """Each prompt's distinct labelled samples with their reward-model scores (RRHF's data)."""
-    from alignlab.eval.reward_ensemble import RewardScorer
+    from alignlab.models.reward_ensemble import RewardScorer
 
     by_prompt: dict[str, tuple[list, dict[str, None]]] = {}
     for row in (record.data for record in load_records(str(rm_pairs))):

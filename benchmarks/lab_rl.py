@@ -3,8 +3,8 @@
 1. lab build, its SFT model (runs/lab/sft), simulated feedback on SFT samples and the reward
    model on it (the stages of `alignlab.lab.pipeline`, shared with benchmarks/lab_preference.py
    and cached: point --feedback at that benchmark's folder to reuse its labels);
-2. PPO, RLOO, GRPO, REINFORCE++, ReST and RAFT from the SFT model on the lab's RL prompts, the
-   reward model as reward, the lab's gold logged beside it (never trained on);
+2. PPO, RLOO, GRPO, REINFORCE++, DAPO, GSPO, CISPO, ReST and RAFT from the SFT model on the
+   lab's RL prompts, the reward model as reward, the lab's gold logged beside it (never trained on);
 3. best-of-n from the SFT model with the same reward model (no training; KL in closed form);
 4. over-optimisation: the same PPO with a reward model trained on a few hundred pairs only,
    for longer: its proxy reward keeps rising while gold falls (Gao et al. 2022);
@@ -43,7 +43,15 @@ from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_st
 from alignlab.training.metrics import read_metrics
 
 GOLD = "alignlab.lab.rewards:gold_reward"
-RL = ("ppo", "rloo", "grpo", "reinforce_pp")  # reward under rl.*, the others under sampling.*
+RL = (
+    "ppo",
+    "rloo",
+    "grpo",
+    "reinforce_pp",
+    "dapo",
+    "gspo",
+    "cispo",
+)  # reward under rl.*, others: sampling.*
 METHODS = (*RL, "rest", "raft")
 COMMON = ["train.progress=false"]
 
@@ -70,7 +78,7 @@ def main() -> None:
     parser.add_argument("--bon", default="4,16", help="best-of-n sizes; empty = none")
     parser.add_argument("--small-rm-pairs", type=int, default=300, help="0 = no small-RM run")
     parser.add_argument(
-        "--overopt", default="ppo:rl.beta=0.0:train.max_steps=300",
+        "--overopt", default="ppo:rl.kl_coef=0.0:train.max_steps=300",
         help="the run with the small RM: method[:override...]",
     )  # fmt: skip
     parser.add_argument("--eval-prompts", type=int, default=1500)
@@ -138,7 +146,7 @@ def main() -> None:
     eval_prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)  # evaluate_lab's
     if args.bon:
         from alignlab.eval.harness import load_for_eval
-        from alignlab.rl.best_of_n import evaluate_best_of_n
+        from alignlab.recipes.bon import evaluate_best_of_n
 
         policy = load_for_eval(str(sft))
         best_of = {
@@ -163,7 +171,7 @@ def main() -> None:
         for name, path in models.items()
         if name != "sft" and any("train/gold_mean" in r for r in read_metrics(path.parent))
     }
-    curves = plot_curves(runs, out / "plots" / "curves.png", title="proxy, gold and KL")
+    curves = plot_curves(runs, out / "plots" / "curves.png", title="RL training curves")
     summary = {
         "reward_model": {"pairs": feedback["stats"]["comparisons"], **rm_eval},
         "overoptimisation": {n: overoptimisation_summary(read_metrics(p)) for n, p in runs.items()},
@@ -173,7 +181,9 @@ def main() -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with paths["markdown"].open("a") as handle:
-        handle.write(f"\n![proxy, gold and KL over training]({curves.relative_to(out)})\n")
+        handle.write(
+            f"\n![proxy, gold, KL, entropy and clip fraction over training]({curves.relative_to(out)})\n"
+        )
     if ORACLE_SFT in results:
         methods = [*finals, *(n for n in results if n.startswith("best-of-"))]
         print(append_headroom(paths["markdown"], results, eval_prompts, methods))

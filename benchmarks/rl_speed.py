@@ -102,7 +102,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
             f"rl.samples_per_prompt={SAMPLES}",
             f"rl.max_new_tokens={shape['new']}",
             f"rl.generation_batch_size={PROMPTS * SAMPLES}",
-            f"rl.beta={BETA}",
+            f"rl.kl_coef={BETA}",
             f"train.micro_batch_size={PROMPTS * SAMPLES}",
             f"train.output_dir={folder / 'run'}",
             f"train.max_steps={steps}",

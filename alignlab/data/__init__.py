@@ -15,12 +15,13 @@ from alignlab.data.schema import (
     FORMATS,
     DataError,
     Example,
+    Record,
     detect_dataset_format,
     detect_format,
     extract_prompt,
     parse_examples,
 )
-from alignlab.data.sources import Record, load_records
+from alignlab.data.sources import load_records
 from alignlab.data.templates import (
     DEFAULT_CHAT_TEMPLATE,
     chat_segments,

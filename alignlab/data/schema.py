@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from alignlab.data.report import DataReport
-
-if TYPE_CHECKING:
-    from alignlab.data.sources import Record
 
 FORMATS: tuple[str, ...] = (
     "language_modeling",
@@ -42,6 +39,20 @@ _KEYS_HELP = (
     "(conversational), 'chosen'+'rejected' (preference), 'prompt'+'completion'+'label' "
     "(unpaired_preference), 'prompt'+'responses'+'scores' (ranked)"
 )
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw record and its origin."""
+
+    data: dict[str, Any]
+    source: str
+    """File path or dataset id."""
+    line: int
+    """1-based line in a JSONL file; 1-based record / row index otherwise."""
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
 
 
 class DataError(ValueError):

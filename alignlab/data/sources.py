@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignlab.data.report import DataReport
-from alignlab.data.schema import DataError
+from alignlab.data.schema import DataError, Record
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES + (".csv", ".txt", ".gz")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One raw record and its origin."""
-
-    data: dict[str, Any]
-    source: str
-    """File path or dataset id."""
-    line: int
-    """1-based line in a JSONL file; 1-based record / row index otherwise."""
-
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
 
 
 def load_records(

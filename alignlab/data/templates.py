@@ -58,7 +58,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def fallback_chat_template(tokenizer: Any) -> str:
     """The template of a tokenizer without one: ChatML, each turn ended by a single token that
-    is a stop token of `alignlab.eval.generation.stop_token_ids`: `<|im_end|>` where the
+    is a stop token of `alignlab.models.generation.stop_token_ids`: `<|im_end|>` where the
     tokenizer has it as a token of its own, else its EOS (EOS_CHAT_TEMPLATE).
 
     Raises a ValueError when it has neither (`ensure_chat_template` adds one).

@@ -1,4 +1,4 @@
-"""Over-optimisation curves of RL runs: proxy reward, gold reward and KL over training.
+"""Training curves of RL runs: proxy reward, gold reward, KL, entropy and clip fraction.
 
 Gao et al. 2022 ("Scaling laws for reward model overoptimization", arXiv:2210.10760): as a
 policy optimises a learned (proxy) reward, the proxy keeps rising while the gold reward it
@@ -18,6 +18,7 @@ from alignlab.fileio import atomic_write_bytes
 from alignlab.training.metrics import read_metrics
 
 PROXY, GOLD, KL = "train/reward_mean", "train/gold_mean", "train/kl_ref"
+ENTROPY, CLIP = "train/entropy", "train/clip_fraction"
 
 
 def curve(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -58,13 +59,14 @@ def overoptimisation_summary(records: list[dict]) -> dict[str, float]:
 
 
 def plot_curves(runs: Mapping[str, str | Path], out: str | Path, title: str = "") -> Path:
-    """One PNG: proxy, gold and KL per step (faint: as logged; solid: trailing mean over a
-    fifth of the logged points), and the smoothed proxy and gold against sqrt(KL), for each run (a run
-    folder or its metrics.jsonl)."""
+    """One PNG: proxy, gold, KL, entropy and clip fraction per step (faint: as logged; solid:
+    trailing mean over a fifth of the logged points), and the smoothed proxy and gold against
+    sqrt(KL), for each run (a run folder or its metrics.jsonl)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(18, 4), layout="constrained")
-    axes = figure.subplots(1, 4)
+    figure = Figure(figsize=(18, 7.5), layout="constrained")
+    axes = list(figure.subplots(2, 3).flat)
+    axes = [axes[0], axes[1], axes[2], axes[5], axes[3], axes[4]]  # sqrt(KL) panel last
     for index, (name, path) in enumerate(runs.items()):
         records = read_metrics(path)
         steps, proxy = curve(records, PROXY)
@@ -76,6 +78,8 @@ def plot_curves(runs: Mapping[str, str | Path], out: str | Path, title: str = ""
             (axes[0], steps, proxy),
             (axes[1], gold_steps, gold),
             (axes[2], kl_steps, kl),
+            (axes[4], *curve(records, ENTROPY)),
+            (axes[5], *curve(records, CLIP)),
         ):
             if not ys:
                 continue
@@ -90,11 +94,14 @@ def plot_curves(runs: Mapping[str, str | Path], out: str | Path, title: str = ""
     axes[1].set_title("gold reward (not trained on)")
     axes[2].set_title("KL to the reference (nats / response)")
     axes[3].set_title("proxy (dashed), gold vs sqrt(KL)")
-    for ax in axes[:3]:
+    axes[4].set_title("entropy estimate (nats / token)")
+    axes[5].set_title("clip fraction (tokens)")
+    for ax in (*axes[:3], *axes[4:]):
         ax.set_xlabel("step")
     axes[3].set_xlabel("sqrt(KL)")
     for ax in axes:
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     if title:
         figure.suptitle(title)
     out = Path(out)

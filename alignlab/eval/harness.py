@@ -56,8 +56,6 @@ from torch import nn
 
 from alignlab.config import ConfigError
 from alignlab.data.templates import Messages, render_prompt
-from alignlab.eval.generation import Generation, generate, prompt_token_ids
-from alignlab.eval.logprobs import sequence_logps
 from alignlab.eval.paired import paired_comparison
 from alignlab.eval.stats import (
     distinct_n,
@@ -66,6 +64,8 @@ from alignlab.eval.stats import (
     proportion_ci,
     win_rate,
 )
+from alignlab.models.generation import Generation, generate, prompt_token_ids
+from alignlab.models.logprobs import sequence_logps
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any
 from alignlab.config import ArgumentParser
 from alignlab.data.schema import DataError, parse_examples
 from alignlab.data.sources import load_records
-from alignlab.eval.reward_ensemble import AGGREGATES, RewardScorer
 from alignlab.eval.reward_eval import evaluate_pairs, gold_correlation
 from alignlab.fileio import atomic_write_text
 from alignlab.models.folders import check_model_source
+from alignlab.models.reward_ensemble import AGGREGATES, RewardScorer
 
 
 def _response_text(response: str | list[dict[str, Any]]) -> str:

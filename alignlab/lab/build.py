@@ -163,7 +163,7 @@ def probe_base(world: LabWorld, model_dir: Path, n: int = 500) -> dict[str, floa
     """Greedy answers of the base on heldout prompts: does it know the facts, is it aligned?"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignlab.eval.generation import generate
+    from alignlab.models.generation import generate
 
     prompts = [p for p in world.prompts("heldout", n) if p.family in ("fact", "unknown", "harmful")]
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab.eval.generation import Generation
 from alignlab.eval.harness import (
     EvalPrompt,
     EvalResult,
@@ -28,6 +27,7 @@ from alignlab.eval.harness import (
 from alignlab.eval.paired import paired_comparison
 from alignlab.lab.gold import Prompt
 from alignlab.lab.world import LabWorld
+from alignlab.models.generation import Generation
 
 FLAGS = ("refused", "hallucinated", "correct", "complied", "claimed_ignorance")
 
@@ -206,7 +206,7 @@ def add_headline(
     """Give every result `metrics["headline"]` and, with the reference's samples,
     `metrics["paired"]` over the headline families (`headline_comparison`): what
     `evaluate_lab` does to its own results, for results made elsewhere on the same prompts
-    (best-of-n from `alignlab.rl.best_of_n`), so that one table compares them all alike."""
+    (best-of-n from `alignlab.recipes.bon`), so that one table compares them all alike."""
     for result in results.values():
         result.metrics["headline"] = headline_metrics(result.samples, prompts)
         if ref_samples:

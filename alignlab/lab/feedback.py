@@ -36,8 +36,8 @@ def sample_responses(
     seed: int = 1,
 ) -> list[list[str]]:
     """K samples (temperature 1) per prompt from the model in `model_dir`, on the GPU if any."""
-    from alignlab.eval.generation import generate
     from alignlab.eval.harness import load_for_eval
+    from alignlab.models.generation import generate
 
     loaded = load_for_eval(str(model_dir))
     gens = generate(

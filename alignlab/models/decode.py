@@ -1,4 +1,4 @@
-"""The decode loop under `alignlab.eval.generation.generate`: KV cache, sampling, early exit.
+"""The decode loop under `alignlab.models.generation.generate`: KV cache, sampling, early exit.
 
     new_tokens, finished = decode(model, input_ids, attention_mask, max_new_tokens=64,
                                   temperature=1.0, top_p=1.0, stop_ids={eos})

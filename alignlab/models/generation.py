@@ -3,7 +3,7 @@
 `generate` renders each prompt (`render_prompt`: the chat template plus the generation prompt
 for a message list, a string unchanged), tokenizes it the way training does
 (`tokenize_segments`: BOS when the tokenizer adds one), sorts prompts by length into batches,
-left-pads each batch and samples with `alignlab.eval.decode.decode` (our own KV-cache loop,
+left-pads each batch and samples with `alignlab.models.decode.decode` (our own KV-cache loop,
 faster than HF `generate` on CPU). Results come back in the input order.
 
 The sampling distribution is exactly softmax(logits / temperature) restricted to the top-p
@@ -25,7 +25,7 @@ from torch import nn
 
 from alignlab.data.templates import Messages, render_prompt
 from alignlab.data.tokenize import tokenize_segments
-from alignlab.eval.decode import decode
+from alignlab.models.decode import decode
 from alignlab.models.loading import unwrap_peft
 
 logger = logging.getLogger(__name__)

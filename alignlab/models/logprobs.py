@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alignlab.data.collate import collate
-from alignlab.eval.generation import (
+from alignlab.models.generation import (
     Generation,
     inference_mode,
     length_batches,

@@ -18,12 +18,15 @@ RECIPES = {
     "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
     "coh": ("alignlab.recipes.coh", "CoHConfig"),
     "grpo": ("alignlab.recipes.grpo", "GRPOConfig"),
+    "dapo": ("alignlab.recipes.dapo", "DAPOConfig"),
+    "gspo": ("alignlab.recipes.gspo", "GSPOConfig"),
+    "cispo": ("alignlab.recipes.cispo", "CISPOConfig"),
     "rloo": ("alignlab.recipes.rloo", "RLOOConfig"),
     "reinforce_pp": ("alignlab.recipes.reinforce_pp", "ReinforcePPConfig"),
     "ppo": ("alignlab.recipes.ppo", "PPOConfig"),
     "rest": ("alignlab.recipes.rest", "ReSTConfig"),
     "raft": ("alignlab.recipes.raft", "RAFTConfig"),
-    "bon": ("alignlab.rl.best_of_n", "BestOfNConfig"),
+    "bon": ("alignlab.recipes.bon", "BestOfNConfig"),
 }
 
 

@@ -53,7 +53,8 @@ from alignlab.eval.harness import (
 from alignlab.eval.stats import mean_ci
 from alignlab.fileio import write_jsonl
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.rl.policy_update import PromptDataConfig, check_generation_fits, load_prompt_rows
+from alignlab.rl.config import PromptDataConfig
+from alignlab.rl.prompts import check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions, build_reward_fn
 from alignlab.rl.sample_filter import Prompt, ScoredSamples, best_per_prompt, sample_and_score
 

@@ -8,7 +8,9 @@ For each prompt q, K responses o_1..o_K are sampled from π_old and scored r_1..
     k3_t = π_ref/π_θ - 1 - log(π_ref/π_θ)            (KL to the reference, in the loss)
     L = (1/G) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}              (sequence mean)
 
-over `rl.num_iterations` passes of mini-batch updates per rollout. `dr_grpo=true` is Dr. GRPO
+over `rl.num_iterations` passes of mini-batch updates per rollout, β = `rl.kl_coef`. With one
+optimizer step per rollout the update's forward runs on the sampling weights, so π_old comes
+from it (detached) and the separate scoring pass is skipped (TRL does the same). `dr_grpo=true` is Dr. GRPO
 (Liu et al. 2025, arXiv:2503.20783): A_i = r_i - mean(r) (no std) and
 L = (1/G) Σ_i Σ_t ℓ_{i,t} / rl.max_new_tokens (no per-response length normalisation).
 
@@ -19,17 +21,23 @@ or under `torchrun --nproc_per_node N -m alignlab.cli grpo ...` for FSDP2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
+import torch
+
 from alignlab.config import ModelConfig, TrainConfig, option, section
-from alignlab.rl.advantages import grpo_advantages
-from alignlab.rl.policy_update import (
-    PromptDataConfig,
-    RLConfig,
-    RLReferenceConfig,
-    RLSession,
-    check_rl,
+from alignlab.losses.policy import (
+    ppo_clip_token_losses,
+    ppo_diagnostics,
+    sequence_mean,
+    token_sum_constant,
 )
+from alignlab.rl.advantages import grpo_advantages
+from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
+from alignlab.rl.kl import kl_k3
+from alignlab.rl.minibatch import MicroBatch
+from alignlab.rl.run import RLRun
 
 
 @dataclasses.dataclass
@@ -39,7 +47,7 @@ class GRPOConfig:
     model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/grpo")
-    rl: RLConfig = section(RLConfig, "sampling, reward and update")
+    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.kl_coef: KL in the loss)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     dr_grpo: bool = option(False, "Dr. GRPO: no std scaling, constant length normalisation")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
@@ -51,25 +59,38 @@ class GRPOConfig:
 def run(cfg: GRPOConfig) -> Path:
     """Train; return the folder of the final model (a plain HF folder)."""
     # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
-    session = RLSession(cfg, "grpo")
+    job = RLRun(cfg, "grpo")
+    rl = cfg.rl
 
-    # --- loop ---
-    for step in session.steps():
-        exp = session.collect(step)  # K samples per prompt, rewards, reference log-probs
+    for step in job.steps():
+        # --- rollout: K samples per prompt, rewards, reference log-probs (π_old below) ---
+        exp = job.collect(step, score_old_logps=job.updates_per_step > 1)
+        kl_coef = job.kl_ctl.kl_coef
 
         # --- advantages: group-relative, one per response ---
-        grouped = exp.grouped(exp.scores)  # (P, K)
-        advantages = grpo_advantages(grouped, scale=not cfg.dr_grpo).reshape(-1, 1)  # (N, 1)
+        advantages = grpo_advantages(exp.grouped(exp.scores), scale=not cfg.dr_grpo)
+        advantages = advantages.reshape(-1, 1)  # (N, 1)
 
-        # --- clipped surrogate + β k3 in the loss ---
-        stats = session.update(
-            step,
-            exp,
-            advantages,
-            aggregation="token_sum_constant" if cfg.dr_grpo else "sequence_mean",
-            kl_loss_coef=exp.beta,
-        )
-        session.end_step(step, exp, stats)
+        # --- loss per token: clipped surrogate + β k3(π_θ, π_ref); sequence mean (Dr.: Σ / L) ---
+        def policy_losses(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            logps = mb.forward(job.policy)
+            old, adv = mb.old_logps(logps), mb.take(advantages)
+            surrogate = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
+            diagnostics = ppo_diagnostics(surrogate, logps - old, adv)
+            if not kl_coef:
+                return surrogate, diagnostics
+            kl = kl_k3(logps, mb.take(exp.ref_logps))
+            return surrogate + kl_coef * kl, {**diagnostics, "kl_loss": kl.detach()}
+
+        aggregate = sequence_mean
+        if cfg.dr_grpo:
+            aggregate = functools.partial(token_sum_constant, max_len=rl.max_new_tokens)
+        stats = job.update_policy(step, exp.rollout, policy_losses, aggregate)
+
+        # --- KL controller, then guard-rails, metrics and the step checkpoint ---
+        summary = exp.summary(job.runtime)
+        job.kl_ctl.update(summary["kl_ref"], int(summary["samples"]))
+        job.end_step(step, {**summary, "kl_coef": kl_coef, **stats, **exp.timings})
 
     # --- final model ---
-    return session.finish()
+    return job.finish()

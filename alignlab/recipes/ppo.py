@@ -9,7 +9,7 @@ Estimation", arXiv:1506.02438.
 
 For each sampled response y = y_1..y_n to prompt x, s_t the state y_t is sampled from, the
 per-token KL estimate kl_t between the sampling policy and the reference (`kl_estimator`:
-k1 = log π_old(y_t) - log π_ref(y_t), or k3) and β = `rl.beta` (adaptive when
+k1 = log π_old(y_t) - log π_ref(y_t), or k3) and β = `rl.kl_coef` (adaptive when
 `rl.kl_target` > 0):
 
     r_t = 1[t = n] r(x, y) - β kl_t                      r(x, y): the score after rl.* shaping
@@ -42,18 +42,15 @@ import torch
 from alignlab.config import ConfigError, DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
 from alignlab.data.tokenize import build_sft_dataset
+from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, token_mean
 from alignlab.ops import masked_whiten
 from alignlab.rl.advantages import gae, kl_penalised_rewards
+from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
 from alignlab.rl.critic import Critic, CriticConfig
+from alignlab.rl.experience import gather_rows
 from alignlab.rl.kl import kl_k3
-from alignlab.rl.policy_update import (
-    PromptDataConfig,
-    RLConfig,
-    RLReferenceConfig,
-    RLSession,
-    check_rl,
-    gather_rows,
-)
+from alignlab.rl.minibatch import MicroBatch
+from alignlab.rl.run import RLRun
 from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule, micro_batches
 from alignlab.training.loop import autocast
@@ -86,7 +83,7 @@ class PPOConfig:
     train: TrainConfig = section(
         TrainConfig, "optimisation loop (policy; critic.lr for critic)", output_dir="runs/ppo"
     )
-    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
+    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.kl_coef: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     critic: CriticConfig = section(CriticConfig, "the value model")
     ptx: PtxConfig = section(PtxConfig, "PPO-ptx pretraining term (off by default)")
@@ -106,28 +103,28 @@ class PPOConfig:
         check_rl(self.rl, self.reference, self.model, self.train)
 
 
-def ptx_loss_fn(cfg: PtxConfig, session: RLSession) -> Callable[[], torch.Tensor]:
-    """γ_ptx · token-mean NLL of the next ptx batch, this process's share (an `extra_loss` for
-    `RLSession.update`). Batch u of the run is a function of (seed, u): a resumed run sees the
+def ptx_loss_fn(cfg: PtxConfig, job: RLRun) -> Callable[[], torch.Tensor]:
+    """γ_ptx · token-mean NLL of the next ptx batch, this process's share (an `extra_loss` of
+    the policy update). Batch u of the run is a function of (seed, u): a resumed run sees the
     batches the uninterrupted one would."""
-    runtime, train, policy = session.runtime, session.train_cfg, session.policy
+    runtime, train, policy = job.runtime, job.train_cfg, job.policy
     if cfg.batch_size % runtime.world_size:
         raise ConfigError(
             f"ptx.batch_size={cfg.batch_size} must be a multiple of the "
             f"{runtime.world_size} processes"
         )
     rows, report = build_sft_dataset(
-        DataConfig(path=cfg.path, max_length=cfg.max_length), session.tokenizer
+        DataConfig(path=cfg.path, max_length=cfg.max_length), job.tokenizer
     )
     if runtime.is_main:
         print(f"ptx: {report.summary()}")
     schedule = BatchSchedule(len(rows), cfg.batch_size, train.seed)
     per_rank = cfg.batch_size // runtime.world_size
-    updates = itertools.count(session.start_step * session.updates_per_step)
+    updates = itertools.count(job.start_step * job.updates_per_step)
 
     def ptx_loss() -> torch.Tensor:
         indices = micro_batches(schedule.step_indices(next(updates)), runtime, per_rank, 1)[0]
-        batch = collate([rows[i] for i in indices], session.tokenizer.pad_token_id)
+        batch = collate([rows[i] for i in indices], job.tokenizer.pad_token_id)
         batch = {key: value.to(runtime.device) for key, value in batch.items()}
         with autocast(runtime.device, train.mixed_precision):
             logps = policy(batch)  # (B, T), 0 where not trained
@@ -140,38 +137,55 @@ def ptx_loss_fn(cfg: PtxConfig, session: RLSession) -> Callable[[], torch.Tensor
 def run(cfg: PPOConfig) -> Path:
     """Train; return the folder of the final policy (a plain HF folder)."""
     # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
-    session = RLSession(cfg, "ppo")
+    job = RLRun(cfg, "ppo")
+    rl = cfg.rl
 
     # --- critic: its own weights and AdamW, saved inside every step checkpoint ---
-    critic = Critic(cfg.critic, session)
-    session.checkpoint_extras = critic.checkpoint_files
-    ptx_loss = ptx_loss_fn(cfg.ptx, session) if cfg.ptx.coef else None
+    critic = Critic(
+        cfg.critic, cfg.model, cfg.train, job.tokenizer, job.runtime,
+        job.total_steps * job.updates_per_step, job.resume_from, reward=rl.reward,
+    )  # fmt: skip
+    ptx_loss = ptx_loss_fn(cfg.ptx, job) if cfg.ptx.coef else None
 
-    # --- loop ---
-    for step in session.steps():
-        exp = session.collect(step)  # samples, shaped scores, reference log-probs
-        mask = exp.mask
+    for step in job.steps():
+        exp = job.collect(step)  # samples, shaped scores, π_old and reference log-probs
+        mask, kl_coef = exp.mask, job.kl_ctl.kl_coef
 
         # --- per-token rewards: -β·KL on every token, the score on the last one ---
         kl = exp.token_kl  # k1
         if cfg.kl_estimator == "k3" and exp.ref_logps is not None:
             kl = kl_k3(exp.rollout.old_logps, exp.ref_logps) * mask
-        rewards = kl_penalised_rewards(exp.scores, kl, mask, kl_coef=exp.beta)  # (N, T)
+        rewards = kl_penalised_rewards(exp.scores, kl, mask, kl_coef)  # (N, T)
 
         # --- GAE on the critic's values before the update; whitened over all processes ---
-        old_values = critic.values(exp.rollout)  # (N, T)
+        old_values = critic.values(exp.rollout, rl.generation_batch_size)  # (N, T)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            full, full_mask, mine = gather_rows(session.runtime, advantages, mask)
+            full, full_mask, mine = gather_rows(job.runtime, advantages, mask)
             advantages = (masked_whiten(full, full_mask) * full_mask)[mine]
 
-        # --- policy: PPO clipped surrogate, token mean (+ ptx); critic: clipped value loss ---
-        stats = session.update(step, exp, advantages, "token_mean", extra_loss=ptx_loss)
+        # --- policy: PPO clipped surrogate per token, token mean (+ γ_ptx NLL per step) ---
+        def policy_losses(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            logps = mb.forward(job.policy)
+            old, adv = mb.old_logps(logps), mb.take(advantages)
+            losses = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
+            return losses, ppo_diagnostics(losses, logps - old, adv)
+
+        stats = job.update_policy(step, exp.rollout, policy_losses, token_mean, ptx_loss)
         if ptx_loss is not None:
             stats["ptx_nll"] = stats.pop("extra_loss") / cfg.ptx.coef
-        stats.update(critic.update(step, exp.rollout, old_values, returns))
-        session.end_step(step, exp, stats)
+
+        # --- critic: clipped value loss towards the GAE returns ---
+        stats.update(
+            critic.update(exp.rollout, old_values, returns, job.sizes, job.generator(step, salt=2))
+        )
+
+        # --- KL controller, then guard-rails, metrics and the step checkpoint ---
+        summary = exp.summary(job.runtime)
+        job.kl_ctl.update(summary["kl_ref"], int(summary["samples"]))
+        record = {**summary, "kl_coef": kl_coef, **stats, **exp.timings}
+        job.end_step(step, record, extra_files=critic.checkpoint_files)
 
     # --- final policy and critic ---
-    critic.save(session.output_dir / "critic")
-    return session.finish()
+    critic.save(job.output_dir / "critic")
+    return job.finish()

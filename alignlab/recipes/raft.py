@@ -23,7 +23,7 @@ from pathlib import Path
 
 from alignlab.config import ModelConfig, TrainConfig, option, section
 from alignlab.recipes import sft
-from alignlab.rl.policy_update import PromptDataConfig
+from alignlab.rl.config import PromptDataConfig
 from alignlab.rl.sample_filter import (
     SampleConfig,
     SampleFilterSession,

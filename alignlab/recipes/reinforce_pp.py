@@ -2,7 +2,7 @@
 normalisation (Hu 2025, arXiv:2501.03262).
 
 For each sampled response y to prompt x (K >= 1 per prompt), with the KL per token
-k1_t = log π_old(y_t) - log π_ref(y_t) and β = `rl.beta`:
+k1_t = log π_old(y_t) - log π_ref(y_t) and β = `rl.kl_coef`:
 
     r_t = 1[t = last token] r(x, y) - β k1_t
     G_t = Σ_{s ≥ t} r_s                               (γ = 1)
@@ -21,16 +21,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
 from alignlab.config import ModelConfig, TrainConfig, option, section
+from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, token_mean
 from alignlab.rl.advantages import reinforce_pp_advantages
-from alignlab.rl.policy_update import (
-    PromptDataConfig,
-    RLConfig,
-    RLReferenceConfig,
-    RLSession,
-    check_rl,
-    gather_rows,
-)
+from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
+from alignlab.rl.experience import gather_rows
+from alignlab.rl.minibatch import MicroBatch
+from alignlab.rl.run import RLRun
 
 
 @dataclasses.dataclass
@@ -40,7 +39,7 @@ class ReinforcePPConfig:
     model: ModelConfig = section(ModelConfig, "the policy to train", disable_dropout=True)
     data: PromptDataConfig = section(PromptDataConfig, "prompts")
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/reinforce_pp")
-    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.beta: KL in the reward)")
+    rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.kl_coef: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
@@ -51,19 +50,30 @@ class ReinforcePPConfig:
 def run(cfg: ReinforcePPConfig) -> Path:
     """Train; return the folder of the final model (a plain HF folder)."""
     # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
-    session = RLSession(cfg, "reinforce_pp")
+    job = RLRun(cfg, "reinforce_pp")
+    rl = cfg.rl
 
-    # --- loop ---
-    for step in session.steps():
-        exp = session.collect(step)  # samples, rewards, reference log-probs
+    for step in job.steps():
+        exp = job.collect(step)  # samples, rewards, π_old and reference log-probs
+        kl_coef = job.kl_ctl.kl_coef
 
         # --- advantages: KL-penalised token returns, whitened over the global batch ---
-        scores, kl, mask, mine = gather_rows(session.runtime, exp.scores, exp.token_kl, exp.mask)
-        advantages = reinforce_pp_advantages(scores, kl, mask, kl_coef=exp.beta)[mine]  # (N, T)
+        scores, kl, mask, mine = gather_rows(job.runtime, exp.scores, exp.token_kl, exp.mask)
+        advantages = reinforce_pp_advantages(scores, kl, mask, kl_coef)[mine]  # (N, T)
 
-        # --- PPO clipped surrogate, token mean ---
-        stats = session.update(step, exp, advantages, aggregation="token_mean")
-        session.end_step(step, exp, stats)
+        # --- loss per token: PPO clipped surrogate; token mean ---
+        def policy_losses(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            logps = mb.forward(job.policy)
+            old, adv = mb.old_logps(logps), mb.take(advantages)
+            losses = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
+            return losses, ppo_diagnostics(losses, logps - old, adv)
+
+        stats = job.update_policy(step, exp.rollout, policy_losses, token_mean)
+
+        # --- KL controller, then guard-rails, metrics and the step checkpoint ---
+        summary = exp.summary(job.runtime)
+        job.kl_ctl.update(summary["kl_ref"], int(summary["samples"]))
+        job.end_step(step, {**summary, "kl_coef": kl_coef, **stats, **exp.timings})
 
     # --- final model ---
-    return session.finish()
+    return job.finish()

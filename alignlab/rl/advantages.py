@@ -100,6 +100,21 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - baseline
 
 
+def group_mean_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Each sample's reward minus the mean of its group (the K samples of its prompt).
+
+    A_i = r_i - (1/K) Σ_j r_j
+
+    The group-mean baseline shared by Dr. GRPO (Liu et al. 2025, arXiv:2503.20783) and
+    REINFORCE++-baseline (Hu 2025, arXiv:2501.03262); GRPO divides it by the group's std.
+    Unlike RLOO's leave-one-out mean it includes the sample itself (A_i is (K-1)/K of RLOO's).
+
+    Shapes: rewards (B, K) sequence rewards of K samples per prompt; returns (B, K), no grad.
+    """
+    rewards = rewards.detach()
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
 def grpo_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """Group-relative advantages (GRPO outcome supervision), or Dr. GRPO without the std.
 
@@ -116,8 +131,7 @@ def grpo_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4
         rewards: (B, K) sequence rewards of K samples per prompt (K >= 2 when scale=True).
         returns: (B, K) advantages, no gradient.
     """
-    rewards = rewards.detach()
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    centred = group_mean_advantages(rewards)
     if not scale:
         return centred
     if rewards.shape[1] < 2:
@@ -154,3 +168,45 @@ def reinforce_pp_advantages(
         token_rewards = kl_penalised_rewards(rewards, kl, valid, kl_coef)
         returns = token_rewards.flip(1).cumsum(1).flip(1) * validf
         return masked_whiten(returns, valid) * validf
+
+
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++-baseline advantages: the group-mean baseline, then whitened over the batch.
+
+    A_i = r_i - mean_{j in group(i)} r_j          (`group_mean_advantages`)
+    A_it = (A_i - mean(A)) / sqrt(var(A) + 1e-8)  every response token t of sample i
+
+    mean and (population) variance over all masked tokens of the batch (each sample weighs by
+    its length, as OpenRLHF whitens over action tokens). Hu 2025, "REINFORCE++", arXiv:
+    2501.03262 (the "-baseline" variant for K > 1 samples per prompt): the group baseline
+    removes the prompt's difficulty, the global normalisation keeps GRPO's per-group std out
+    (small groups with near-equal rewards would otherwise get huge advantages). The KL term
+    goes in the loss, not the reward, in this variant.
+
+    Shapes: rewards (P, K) sequence rewards, K samples per prompt; mask (P·K, T) response tokens
+    in the same sample order; returns (P·K, T), 0 where masked out, no gradient.
+    """
+    with torch.no_grad():
+        valid = mask.bool()
+        centred = group_mean_advantages(rewards).reshape(-1, 1).to(torch.float32)
+        per_token = centred.expand(valid.shape) * valid
+        return masked_whiten(per_token, valid) * valid
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment, added to the reward of responses near the budget.
+
+    R_length(y) = 0                           |y| <= L_max - L_cache
+                  ((L_max - L_cache) - |y|) / L_cache   L_max - L_cache < |y| <= L_max
+                  -1                          |y| > L_max
+
+    Yu et al. 2025, "DAPO", arXiv:2503.14476, eq. 13 (L_max = the response budget, L_cache =
+    `buffer`): a graded penalty in the last `buffer` tokens instead of a cliff at truncation.
+
+    Shapes: lengths (N,) response lengths in tokens; returns (N,) float32 penalties in [-1, 0].
+    """
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"buffer must be in (0, max_len={max_len}], got {buffer}")
+    lengths = lengths.to(torch.float32)
+    soft = ((max_len - buffer) - lengths) / buffer
+    return torch.where(lengths > max_len, -1.0, soft.clamp(max=0.0))

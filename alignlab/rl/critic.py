@@ -1,46 +1,42 @@
-"""The PPO critic on top of an `RLSession`: old values, the value update, checkpoints.
+"""The PPO critic: old values, the value update, checkpoints.
 
-    critic = Critic(cfg.critic, session)           # value model (resumed), its own AdamW
-    session.checkpoint_extras = critic.checkpoint_files
-    old_values = critic.values(exp.rollout)        # (N, T) V_old at the response positions
-    stats = critic.update(step, exp.rollout, old_values, returns)
+    critic = Critic(cfg.critic, cfg.model, cfg.train, tokenizer, runtime, total_updates,
+                    resume_from, reward=cfg.rl.reward)   # value model (resumed), its AdamW
+    old_values = critic.values(exp.rollout, batch_size)  # (N, T) V_old at response positions
+    stats = critic.update(exp.rollout, old_values, returns, sizes, generator)
+    run.end_step(step, record, extra_files=critic.checkpoint_files)
     critic.save(output_dir / "critic")             # plain HF sequence-classification folder
 
 The model is `alignlab.models.value` (a reward-model architecture whose head reads every
 position), all weights trained (LoRA is for the policy only), in `model.dtype`, with
 `model.gradient_checkpointing`, FSDP2-sharded like the policy under torchrun.
 
-`update`: `rl.num_iterations` passes over the rollout in shuffled mini-batches of
-`rl.mini_batch_size` samples (the policy's sizes, its own shuffle), micro-batches of
-`train.micro_batch_size`, loss `alignlab.losses.policy.clipped_value_loss` averaged over the
-mini-batch's response tokens (micro-batches weighted by their share of the tokens of all
-processes, so neither the micro-batch size nor the process count changes the gradient), the
-gradient clipped at `train.max_grad_norm` (a non-finite norm skips the step), AdamW at
-`critic.lr` with the policy's schedule, weight decay and betas. Its diagnostics are measured
+`update`: the policy's mini-batch loop (`alignlab.rl.minibatch.minibatch_update`: its sizes,
+its own shuffle, the gradient clipped at `train.max_grad_norm`), the per-token loss
+`alignlab.losses.policy.clipped_value_token_losses` averaged over the mini-batch's response
+tokens, AdamW at `critic.lr` with the policy's schedule, weight decay and betas. Its diagnostics are measured
 on V_old before the update: value_error = mean (V_old - R)², explained_variance =
 1 - Var(R - V_old) / Var(R), over all response tokens of all processes.
 
 Checkpoints: the full weights, optimizer and scheduler are saved as `critic.pt` inside every
 step checkpoint (`checkpoint_files`, written atomically with it), and restored from
-`session.resume_from`.
+`resume_from`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alignlab.config import LoraConfig, option
-from alignlab.losses.policy import clipped_value_loss
-from alignlab.models.lm import TokenLogProbs
+from alignlab.config import LoraConfig, ModelConfig, TrainConfig, option
+from alignlab.losses.policy import clipped_value_token_losses, token_mean
 from alignlab.models.value import HEAD_INITS, TokenValues, load_value_model
 from alignlab.ops import masked_sum
-from alignlab.rl.policy_update import RLSession
+from alignlab.rl.minibatch import MicroBatch, UpdateSizes, minibatch_update
 from alignlab.rl.rollout import Rollout, token_logps
 from alignlab.training import distributed
 from alignlab.training.checkpoint import (
@@ -49,7 +45,6 @@ from alignlab.training.checkpoint import (
     load_full_optimizer_state,
     save_reward_folder,
 )
-from alignlab.training.loop import autocast
 from alignlab.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "critic.pt"
@@ -85,27 +80,37 @@ class CriticConfig:
 
 
 class Critic:
-    """The value model, its optimizer and schedule, on the session's runtime and rollouts."""
+    """The value model, its optimizer and schedule."""
 
-    def __init__(self, cfg: CriticConfig, session: RLSession) -> None:
-        self.cfg, self.session = cfg, session
-        runtime, train, model_cfg = session.runtime, session.train_cfg, session.cfg.model
-        path = cfg.source(session.rl.reward, model_cfg.path)
+    def __init__(
+        self,
+        cfg: CriticConfig,
+        model_cfg: ModelConfig,
+        train: TrainConfig,
+        tokenizer: Any,
+        runtime: distributed.Runtime,
+        total_updates: int,
+        resume_from: Path | None,
+        reward: str,
+    ) -> None:
+        self.cfg, self.tokenizer, self.runtime = cfg, tokenizer, runtime
+        self.mixed_precision = train.mixed_precision
+        path = cfg.source(reward, model_cfg.path)
         critic_cfg = dataclasses.replace(
             model_cfg,
             path=path,
             revision=model_cfg.revision if path == model_cfg.path else "",
             lora=LoraConfig(enabled=False),
         )
-        # A new head is drawn from the global RNG, which a resumed session has just restored.
+        # A new head is drawn from the global RNG, which a resumed run has just restored.
         with torch.random.fork_rng(devices=[]):
             self.model = load_value_model(
-                critic_cfg, session.tokenizer, cfg.init, device=runtime.device, seed=train.seed
+                critic_cfg, tokenizer, cfg.init, device=runtime.device, seed=train.seed
             )
         state = None
-        if session.resume_from is not None:
+        if resume_from is not None:
             state = torch.load(
-                session.resume_from / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+                resume_from / CHECKPOINT_FILE, map_location="cpu", weights_only=False
             )
             self.model.load_state_dict(state["model"])
         self.module = TokenValues(self.model)
@@ -113,7 +118,6 @@ class Critic:
             distributed.shard_model(self.module, self.model, runtime)
         critic_train = dataclasses.replace(train, lr=cfg.lr)
         self.optimizer = build_optimizer(self.module, critic_train)
-        total_updates = session.total_steps * session.updates_per_step
         self.scheduler = build_scheduler(self.optimizer, total_updates, critic_train)
         if state is not None:
             load_full_optimizer_state(self.module, self.optimizer, state["optimizer"])
@@ -121,73 +125,47 @@ class Critic:
         if runtime.is_main:
             print(f"critic: {path} (value head: {cfg.init})")
 
-    def values(self, roll: Rollout) -> torch.Tensor:
+    def values(self, roll: Rollout, batch_size: int) -> torch.Tensor:
         """(N, T) float32 CPU values V_old at the response positions (eval mode, no grad)."""
         keys = ("input_ids", "attention_mask", "labels", "position_ids")
         batch = {key: getattr(roll, key) for key in keys}
-        session = self.session
-        return token_logps(
-            self.module, batch, session.rl.generation_batch_size, session.train_cfg.mixed_precision
-        )
+        return token_logps(self.module, batch, batch_size, self.mixed_precision)
 
     def update(
-        self, step: int, roll: Rollout, old_values: torch.Tensor, returns: torch.Tensor
+        self,
+        roll: Rollout,
+        old_values: torch.Tensor,
+        returns: torch.Tensor,
+        sizes: UpdateSizes,
+        generator: torch.Generator,
     ) -> dict[str, float]:
         """Clipped value-loss mini-batch updates towards `returns` (N, T); diagnostics."""
-        start = time.perf_counter()
-        session = self.session
-        rl, runtime, train = session.rl, session.runtime, session.train_cfg
-        device, world = runtime.device, runtime.world_size
         clip = self.cfg.value_clip or math.inf
-        mask_all = roll.mask
-        diagnostics = _value_diagnostics(old_values, returns, mask_all, runtime)
-        generator = torch.Generator().manual_seed(session.step_seed(step, salt=2))
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, tokens
-        grad_norms: list[float] = []
-        self.module.train()
-        for _ in range(rl.num_iterations):
-            order = torch.randperm(len(roll), generator=generator)
-            for first in range(0, len(roll), session.local_mini):
-                rows = order[first : first + session.local_mini]
-                tokens = distributed.sum_floats([float(mask_all[rows].sum())], runtime)[0]
-                for chunk in rows.split(train.micro_batch_size):
-                    batch = roll.batch(chunk, device)
-                    width = batch["input_ids"].shape[1]
-                    mask = TokenLogProbs.mask(batch)
-                    old = old_values[chunk, :width].to(device)
-                    target = returns[chunk, :width].to(device)
-                    with autocast(device, train.mixed_precision):
-                        values = self.module(batch)
-                    values = values.float()
-                    loss = clipped_value_loss(values, old, target, mask, clip)
-                    loss = loss * (mask.sum() / max(tokens, 1.0))  # share of the mini-batch
-                    (loss * world).backward()  # FSDP averages gradients; we want the sum
-                    with torch.no_grad():
-                        clipped = old + (values - old).clamp(-clip, clip)
-                        active = ((clipped - target) ** 2 > (values - target) ** 2).float()
-                        sums[0] += loss.detach().double().item()
-                        sums[1] += masked_sum(active, mask).item()
-                        sums[2] += mask.sum().item()
-                max_norm = train.max_grad_norm or math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-                if torch.isfinite(grad_norm):
-                    self.optimizer.step()
-                    grad_norms.append(float(grad_norm))
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-        loss_sum, clipped_tokens, counted = distributed.sum_floats(sums.tolist(), runtime)
+        diagnostics = _value_diagnostics(old_values, returns, roll.mask, self.runtime)
+
+        def value_losses(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            values, old, target = mb.forward(self.module), mb.take(old_values), mb.take(returns)
+            losses = clipped_value_token_losses(values, old, target, clip)
+            clipped = old + (values.detach() - old).clamp(-clip, clip)
+            active = (clipped - target) ** 2 > (values.detach() - target) ** 2
+            return losses, {"value_clip_fraction": active.float()}
+
+        stats = minibatch_update(
+            self.module, self.optimizer, self.scheduler, roll, value_losses, token_mean,
+            sizes, self.runtime, generator,
+        )  # fmt: skip
         return {
-            "value_loss": loss_sum / session.updates_per_step,
-            "value_clip_fraction": clipped_tokens / max(counted, 1.0),
+            "value_loss": stats["loss"],
+            "value_clip_fraction": stats["value_clip_fraction"],
             **diagnostics,
-            "critic_grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
-            "critic_lr": self.scheduler.get_last_lr()[0],
-            "critic_update_s": time.perf_counter() - start,
+            "critic_grad_norm": stats["grad_norm"],
+            "critic_lr": stats["lr"],
+            "critic_update_s": stats["update_s"],
         }
 
     def checkpoint_files(self) -> dict[str, Any]:
         """{critic.pt: full weights, optimizer, scheduler} for a step checkpoint (collective)."""
-        runtime = self.session.runtime
+        runtime = self.runtime
         state = {
             "model": full_model_state(self.model, runtime),
             "optimizer": full_optimizer_state(self.module, self.optimizer),
@@ -197,8 +175,7 @@ class Critic:
 
     def save(self, target: str | Path) -> Path:
         """The critic as a plain HF sequence-classification folder (collective)."""
-        session = self.session
-        return save_reward_folder(target, self.model, session.tokenizer, session.runtime)
+        return save_reward_folder(target, self.model, self.tokenizer, self.runtime)
 
 
 def _value_diagnostics(

@@ -41,7 +41,7 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptiveKLController:
-    """Adaptive KL coefficient β (Ziegler et al. 2019, arXiv:1909.08593, sec. 2.2).
+    """Adaptive KL coefficient β, `kl_coef` (Ziegler et al. 2019, arXiv:1909.08593, sec. 2.2).
 
     e = clip(KL / target - 1, -0.2, 0.2)
     β ← β · (1 + e · n_steps / horizon)
@@ -51,24 +51,24 @@ class AdaptiveKLController:
     step size scales with the number of samples the KL was measured on.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
-        self.value = float(init_kl_coef)
+    def __init__(self, kl_coef: float, target: float, horizon: float) -> None:
+        self.kl_coef = float(kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
 
     def update(self, current_kl: float | torch.Tensor, n_steps: int) -> float:
         """Update β from the KL measured on the last `n_steps` samples; returns the new β."""
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
+        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        return self.kl_coef
 
     def state_dict(self) -> dict[str, float]:
         """Everything needed to resume: current β, target and horizon."""
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+        return {"kl_coef": self.kl_coef, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restore from `state_dict()`."""
-        self.value = float(state["value"])
+        """Restore from `state_dict()` (or a checkpoint of before the rename: "value")."""
+        self.kl_coef = float(state.get("kl_coef", state.get("value")))
         self.target = float(state["target"])
         self.horizon = float(state["horizon"])
 
@@ -77,16 +77,16 @@ class FixedKLController:
     """Constant KL coefficient with the `AdaptiveKLController` interface; `update` is a no-op."""
 
     def __init__(self, kl_coef: float) -> None:
-        self.value = float(kl_coef)
+        self.kl_coef = float(kl_coef)
 
     def update(self, current_kl: float | torch.Tensor, n_steps: int) -> float:
         """No change; returns β."""
-        return self.value
+        return self.kl_coef
 
     def state_dict(self) -> dict[str, float]:
         """The coefficient."""
-        return {"value": self.value}
+        return {"kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restore from `state_dict()`."""
-        self.value = float(state["value"])
+        """Restore from `state_dict()` (or a checkpoint of before the rename: "value")."""
+        self.kl_coef = float(state.get("kl_coef", state.get("value")))

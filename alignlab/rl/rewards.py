@@ -15,9 +15,9 @@ where a prompt is what the dataset row holds (a string or a message list, not re
 `extras[i]` holds the other keys of sample i's dataset row (e.g. the lab's `family`, `gold`).
 
 Sources:
-- reward-model folder(s): `alignlab.eval.reward_ensemble.RewardScorer` (comma-separated
+- reward-model folder(s): `alignlab.models.reward_ensemble.RewardScorer` (comma-separated
   folders = an ensemble combined by `aggregate`: mean, min, lcb, uwo). Extras are ignored.
-- `module:function` / `path.py:function` (`alignlab.eval.cli.resolve_callable`), called in
+- `module:function` / `path.py:function` (`alignlab.callables.resolve_callable`), called in
   one of three styles (`reward_style`):
   - per sample (the default): `fn(prompt, response, **extras) -> float`, once per response;
   - TRL's batched convention, detected by a parameter named `completions`:
@@ -49,9 +49,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab.callables import resolve_callable
 from alignlab.config import ConfigError, UserInputError, option
-from alignlab.eval.reward_ensemble import AGGREGATES
 from alignlab.models.folders import check_model_source
+from alignlab.models.reward_ensemble import AGGREGATES, RewardScorer
 
 RewardFn = Callable[..., list[float]]
 
@@ -290,8 +291,6 @@ def reward_model_reward(
     paths: Sequence[str], aggregate: str = "mean", k: float = 1.0, **scorer_kwargs: Any
 ) -> RewardFn:
     """Reward-model folder(s) through `RewardScorer` (an ensemble when several)."""
-    from alignlab.eval.reward_ensemble import RewardScorer
-
     scorer = RewardScorer(list(paths), aggregate=aggregate, k=k, **scorer_kwargs)
 
     def reward_fn(
@@ -320,8 +319,6 @@ def check_reward_spec(spec: str, field: str = "reward") -> None:
             check_model_source(part, field, tokenizer=True, reward_model=True)
         return
     if ":" in spec:
-        from alignlab.eval.cli import resolve_callable
-
         check_reward_callable(resolve_callable(spec, field), f"{field}={spec}")
         return
     missing = [part for part in parts if not Path(part).is_dir()]
@@ -358,6 +355,4 @@ def build_reward_fn(
         return reward_model_reward(
             parts, aggregate=aggregate, k=k, device=device, dtype=dtype, batch_size=batch_size
         )
-    from alignlab.eval.cli import resolve_callable
-
     return callable_reward(resolve_callable(spec, "reward"), spec)

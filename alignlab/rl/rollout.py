@@ -3,11 +3,11 @@
     roll = rollout(model, tokenizer, prompts, samples_per_prompt=4, max_new_tokens=64,
                    temperature=1.0, top_p=1.0, seed=..., batch_size=32, scorer=policy)
 
-Sampling is `alignlab.eval.generation.generate` (batched, left-padded, KV cache, stop tokens,
+Sampling is `alignlab.models.generation.generate` (batched, left-padded, KV cache, stop tokens,
 per-batch seeds). Prompt i is repeated K times in a row, so sample n belongs to prompt
 `n // K` (`group_ids`) and a (P·K,) reward vector reshapes to (P, K).
 
-The responses then become one right-padded training batch (`alignlab.eval.logprobs
+The responses then become one right-padded training batch (`alignlab.models.logprobs
 .response_rows` + `collate`): prompt + response tokens, only the response (stop token
 included) labelled. `old_logps` are the per-token log-probs of the sampled tokens under the
 sampling policy, computed once by a teacher-forced `TokenLogProbs` pass (no grad, eval mode,
@@ -33,7 +33,7 @@ from torch import nn
 
 from alignlab.data.collate import collate
 from alignlab.data.templates import Messages
-from alignlab.eval.generation import (
+from alignlab.models.generation import (
     Generation,
     generate,
     inference_mode,
@@ -41,8 +41,8 @@ from alignlab.eval.generation import (
     pad_token_id,
     stop_token_ids,
 )
-from alignlab.eval.logprobs import response_rows
 from alignlab.models.lm import TokenLogProbs
+from alignlab.models.logprobs import response_rows
 from alignlab.training import distributed
 from alignlab.training.loop import autocast
 
@@ -71,6 +71,8 @@ class Rollout:
     """Decoded responses (without the stop token / stop string)."""
     generations: list[Generation]
     samples_per_prompt: int
+    scored: bool = True
+    """False: `old_logps` are zeros until the update's forward fills them (`rollout(score=False)`)."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -216,4 +218,5 @@ def rollout(
         texts=[g.text for g in generations],
         generations=generations,
         samples_per_prompt=samples_per_prompt,
+        scored=score,
     )

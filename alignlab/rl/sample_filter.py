@@ -56,10 +56,10 @@ from alignlab.config import (
     option,
 )
 from alignlab.data.templates import Messages
-from alignlab.eval.generation import Generation
 from alignlab.fileio import atomic_folder, write_jsonl
+from alignlab.models.generation import Generation
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.rl.policy_update import PromptRow, check_generation_fits, load_prompt_rows
+from alignlab.rl.prompts import PromptRow, check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions
 from alignlab.rl.rollout import rollout
 from alignlab.training import distributed, loop

@@ -4,11 +4,12 @@ from alignlab.data.report import DataReport
 from alignlab.data.schema import (
     FORMATS,
     DataError,
+    Record,
     detect_format,
     extract_prompt,
     parse_examples,
 )
-from alignlab.data.sources import Record, load_records
+from alignlab.data.sources import load_records
 
 U = {"role": "user", "content": "What color is the sky?"}
 A_BLUE = {"role": "assistant", "content": "It is blue."}

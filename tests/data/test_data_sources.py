@@ -7,8 +7,8 @@ import pytest
 
 from alignlab.data import sources
 from alignlab.data.report import DataReport
-from alignlab.data.schema import DataError
-from alignlab.data.sources import Record, load_records
+from alignlab.data.schema import DataError, Record
+from alignlab.data.sources import load_records
 
 ROWS = [
     {"prompt": "The sky is", "completion": " blue."},

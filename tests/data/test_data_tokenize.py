@@ -2,8 +2,7 @@ import pytest
 
 from alignlab.config import DataConfig
 from alignlab.data.report import DataReport
-from alignlab.data.schema import DataError, parse_examples
-from alignlab.data.sources import Record
+from alignlab.data.schema import DataError, Record, parse_examples
 from alignlab.data.templates import (
     DEFAULT_CHAT_TEMPLATE,
     chat_segments,

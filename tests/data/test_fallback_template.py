@@ -21,7 +21,7 @@ from alignlab.data.templates import (
     render_messages,
 )
 from alignlab.data.tokenize import tokenize_segments
-from alignlab.eval.generation import generate, stop_token_ids
+from alignlab.models.generation import generate, stop_token_ids
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.tiny import train_bpe

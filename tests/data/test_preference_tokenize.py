@@ -19,8 +19,7 @@ from alignlab.data.preference import (
     tokenize_unpaired,
 )
 from alignlab.data.report import DataReport
-from alignlab.data.schema import DataError, parse_examples
-from alignlab.data.sources import Record
+from alignlab.data.schema import DataError, Record, parse_examples
 from alignlab.data.templates import DEFAULT_CHAT_TEMPLATE
 from alignlab.ops import IGNORE_INDEX
 

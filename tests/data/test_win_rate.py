@@ -4,8 +4,7 @@ import json
 
 from alignlab.config import DataConfig
 from alignlab.data.preference import build_preference_dataset
-from alignlab.data.schema import parse_examples
-from alignlab.data.sources import Record
+from alignlab.data.schema import Record, parse_examples
 from alignlab.data.win_rate import ranked_by_win_rate, unpaired_by_win_rate, win_rates
 
 # prompt "x": A beats B and C, C beats B -> A 2/2, B 0/2, C 1/2.

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from alignlab.data.schema import DataError
-from alignlab.data.sources import Record
-from alignlab.eval.cli import main, prompt_of, resolve_callable
+from alignlab.callables import resolve_callable
+from alignlab.data.schema import DataError, Record
+from alignlab.eval.cli import main, prompt_of
 
 
 def word_count(prompt, response):

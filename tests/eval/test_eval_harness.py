@@ -215,9 +215,9 @@ def test_reference_scores_responses_after_its_own_rendering_of_the_prompt(tiny_m
 
     from alignlab.data.preference import hindsight_chat_template
     from alignlab.data.templates import render_prompt
-    from alignlab.eval.generation import prompt_token_ids
     from alignlab.eval.harness import load_for_eval
-    from alignlab.eval.logprobs import sequence_logps
+    from alignlab.models.generation import prompt_token_ids
+    from alignlab.models.logprobs import sequence_logps
 
     conditioned = tmp_path / "conditioned"
     shutil.copytree(tiny_model_dir, conditioned)
@@ -244,7 +244,7 @@ def test_sampling_seeds_are_per_prompt_not_per_model_or_batch(small_model_dirs, 
     """The random numbers each prompt is sampled with (decode's uniforms, recorded) are the
     same for two different models, whatever the batch size or the order of the prompts: a
     function of the prompt, the sample index and the eval seed only."""
-    import alignlab.eval.generation as generation
+    import alignlab.models.generation as generation
 
     real_decode = generation.decode
     seen: dict[tuple[int, ...], list] = {}

@@ -8,10 +8,10 @@ import math
 
 import torch
 
-from alignlab.eval.generation import generate
 from alignlab.eval.harness import load_for_eval
-from alignlab.eval.logprobs import sequence_logps
 from alignlab.eval.stats import kl_estimate, mean_ci
+from alignlab.models.generation import generate
+from alignlab.models.logprobs import sequence_logps
 
 MAX_NEW = 3
 

@@ -8,10 +8,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from headroom import ORACLE_SFT, append_headroom, headroom  # noqa: E402 - not a package
 
-from alignlab.eval.generation import Generation  # noqa: E402
 from alignlab.eval.harness import EvalPrompt, EvalResult, EvalSample  # noqa: E402
 from alignlab.eval.paired import paired_comparison  # noqa: E402
 from alignlab.lab.evaluate import gold_total  # noqa: E402
+from alignlab.models.generation import Generation  # noqa: E402
 
 FAMILIES = ["fact", "harmful", "arithmetic"]
 

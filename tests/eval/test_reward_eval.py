@@ -9,7 +9,6 @@ import torch
 
 from alignlab.config import DataConfig, ModelConfig
 from alignlab.data.preference import build_preference_dataset
-from alignlab.eval.reward_ensemble import RewardScorer, aggregate_rewards
 from alignlab.eval.reward_eval import (
     calibration,
     evaluate_pairs,
@@ -21,6 +20,7 @@ from alignlab.eval.reward_eval import (
 from alignlab.eval.rm_cli import main as rm_eval_main
 from alignlab.models.loading import load_tokenizer
 from alignlab.models.reward import load_reward_model
+from alignlab.models.reward_ensemble import RewardScorer, aggregate_rewards
 from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 

@@ -3,9 +3,9 @@ for the lab's own evaluation and for results made elsewhere (add_headline)."""
 
 import pytest
 
-from alignlab.eval.generation import Generation
 from alignlab.eval.harness import EvalPrompt, EvalResult, EvalSample
 from alignlab.lab.evaluate import LEFT_OUT_OF_HEADLINE, add_headline
+from alignlab.models.generation import Generation
 
 FAMILIES = ["fact", LEFT_OUT_OF_HEADLINE[0], "harmful"]
 

@@ -5,14 +5,26 @@ import torch
 
 from alignlab.losses.policy import (
     clipped_value_loss,
-    ppo_clip_loss,
     ppo_clip_token_losses,
+    ppo_diagnostics,
     sequence_mean,
+    sequence_sum,
     token_mean,
     token_sum_constant,
 )
 
 D = torch.float64
+
+
+def ppo_clip_loss(logps, old, adv, mask, eps):
+    """The token-mean surrogate and its diagnostics, as PPO's recipe combines them."""
+    losses = ppo_clip_token_losses(logps, old, adv, eps)
+    diagnostics = ppo_diagnostics(losses, logps - old, adv)
+    return (
+        token_mean(losses, mask),
+        token_mean(diagnostics["clip_fraction"], mask),
+        token_mean(diagnostics["approx_kl"], mask),
+    )
 
 
 def _naive_ppo_token(logp, old, adv, eps):
@@ -99,6 +111,25 @@ def test_aggregations():
     assert math.isclose(token_mean(losses, mask).item(), (1 + 2 + 3 + 4 + 10 + 20) / 6)
     assert math.isclose(sequence_mean(losses, mask).item(), (2.5 + 15.0 + 0.0) / 3)
     assert math.isclose(token_sum_constant(losses, mask, 8).item(), (10 / 8 + 30 / 8 + 0) / 3)
+    assert math.isclose(sequence_sum(losses, mask).item(), (10 + 30 + 0) / 3)
+
+
+@pytest.mark.parametrize("aggregate", ["token_mean", "sequence_mean", "sequence_sum", "dr_grpo"])
+def test_micro_batch_shares_add_up_to_the_whole_batch(aggregate):
+    """Split into micro-batches with the whole batch's counts as denominators, the shares sum
+    to the whole batch's aggregate: the gradient does not depend on the micro-batch size."""
+    fn = {
+        "token_mean": token_mean,
+        "sequence_mean": sequence_mean,
+        "sequence_sum": sequence_sum,
+        "dr_grpo": lambda losses, mask, **counts: token_sum_constant(losses, mask, 6, **counts),
+    }[aggregate]
+    g = torch.Generator().manual_seed(3)
+    losses = torch.randn(5, 4, generator=g, dtype=D)
+    mask = torch.rand(5, 4, generator=g) > 0.3
+    counts = {"tokens": float(mask.sum()), "sequences": 5.0}
+    parts = [fn(losses[rows], mask[rows], **counts) for rows in ([0, 1], [2], [3, 4])]
+    torch.testing.assert_close(sum(parts), fn(losses, mask), rtol=1e-12, atol=0)
 
 
 def test_clipped_value_loss_naive_and_grad():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-from alignlab.eval.decode import decode, sample_next_tokens, top_p_filter
 from alignlab.eval.harness import load_for_eval
+from alignlab.models.decode import decode, sample_next_tokens, top_p_filter
 
 
 @pytest.mark.parametrize("top_p", [0.3, 0.75, 0.9, 1.0])

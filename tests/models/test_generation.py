@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from alignlab.data.templates import render_prompt
-from alignlab.eval.generation import generate, stop_token_ids
 from alignlab.eval.harness import load_for_eval
+from alignlab.models.generation import generate, stop_token_ids
 
 PROMPTS = [
     "What is 1 plus 2?",

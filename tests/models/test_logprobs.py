@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from alignlab.eval.generation import Generation, generate, stop_token_ids
 from alignlab.eval.harness import load_for_eval
-from alignlab.eval.logprobs import sequence_logps
+from alignlab.models.generation import Generation, generate, stop_token_ids
+from alignlab.models.logprobs import sequence_logps
 
 PROMPTS = ["What is 1 plus 2?", [{"role": "user", "content": "What is 3 plus 4?"}], "alpha", "a"]
 

@@ -9,7 +9,7 @@ import pytest
 from alignlab.cli import main
 from alignlab.eval.harness import EvalPrompt, evaluate_model, load_for_eval
 from alignlab.eval.report import markdown_table
-from alignlab.rl.best_of_n import best_of_n, evaluate_best_of_n, kl_best_of_n
+from alignlab.recipes.bon import best_of_n, evaluate_best_of_n, kl_best_of_n
 from alignlab.rl.rewards import callable_reward
 
 PROMPTS = ["a b", "b c", "c a b", "b", "c", "a"]

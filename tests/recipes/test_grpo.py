@@ -12,7 +12,7 @@ from weights import assert_close_series, assert_identical_weights, assert_same_u
 
 from alignlab.config import ConfigError, load_config
 from alignlab.recipes import grpo
-from alignlab.rl.policy_update import KLRunawayError
+from alignlab.rl.guards import KLRunawayError
 
 _one_thread = rl_common._one_thread  # module fixtures shared by the RL recipe tests
 rl_assets = rl_common.rl_assets
@@ -31,7 +31,14 @@ def test_grpo_raises_the_reward(rl_assets, tmp_path, variant):
     assert late > early + 0.2, (early, late)
     kl = [v for _, v in metric(out, "train/kl_ref")]
     assert kl[0] == pytest.approx(0.0, abs=1e-5) and kl[-1] > 0  # the policy left the reference
-    for key in ("clip_fraction", "approx_kl", "entropy", "reward_std", "response_length", "beta"):
+    for key in (
+        "clip_fraction",
+        "approx_kl",
+        "entropy",
+        "reward_std",
+        "response_length",
+        "kl_coef",
+    ):
         assert metric(out, f"train/{key}"), key
     AutoModelForCausalLM.from_pretrained(final)
 
@@ -66,7 +73,7 @@ def test_options_lora_adapter_reference_gold_stop_strings(rl_assets, tmp_path):
 
 def test_kl_runaway_stops_the_run(rl_assets, tmp_path):
     with pytest.raises(KLRunawayError, match="rl.max_kl"):
-        run_grpo(rl_assets, tmp_path / "kl", "train.lr=5e-2", "rl.max_kl=0.5", "rl.beta=0.001")
+        run_grpo(rl_assets, tmp_path / "kl", "train.lr=5e-2", "rl.max_kl=0.5", "rl.kl_coef=0.001")
 
 
 def test_config_errors(rl_assets, tmp_path):
@@ -100,7 +107,7 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
     resumed = launch("grpo", "GRPOConfig", [*args, "train.resume=true"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
-    for key in ("train/reward_mean", "train/loss", "train/beta", "train/kl_ref"):
+    for key in ("train/reward_mean", "train/loss", "train/kl_coef", "train/kl_ref"):
         got, want = metric(out, key), metric(tmp_path / "ref", key)
         assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4, 5]
         assert got == want, key  # the same computation in the same order: bit for bit
@@ -119,24 +126,36 @@ def test_torchrun_two_processes_fsdp2(rl_assets, tmp_path):
 
 
 def test_single_update_takes_old_logps_from_its_own_forward(rl_assets, tmp_path):
-    """With one optimizer step per rollout the separate scoring pass is skipped; the old
+    """With one optimizer step per rollout GRPO skips the separate scoring pass; the old
     log-probs filled in by the update's forward equal an independent pass of the sampling
     weights."""
+    from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, sequence_mean
     from alignlab.models.lm import TokenLogProbs
-    from alignlab.rl.policy_update import RLSession
     from alignlab.rl.rollout import token_logps
+    from alignlab.rl.run import RLRun
 
     cfg = load_config(grpo.GRPOConfig, None, rl_overrides(rl_assets, tmp_path / "one"))
-    session = RLSession(cfg, "grpo")
-    assert session.old_logps_from_update
-    exp = session.collect(0)
+    job = RLRun(cfg, "grpo")
+    assert job.updates_per_step == 1
+    exp = job.collect(0, score_old_logps=False)
     assert not exp.rollout.old_logps.any()  # not scored yet
     model_dir = rl_assets[0]
     before = TokenLogProbs(AutoModelForCausalLM.from_pretrained(model_dir))
     expected = token_logps(before, exp.rollout.batch(range(len(exp.rollout)), "cpu"), 64)
-    advantages = exp.grouped(exp.scores).reshape(-1, 1) * 0 + 1.0
-    stats = session.update(0, exp, advantages, aggregation="sequence_mean", kl_loss_coef=exp.beta)
+    advantages = torch.ones(len(exp.rollout), 1)
+
+    def losses(mb):
+        logps = mb.forward(job.policy)
+        old, adv = mb.old_logps(logps), mb.take(advantages)
+        surrogate = ppo_clip_token_losses(logps, old, adv, cfg.rl.clip_eps)
+        return surrogate, ppo_diagnostics(surrogate, logps - old, adv)
+
+    stats = job.update_policy(0, exp.rollout, losses, sequence_mean)
     got = exp.rollout.old_logps
     width = expected.shape[1]
     torch.testing.assert_close(got[:, :width], expected, atol=1e-5, rtol=0)
     assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-9
+    with pytest.raises(ValueError, match="one optimizer step"):  # more would reuse them stale
+        two = RLRun(load_config(grpo.GRPOConfig, None, rl_overrides(
+            rl_assets, tmp_path / "two", "rl.num_iterations=2")), "grpo")  # fmt: skip
+        two.update_policy(0, two.collect(0, score_old_logps=False).rollout, losses, sequence_mean)

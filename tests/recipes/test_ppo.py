@@ -1,7 +1,7 @@
 """PPO end to end on a 1-layer word-level model with a verifiable reward (the response contains
 the word "a"): the reward rises and the value loss falls, options run (PPO epochs, k3, adaptive
 KL, PPO-ptx, a critic from a reward-model folder), a killed run resumes to the same policy and
-critic, and RLSession.update's extra-loss hook adds exactly its gradient."""
+critic, and the policy update's extra-loss hook adds exactly its gradient."""
 
 import json
 
@@ -13,10 +13,11 @@ from transformers import AutoModelForSequenceClassification
 from weights import assert_identical_weights
 
 from alignlab.config import ConfigError, ModelConfig, load_config
+from alignlab.losses.policy import ppo_clip_token_losses, token_mean
 from alignlab.models.loading import load_tokenizer
 from alignlab.models.reward import load_reward_model, score_head
 from alignlab.recipes import grpo, ppo
-from alignlab.rl.policy_update import RLSession
+from alignlab.rl.run import RLRun
 from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime
 
@@ -63,7 +64,7 @@ def test_options_epochs_k3_adaptive_kl_ptx(rl_assets, tmp_path):
     )  # fmt: skip
     assert max(v for _, v in metric(out, "train/approx_kl")) > 0  # later passes are off-policy
     assert max(v for _, v in metric(out, "train/value_clip_fraction")) > 0
-    betas = [v for _, v in metric(out, "train/beta")]
+    betas = [v for _, v in metric(out, "train/kl_coef")]
     assert betas[0] == pytest.approx(0.04) and betas[-1] != betas[0]  # adaptive β moved
     nll = [v for _, v in metric(out, "train/ptx_nll")]
     assert len(nll) == 3 and nll[-1] < nll[0]  # the ptx term is trained on
@@ -78,7 +79,7 @@ def test_critic_from_a_reward_model_folder(rl_assets, tmp_path):
     )
     out = tmp_path / "rm-run"
     # rl.reward is one RM folder: the critic starts from it, keeping its head
-    run(rl_assets, out, f"rl.reward={rm}", "train.max_steps=2", "rl.beta=0")
+    run(rl_assets, out, f"rl.reward={rm}", "train.max_steps=2", "rl.kl_coef=0")
     assert metric(out, "train/values_mean")[0][1] != 0
     assert metric(out, "train/kl_ref")[0][1] == 0  # β = 0: no reference
     # critic.path=<policy> with critic.init=normal: a random head on the policy's body
@@ -99,7 +100,7 @@ def test_killed_run_resumes_to_the_same_policy_and_critic(rl_assets, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "critic.pt").exists()
     resumed = launch("ppo", "PPOConfig", [*args, "train.resume=true"])
     assert resumed.returncode == 0, resumed.stderr
-    for key in ("train/loss", "train/value_loss", "train/values_mean", "train/beta"):
+    for key in ("train/loss", "train/value_loss", "train/values_mean", "train/kl_coef"):
         got, ref = metric(tmp_path / "run", key), metric(tmp_path / "ref", key)
         assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4], key
         assert got == ref, key  # the same computation in the same order: bit for bit
@@ -111,27 +112,32 @@ def test_update_extra_loss_adds_its_gradient_once_per_optimizer_step(rl_assets, 
     """With zero advantages the clipped surrogate has no gradient, so only the extra loss moves
     the policy: Adam's first step moves exactly the parameters it reaches."""
     overrides = rl_overrides(
-        rl_assets, tmp_path, "rl.beta=0", "rl.mini_batch_size=16", "train.max_grad_norm=0"
+        rl_assets, tmp_path, "rl.kl_coef=0", "rl.mini_batch_size=16", "train.max_grad_norm=0"
     )
-    session = RLSession(load_config(grpo.GRPOConfig, None, overrides), "grpo")
-    exp = session.collect(0)
-    head = session.model.get_output_embeddings().weight
-    norm = session.model.model.norm.weight
+    job = RLRun(load_config(grpo.GRPOConfig, None, overrides), "grpo")
+    exp = job.collect(0)
+    head = job.model.get_output_embeddings().weight
+    norm = job.model.model.norm.weight
     before_head, before_norm = head.detach().clone(), norm.detach().clone()
     lrs = []
 
     def extra_loss():
-        lrs.append(session.scheduler.get_last_lr()[0])  # the lr of this optimizer step
+        lrs.append(job.scheduler.get_last_lr()[0])  # the lr of this optimizer step
         return 0.5 * norm.sum()
 
     zero = torch.zeros(len(exp.rollout), 1)
-    stats = session.update(0, exp, zero, "token_mean", extra_loss=extra_loss)
+
+    def surrogate(mb):
+        logps = mb.forward(job.policy)
+        return ppo_clip_token_losses(logps, mb.old_logps(logps), mb.take(zero), 0.2), {}
+
+    stats = job.update_policy(0, exp.rollout, surrogate, token_mean, extra_loss=extra_loss)
     assert len(lrs) == 2  # 32 samples in mini-batches of 16: two optimizer steps
     assert stats["extra_loss"] == pytest.approx(0.5 * before_norm.sum().item(), rel=1e-2)
     assert torch.equal(head, before_head)  # the surrogate with A = 0 gives no gradient
     # a constant gradient: each Adam step (no weight decay) moves every weight by its lr
     torch.testing.assert_close(before_norm - norm.detach(), torch.full_like(norm, sum(lrs)))
-    session.finish()
+    job.finish()
 
 
 def test_config_errors(rl_assets, tmp_path):

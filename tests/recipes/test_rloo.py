@@ -56,7 +56,7 @@ def test_beta_zero_with_gold_still_logs_the_kl_without_training_on_it(rl_assets,
     """At β = 0 the reference is loaded only to measure the KL that over-optimisation plots
     need (rl.gold set); the update is the same as without it."""
     _, _, reward = rl_assets
-    steps = ("train.max_steps=3", "rl.beta=0")
+    steps = ("train.max_steps=3", "rl.kl_coef=0")
     plain = run(rl_assets, tmp_path / "plain", *steps)
     tracked = run(rl_assets, tmp_path / "tracked", *steps, f"rl.gold={reward}:contains")
     assert all(v == 0 for _, v in metric(tmp_path / "plain", "train/kl_ref"))  # no reference

@@ -19,11 +19,11 @@ from weights import assert_close_series, assert_identical_weights, assert_same_u
 
 from alignlab.config import ConfigError, DataConfig, ModelConfig, load_config
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
-from alignlab.data.sources import Record
-from alignlab.eval.reward_ensemble import RewardScorer
+from alignlab.data.schema import Record
 from alignlab.eval.reward_eval import pairwise_accuracy
 from alignlab.models.loading import load_tokenizer
 from alignlab.models.reward import load_reward_model, reward_forward
+from alignlab.models.reward_ensemble import RewardScorer
 from alignlab.recipes import rm
 
 FILLER = "alpha beta delta what is the capital of plus equals answer".split()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -156,3 +158,34 @@ def test_kl_penalised_rewards_by_hand():
     rewards = kl_penalised_rewards(scores, kl, mask, kl_coef=0.5)
     want = torch.tensor([[-0.05, -0.1, 2.0 - 0.15], [-1.0 - 0.2, 0, 0], [0, 0, 0]], dtype=D)
     torch.testing.assert_close(rewards, want)
+
+
+def test_group_mean_and_reinforce_pp_baseline_by_hand():
+    from alignlab.rl.advantages import group_mean_advantages, reinforce_pp_baseline_advantages
+
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [5.0, 5.0, 8.0]])
+    torch.testing.assert_close(
+        group_mean_advantages(rewards), torch.tensor([[0.0, -1.0, 1.0], [-1.0, -1.0, 2.0]])
+    )
+    # sample lengths 2, 1, 1, 3, 2, 1 tokens: whitening weighs every token
+    lengths = [2, 1, 1, 3, 2, 1]
+    mask = torch.tensor([[t < n for t in range(3)] for n in lengths])
+    got = reinforce_pp_baseline_advantages(rewards, mask)
+    tokens = [a for a, n in zip([0.0, -1.0, 1.0, -1.0, -1.0, 2.0], lengths) for _ in range(n)]
+    mean = sum(tokens) / len(tokens)
+    std = math.sqrt(sum((x - mean) ** 2 for x in tokens) / len(tokens) + 1e-8)
+    for i, (a, n) in enumerate(zip([0.0, -1.0, 1.0, -1.0, -1.0, 2.0], lengths)):
+        assert got[i, :n].tolist() == pytest.approx([(a - mean) / std] * n, rel=1e-6)
+        assert (got[i, n:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "length,want", [(10, 0.0), (12, 0.0), (13, -0.25), (15, -0.75), (16, -1.0), (17, -1.0)]
+)
+def test_overlong_penalty(length, want):
+    from alignlab.rl.advantages import overlong_penalty
+
+    # L_max 16, L_cache 4: free up to 12 tokens, then -1/4 per token, -1 beyond the budget
+    assert overlong_penalty(torch.tensor([length]), 16, 4).item() == pytest.approx(want)
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(torch.tensor([1]), 16, 0)

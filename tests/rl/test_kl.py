@@ -71,24 +71,24 @@ def test_k2_biased_when_far_but_accurate_low_variance_when_close():
 
 
 def test_adaptive_controller_follows_ziegler_rule():
-    c = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
-    assert c.value == 0.2
+    c = AdaptiveKLController(kl_coef=0.2, target=6.0, horizon=10000)
+    assert c.kl_coef == 0.2
     # KL above target: error clipped at +0.2
     v = c.update(current_kl=12.0, n_steps=256)
-    assert v == c.value
-    assert math.isclose(c.value, 0.2 * (1 + 0.2 * 256 / 10000))
+    assert v == c.kl_coef
+    assert math.isclose(c.kl_coef, 0.2 * (1 + 0.2 * 256 / 10000))
     # below target, inside the clip range: e = 5/6 - 1
-    before = c.value
+    before = c.kl_coef
     c.update(torch.tensor(5.0), 512)
-    assert math.isclose(c.value, before * (1 + (5 / 6 - 1) * 512 / 10000))
+    assert math.isclose(c.kl_coef, before * (1 + (5 / 6 - 1) * 512 / 10000))
     # far below target: clipped at -0.2
-    before = c.value
+    before = c.kl_coef
     c.update(0.0, 100)
-    assert math.isclose(c.value, before * (1 - 0.2 * 100 / 10000))
+    assert math.isclose(c.kl_coef, before * (1 - 0.2 * 100 / 10000))
     # at target: unchanged
-    before = c.value
+    before = c.kl_coef
     c.update(6.0, 100)
-    assert c.value == before
+    assert c.kl_coef == before
 
 
 def test_controllers_state_dict_roundtrip():
@@ -100,10 +100,18 @@ def test_controllers_state_dict_roundtrip():
     assert resumed.state_dict() == c.state_dict()
     c.update(2.0, 64)
     resumed.update(2.0, 64)
-    assert resumed.value == c.value
+    assert resumed.kl_coef == c.kl_coef
 
     f = FixedKLController(0.05)
-    assert f.update(100.0, 64) == 0.05 and f.value == 0.05
+    assert f.update(100.0, 64) == 0.05 and f.kl_coef == 0.05
     g = FixedKLController(1.0)
     g.load_state_dict(f.state_dict())
-    assert g.value == 0.05
+    assert g.kl_coef == 0.05
+
+
+def test_controllers_read_checkpoints_from_before_the_rename():
+    adaptive = AdaptiveKLController(0.5, 1.0, 1.0)
+    adaptive.load_state_dict({"value": 0.125, "target": 2.0, "horizon": 3.0})
+    fixed = FixedKLController(0.5)
+    fixed.load_state_dict({"value": 0.25})
+    assert (adaptive.kl_coef, adaptive.target, fixed.kl_coef) == (0.125, 2.0, 0.25)

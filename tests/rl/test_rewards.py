@@ -10,14 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from alignlab.callables import resolve_callable
 from alignlab.config import ConfigError, ModelConfig
-from alignlab.eval.cli import resolve_callable
-from alignlab.eval.reward_ensemble import RewardScorer
 from alignlab.lab.gold import gold_score
 from alignlab.lab.rewards import gold_reward
 from alignlab.lab.world import LabWorld
 from alignlab.models.loading import load_tokenizer
 from alignlab.models.reward import load_reward_model
+from alignlab.models.reward_ensemble import RewardScorer
 from alignlab.rl.rewards import RewardError, build_reward_fn, callable_reward, check_reward_spec
 from alignlab.training.checkpoint import save_reward_folder
 from alignlab.training.distributed import Runtime

@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab.data.collate import collate
-from alignlab.eval.generation import Generation, prompt_token_ids
-from alignlab.eval.logprobs import response_rows, sequence_logps
+from alignlab.models.generation import Generation, prompt_token_ids
 from alignlab.models.lm import TokenLogProbs
+from alignlab.models.logprobs import response_rows, sequence_logps
 from alignlab.ops import IGNORE_INDEX
 from alignlab.rl.rollout import apply_stop_strings, rollout, token_logps
 
