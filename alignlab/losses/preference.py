@@ -59,16 +59,13 @@ def dpo_loss(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float,
-    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Direct Preference Optimization loss, optionally conservative (cDPO).
+    """Direct Preference Optimization loss.
 
     h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))
-    loss = -(1 - ε) log σ(β h) - ε log σ(-β h)
+    loss = -log σ(β h)
 
-    DPO: Rafailov et al. 2023, arXiv:2305.18290, eq. 7 (ε = 0). cDPO (ε > 0, the probability
-    that a label is flipped): Mitchell 2023, "A note on DPO with noisy preferences &
-    relationship to IPO" (technical note, no arXiv id).
+    Rafailov et al. 2023, arXiv:2305.18290, eq. 7.
 
     Shapes:
         policy_chosen_logps: (B,) summed log-probs of the chosen completion under the policy.
@@ -81,13 +78,39 @@ def dpo_loss(
     h = _logratio_margin(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
-    losses = -F.logsigmoid(beta * h)
-    if label_smoothing != 0.0:
-        losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-beta * h)
     chosen_rewards, rejected_rewards = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
-    return losses, chosen_rewards, rejected_rewards
+    return -F.logsigmoid(beta * h), chosen_rewards, rejected_rewards
+
+
+def cdpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conservative DPO: the DPO loss of the pair, and with weight ε of the flipped pair.
+
+    loss = (1 - ε) DPO(y_w, y_l) + ε DPO(y_l, y_w) = -(1 - ε) log σ(β h) - ε log σ(-β h)
+
+    Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO" (technical
+    note, no arXiv id): ε = `label_smoothing`, the probability that a label is flipped.
+    Shapes and rewards as `dpo_loss`.
+    """
+    kept, chosen_rewards, rejected_rewards = dpo_loss(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
+    flipped, _, _ = dpo_loss(
+        policy_rejected_logps, policy_chosen_logps, ref_rejected_logps, ref_chosen_logps, beta
+    )
+    return (
+        (1.0 - label_smoothing) * kept + label_smoothing * flipped,
+        chosen_rewards,
+        rejected_rewards,
+    )
 
 
 def ipo_loss(
@@ -125,7 +148,7 @@ def ipo_loss(
 
 def slic_loss(
     policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, delta: float
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLiC-HF rank-calibration loss (hinge on the log-likelihood margin).
 
     loss = max(0, δ - log π(y_w) + log π(y_l))
@@ -137,9 +160,11 @@ def slic_loss(
     Shapes:
         policy_chosen_logps: (B,) summed log-probs of the chosen completion.
         policy_rejected_logps: (B,) summed log-probs of the rejected completion.
-        returns: (B,) per-example hinge loss.
+        returns: (losses (B,), chosen (B,), rejected (B,)): the per-example hinge loss and the
+            log-likelihoods it ranks by, detached.
     """
-    return torch.clamp(delta - policy_chosen_logps + policy_rejected_logps, min=0.0)
+    losses = torch.clamp(delta - policy_chosen_logps + policy_rejected_logps, min=0.0)
+    return losses, policy_chosen_logps.detach(), policy_rejected_logps.detach()
 
 
 def kto_loss(
@@ -183,7 +208,7 @@ def kto_loss(
 
 def orpo_odds_ratio_loss(
     chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ORPO odds-ratio loss on length-averaged log-probs.
 
     log odds(y) = m - log(1 - e^m),  m = mean token log-prob of y (so P(y) = e^m)
@@ -197,16 +222,18 @@ def orpo_odds_ratio_loss(
     Shapes:
         chosen_mean_logps: (B,) mean token log-prob of the chosen completion.
         rejected_mean_logps: (B,) mean token log-prob of the rejected completion.
-        returns: (B,) per-example loss.
+        returns: (losses (B,), chosen (B,), rejected (B,)): the per-example loss and the mean
+            log-probs it compares, detached.
     """
     log_odds_chosen = chosen_mean_logps - _log1mexp(chosen_mean_logps)
     log_odds_rejected = rejected_mean_logps - _log1mexp(rejected_mean_logps)
-    return -F.logsigmoid(log_odds_chosen - log_odds_rejected)
+    losses = -F.logsigmoid(log_odds_chosen - log_odds_rejected)
+    return losses, chosen_mean_logps.detach(), rejected_mean_logps.detach()
 
 
 def simpo_loss(
     chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor, beta: float, gamma: float
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simple Preference Optimisation loss (reference-free, length-normalised).
 
     loss = -log σ(β (m_w - m_l) - γ)
@@ -218,9 +245,11 @@ def simpo_loss(
     Shapes:
         chosen_mean_logps: (B,) mean token log-prob of the chosen completion.
         rejected_mean_logps: (B,) mean token log-prob of the rejected completion.
-        returns: (B,) per-example loss.
+        returns: (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); rewards are the
+            implicit rewards β m, detached.
     """
-    return -F.logsigmoid(beta * (chosen_mean_logps - rejected_mean_logps) - gamma)
+    losses = -F.logsigmoid(beta * (chosen_mean_logps - rejected_mean_logps) - gamma)
+    return losses, beta * chosen_mean_logps.detach(), beta * rejected_mean_logps.detach()
 
 
 def rrhf_loss(logps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,7 @@ def decode(
     top_p: float,
     stop_ids: Collection[int],
     uniforms: torch.Tensor | None = None,
+    sampler_logps: list[list[float]] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Sample up to `max_new_tokens` tokens after each left-padded prompt row.
 
@@ -97,7 +98,10 @@ def decode(
     stopped on a stop token. Call under `torch.no_grad()` with the model in eval mode.
     `uniforms`: (rows, max_new_tokens) float64 in [0, 1), the draw of each row at each step
     (a row's tokens then depend only on its own logits and draws, not on the other rows);
-    None: the global torch RNG.
+    None: the global torch RNG. `sampler_logps`, when a list, receives one list per row: the
+    log-prob of each new token under the untempered logits of this forward (what an inference
+    engine reports as the sampler's log-probs; truncated importance sampling compares them
+    with the trainer's).
     """
     rows = input_ids.shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -121,12 +125,18 @@ def decode(
     for step in range(max_new_tokens):
         draws = uniforms[:, step] if uniforms is not None else None
         tokens = sample_next_tokens(output.logits[:, -1, :], temperature, top_p, draws)
+        if sampler_logps is not None:
+            logits = output.logits[:, -1, :].float()
+            picked = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+            picked = picked.tolist()
         still: list[int] = []
         for position, token in enumerate(tokens.tolist()):
             row = active[position]
             if finished[row]:  # only when the cache could not be pruned
                 continue
             new_tokens[row].append(token)
+            if sampler_logps is not None:
+                sampler_logps[row].append(picked[position])
             if token in stop_ids:
                 finished[row] = True
             else:

@@ -49,6 +49,9 @@ class Generation:
     text: str
     finished: bool
     """Stopped by a stop token (EOS / end of turn) rather than by max_new_tokens."""
+    sampler_logps: list[float] | None = None
+    """Per response token, its log-prob under the sampling forward's untempered logits
+    (`generate(..., sampler_logps=True)`); None when not recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +151,7 @@ def generate(
     batch_size: int = 32,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
+    sampler_logps: bool = False,
 ) -> list[Generation]:
     """Sample one response per prompt (a string, or a message list rendered with the chat
     template and its generation prompt), in the input order.
@@ -160,7 +164,7 @@ def generate(
     the prompt and its seed, not on batch_size, the order or the other prompts (up to the
     float rounding of padded batches), and two models given the same seeds sample with the
     same random numbers. Responses stop at the stop tokens of `stop_token_ids` or after
-    max_new_tokens.
+    max_new_tokens. `sampler_logps`: record each token's log-prob as the sampler saw it.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -197,6 +201,7 @@ def generate(
                 uniforms = torch.stack([row_uniforms(seeds[i], max_new_tokens) for i in members])
             else:
                 torch.manual_seed(seed + batch_index)
+            recorded = [[] for _ in members] if sampler_logps else None
             new_tokens, finished = decode(
                 model,
                 input_ids.to(device),
@@ -206,6 +211,7 @@ def generate(
                 top_p,
                 stop_set,
                 uniforms,
+                sampler_logps=recorded,
             )
             for row, i in enumerate(members):
                 response = new_tokens[row]
@@ -216,6 +222,7 @@ def generate(
                     response_ids=response,
                     text=tokenizer.decode(shown, skip_special_tokens=False),
                     finished=finished[row],
+                    sampler_logps=recorded[row] if recorded is not None else None,
                 )
             logger.debug("generated batch %d/%d", batch_index + 1, len(batches))
     return [result for result in results if result is not None]

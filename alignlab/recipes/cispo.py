@@ -73,6 +73,7 @@ def run(cfg: CISPOConfig) -> Path:
             ratio = torch.exp(logps.detach() - old)
             clipped = (ratio > 1 + cfg.clip_eps_high) | (ratio < 1 - rl.clip_eps)
             diagnostics = {"clip_fraction": clipped.float(), "approx_kl": ratio - 1 - ratio.log()}
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
             if kl_coef:
                 losses = losses + kl_coef * kl_k3(logps, mb.take(exp.ref_logps))
             return losses, diagnostics

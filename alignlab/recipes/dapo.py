@@ -10,12 +10,9 @@ group advantages A_i = (r_i - mean(r)) / std(r) (every token of o_i) with four c
 
 and dynamic sampling (`alignlab.rl.dynamic_sampling`): a group whose K rewards are all equal
 has zero advantages (no gradient, yet its tokens would count in the mean), so it is dropped
-and more prompts are sampled, up to `max_draws` extra batches per step, until the step has
-`rl.prompts_per_step` informative groups; a step still short after that keeps some flat
-groups with their tokens masked out (`ds_padded_groups`). ε_low = `rl.clip_eps`, ε_high = `clip_eps_high`; the paper
-drops the KL term (`rl.kl_coef` defaults to 0 here; > 0 adds β k3 to the loss, as GRPO).
-The step's reward, KL and length statistics are those of its first batch: the policy's own,
-before the filter biases them towards groups of mixed rewards.
+and up to `max_draws` more batches are drawn until the step has `rl.prompts_per_step`
+informative groups (a step still short keeps flat groups, masked out). ε_low = `rl.clip_eps`,
+ε_high = `clip_eps_high`; no KL term by default (`rl.kl_coef` > 0 adds β k3, as GRPO).
 
 Run: `alignlab dapo model.path=... data.path=prompts.jsonl rl.reward=...`.
 """
@@ -72,8 +69,8 @@ def run(cfg: DAPOConfig) -> Path:
     rl = cfg.rl
     groups = rl.prompts_per_step // job.runtime.world_size
 
-    def collect(step: int, draw: int) -> Experience:  # scored: π_old of every batch is known
-        exp = job.collect(step, draw=draw)
+    def collect(step: int, draw: int) -> Experience:
+        exp = job.collect(step, score_old_logps=job.updates_per_step > 1, draw=draw)
         if cfg.overlong_buffer:  # soft overlong punishment, before the flat-group filter
             length = exp.rollout.response_lengths
             exp.scores = exp.scores + overlong_penalty(
@@ -97,15 +94,16 @@ def run(cfg: DAPOConfig) -> Path:
             old, adv = mb.old_logps(logps), mb.take(advantages)
             losses = ppo_clip_token_losses(logps, old, adv, rl.clip_eps, cfg.clip_eps_high)
             diagnostics = ppo_diagnostics(losses, logps - old, adv)
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
             if kl_coef:
                 losses = losses + kl_coef * kl_k3(logps, mb.take(exp.ref_logps))
             return losses, diagnostics
 
         stats = job.update_policy(step, exp.rollout, policy_losses, token_mean, loss_mask=loss_mask)
 
-        # --- KL controller, then guard-rails, metrics (the policy's own batch), checkpoint ---
-        summary = batch.first.summary(job.runtime)
+        # --- KL controller, then guard-rails, metrics (reward: the unfiltered batch's), save ---
+        summary = batch.summary(job.runtime)
         job.kl_ctl.update(summary["kl_ref"], int(summary["samples"]))
-        job.end_step(step, {**summary, "kl_coef": kl_coef, **stats, **batch.stats, **exp.timings})
+        job.end_step(step, {**summary, "kl_coef": kl_coef, **stats, **exp.timings})
 
     return job.finish()

@@ -40,6 +40,7 @@ from alignlab.config import (
 from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
 from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import (
+    cdpo_loss,
     dpo_loss,
     ipo_loss,
     orpo_odds_ratio_loss,
@@ -124,13 +125,15 @@ def pair_losses(
     cfg: DPOConfig, policy: SequenceLogProbs, ref_sums: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(losses (B,), chosen_rewards (B,), rejected_rewards (B,)) of a (2B,) chosen-then-rejected
-    batch. Rewards (detached) are β(π - ref) for dpo, ipo (same log-probs as the loss);
-    summed log-probs for slic; β·m (mean token log-prob) for orpo and simpo."""
+    batch. Rewards (detached) are β(π - ref) for dpo, cdpo, ipo (same log-probs as the loss);
+    summed log-probs for slic; mean token log-probs m for orpo, β·m for simpo."""
     sums_w, sums_l = split_pairs(policy.sums)
     means_w, means_l = split_pairs(policy.means)
     if cfg.loss == "dpo":
         ref_w, ref_l = split_pairs(ref_sums)
-        return dpo_loss(sums_w, sums_l, ref_w, ref_l, cfg.beta, cfg.label_smoothing)
+        if cfg.label_smoothing:
+            return cdpo_loss(sums_w, sums_l, ref_w, ref_l, cfg.beta, cfg.label_smoothing)
+        return dpo_loss(sums_w, sums_l, ref_w, ref_l, cfg.beta)
     if cfg.loss == "ipo":
         ref_w, ref_l = split_pairs(ref_sums)
         if cfg.ipo_logps == "mean":
@@ -138,11 +141,11 @@ def pair_losses(
             return ipo_loss(means_w, means_l, ref_w / counts_w, ref_l / counts_l, cfg.beta)
         return ipo_loss(sums_w, sums_l, ref_w, ref_l, cfg.beta)
     if cfg.loss == "slic":
-        return slic_loss(sums_w, sums_l, cfg.slic_delta), sums_w.detach(), sums_l.detach()
-    rewards = (cfg.beta * means_w.detach(), cfg.beta * means_l.detach())
+        return slic_loss(sums_w, sums_l, cfg.slic_delta)
     if cfg.loss == "orpo":
-        return cfg.orpo_lambda * orpo_odds_ratio_loss(means_w, means_l), *rewards
-    return simpo_loss(means_w, means_l, cfg.beta, cfg.simpo_gamma), *rewards
+        losses, chosen, rejected = orpo_odds_ratio_loss(means_w, means_l)
+        return cfg.orpo_lambda * losses, chosen, rejected
+    return simpo_loss(means_w, means_l, cfg.beta, cfg.simpo_gamma)
 
 
 def pair_items(rows: list[dict], split: str) -> list[tuple[tuple, dict[str, list[int]]]]:

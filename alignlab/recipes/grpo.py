@@ -77,6 +77,7 @@ def run(cfg: GRPOConfig) -> Path:
             old, adv = mb.old_logps(logps), mb.take(advantages)
             surrogate = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
             diagnostics = ppo_diagnostics(surrogate, logps - old, adv)
+            surrogate = surrogate * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
             if not kl_coef:
                 return surrogate, diagnostics
             kl = kl_k3(logps, mb.take(exp.ref_logps))

@@ -75,6 +75,7 @@ def run(cfg: GSPOConfig) -> Path:
             losses = gspo_token_losses(logps, old, adv, mb.mask, rl.clip_eps, cfg.clip_eps_high)
             log_s = gspo_log_ratio(logps, old, mb.mask).expand_as(logps)
             diagnostics = ppo_diagnostics(losses, log_s, adv)  # of s_i, per token
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
             if kl_coef:
                 losses = losses + kl_coef * kl_k3(logps, mb.take(exp.ref_logps))
             return losses, diagnostics

@@ -42,7 +42,11 @@ import torch
 from alignlab.config import ConfigError, DataConfig, ModelConfig, TrainConfig, option, section
 from alignlab.data.collate import collate
 from alignlab.data.tokenize import build_sft_dataset
-from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, token_mean
+from alignlab.losses.policy import (
+    ppo_clip_token_losses,
+    ppo_diagnostics,
+    token_mean,
+)
 from alignlab.ops import masked_whiten
 from alignlab.rl.advantages import gae, kl_penalised_rewards
 from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
@@ -169,7 +173,9 @@ def run(cfg: PPOConfig) -> Path:
             logps = mb.forward(job.policy)
             old, adv = mb.old_logps(logps), mb.take(advantages)
             losses = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
-            return losses, ppo_diagnostics(losses, logps - old, adv)
+            diagnostics = ppo_diagnostics(losses, logps - old, adv)
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
+            return losses, diagnostics
 
         stats = job.update_policy(step, exp.rollout, policy_losses, token_mean, ptx_loss)
         if ptx_loss is not None:

@@ -13,6 +13,11 @@ k1_t = log π_old(y_t) - log π_ref(y_t) and β = `rl.kl_coef`:
 `alignlab.rl.advantages.reinforce_pp_advantages` computes A. Under torchrun the rollout of all
 processes is gathered first, so the normalisation is over the global batch here too.
 
+`baseline=true` is REINFORCE++-baseline (the paper's variant for K > 1 samples per prompt):
+A_i = r_i - mean of its group, whitened over the batch's tokens
+(`reinforce_pp_baseline_advantages`), and the KL moves from the reward into the loss as
+β k2_t = β ½ (log π_θ(y_t) - log π_ref(y_t))², whose gradient is that of KL(π_θ || π_ref).
+
 Run: `alignlab reinforce_pp model.path=... data.path=prompts.jsonl rl.reward=...`.
 """
 
@@ -23,11 +28,16 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ModelConfig, TrainConfig, option, section
-from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, token_mean
-from alignlab.rl.advantages import reinforce_pp_advantages
+from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.losses.policy import (
+    ppo_clip_token_losses,
+    ppo_diagnostics,
+    token_mean,
+)
+from alignlab.rl.advantages import reinforce_pp_advantages, reinforce_pp_baseline_advantages
 from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
 from alignlab.rl.experience import gather_rows
+from alignlab.rl.kl import kl_k2
 from alignlab.rl.minibatch import MicroBatch
 from alignlab.rl.run import RLRun
 
@@ -41,10 +51,13 @@ class ReinforcePPConfig:
     train: TrainConfig = section(TrainConfig, "optimisation loop", output_dir="runs/reinforce_pp")
     rl: RLConfig = section(RLConfig, "sampling, reward and update (rl.kl_coef: KL in the reward)")
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
+    baseline: bool = option(False, "REINFORCE++-baseline: group-mean baseline, k2 KL in the loss")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
         check_rl(self.rl, self.reference, self.model, self.train)
+        if self.baseline and self.rl.samples_per_prompt < 2:
+            raise ConfigError("baseline=true needs rl.samples_per_prompt >= 2 (the group mean)")
 
 
 def run(cfg: ReinforcePPConfig) -> Path:
@@ -57,16 +70,25 @@ def run(cfg: ReinforcePPConfig) -> Path:
         exp = job.collect(step)  # samples, rewards, π_old and reference log-probs
         kl_coef = job.kl_ctl.kl_coef
 
-        # --- advantages: KL-penalised token returns, whitened over the global batch ---
+        # --- advantages: KL-penalised token returns (baseline: group-centred rewards),
+        # whitened over the global batch ---
         scores, kl, mask, mine = gather_rows(job.runtime, exp.scores, exp.token_kl, exp.mask)
-        advantages = reinforce_pp_advantages(scores, kl, mask, kl_coef)[mine]  # (N, T)
+        if cfg.baseline:
+            grouped = scores.view(-1, rl.samples_per_prompt)
+            advantages = reinforce_pp_baseline_advantages(grouped, mask)[mine]  # (N, T)
+        else:
+            advantages = reinforce_pp_advantages(scores, kl, mask, kl_coef)[mine]  # (N, T)
 
         # --- loss per token: PPO clipped surrogate; token mean ---
         def policy_losses(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             logps = mb.forward(job.policy)
             old, adv = mb.old_logps(logps), mb.take(advantages)
             losses = ppo_clip_token_losses(logps, old, adv, rl.clip_eps)
-            return losses, ppo_diagnostics(losses, logps - old, adv)
+            diagnostics = ppo_diagnostics(losses, logps - old, adv)
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
+            if cfg.baseline and kl_coef:  # the KL in the loss: k2 to the reference
+                losses = losses + kl_coef * kl_k2(logps, mb.take(exp.ref_logps))
+            return losses, diagnostics
 
         stats = job.update_policy(step, exp.rollout, policy_losses, token_mean)
 

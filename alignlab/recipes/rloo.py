@@ -24,7 +24,11 @@ from pathlib import Path
 import torch
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
-from alignlab.losses.policy import ppo_clip_token_losses, ppo_diagnostics, sequence_sum
+from alignlab.losses.policy import (
+    ppo_clip_token_losses,
+    ppo_diagnostics,
+    sequence_sum,
+)
 from alignlab.rl.advantages import rloo_advantages
 from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
 from alignlab.rl.minibatch import MicroBatch
@@ -53,7 +57,8 @@ def run(cfg: RLOOConfig) -> Path:
     """Train; return the folder of the final model (a plain HF folder)."""
     # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
     job = RLRun(cfg, "rloo")
-    clip_eps = cfg.rl.clip_eps if cfg.clip else math.inf  # inf: -A ρ, the unclipped estimator
+    rl = cfg.rl
+    clip_eps = rl.clip_eps if cfg.clip else math.inf  # inf: -A ρ, the unclipped estimator
 
     for step in job.steps():
         exp = job.collect(step)  # K samples per prompt, rewards, π_old and reference log-probs
@@ -68,7 +73,9 @@ def run(cfg: RLOOConfig) -> Path:
             logps = mb.forward(job.policy)
             old, adv = mb.old_logps(logps), mb.take(advantages)
             losses = ppo_clip_token_losses(logps, old, adv, clip_eps)
-            return losses, ppo_diagnostics(losses, logps - old, adv)
+            diagnostics = ppo_diagnostics(losses, logps - old, adv)
+            losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
+            return losses, diagnostics
 
         stats = job.update_policy(step, exp.rollout, policy_losses, sequence_sum)
 

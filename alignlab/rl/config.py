@@ -83,6 +83,15 @@ class RLConfig(RewardOptions):
     max_kl: float = option(
         0.0, "stop when the mean per-response KL to the reference exceeds this; 0 = off", min=0
     )
+    tis_cap: float = option(
+        0.0,
+        "truncated importance sampling: weight each token's policy-gradient loss by "
+        "min(π_old / π_sampler, C); 0 = off",
+        min=0,
+    )
+    tis_level: str = option(
+        "token", "TIS ratio per token, or one per response (product)", choices=("token", "sequence")
+    )
     length_watch_steps: int = option(
         10, "warn when length grows and reward does not over this many steps; 0 = off", min=0
     )

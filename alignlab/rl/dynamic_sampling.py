@@ -19,6 +19,8 @@ import torch
 from alignlab.rl.experience import Experience, select_groups
 from alignlab.training import distributed
 
+NEEDS_OLD_LOGPS = ("entropy", "kl_ref", "sampler_logp_diff", "sampler_kl")
+
 
 @dataclasses.dataclass
 class DynamicBatch:
@@ -30,6 +32,15 @@ class DynamicBatch:
     """(N,) bool: the sample's group is informative (False for the padding groups)."""
     stats: dict[str, float]
     """ds_draws, ds_flat_groups, ds_padded_groups, summed over processes."""
+
+    def summary(self, runtime: distributed.Runtime) -> dict[str, float]:
+        """The step's statistics, after the update: reward, length and the like from the
+        first batch (the policy's own: the filter biases the trained batch towards groups of
+        mixed rewards), those that need π_old (KL, entropy, sampler mismatch) from the trained
+        batch, whose π_old the update has filled in when it was not scored; and `stats`."""
+        trained = self.exp.summary(runtime)
+        first = self.first.summary(runtime)  # always: both are collectives on every process
+        return {**first, **{k: trained[k] for k in NEEDS_OLD_LOGPS if k in trained}, **self.stats}
 
 
 def informative_groups(exp: Experience) -> list[bool]:

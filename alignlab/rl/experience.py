@@ -71,7 +71,10 @@ class Experience:
     def summary(self, runtime: distributed.Runtime) -> dict[str, float]:
         """The step's means over all processes: reward (raw), its std, the training score,
         response length, finished fraction, entropy estimate (-mean log π_old per token),
-        KL to the reference per response (Σ_t k1), gold when logged, and the sample count."""
+        KL to the reference per response (Σ_t k1), gold when logged, the sample count, and the
+        sampler-trainer mismatch when the sampler's log-probs were kept: mean |log π_sampler -
+        log π_old| per token and Σ_t (log π_sampler - log π_old) per response (k1 of
+        KL(π_sampler || π_old), the samples being the sampler's)."""
         roll, mask = self.rollout, self.mask
         parts = [
             self.raw_rewards.sum().item(),
@@ -102,6 +105,13 @@ class Experience:
         }
         if self.gold is not None:
             summary["gold_mean"] = gold_sum / count
+        if roll.sampler_logps is not None:  # the sampler's log-probs against the trainer's
+            gap = (roll.sampler_logps - roll.old_logps) * mask
+            abs_sum, kl = distributed.sum_floats(
+                [gap.abs().sum().item(), gap.sum().item()], runtime
+            )
+            summary["sampler_logp_diff"] = abs_sum / max(tokens, 1.0)  # mean |Δ log-prob|
+            summary["sampler_kl"] = kl / count  # k1 of KL(sampler || trainer), per response
         return summary
 
 
@@ -184,6 +194,7 @@ class Collector:
             mixed_precision=self.mixed_precision,
             generation_model=self.generation_model,
             score=score_old_logps,
+            sampler_logps=True,  # cheap, and the sampler-trainer mismatch is logged every step
         )
         generated = time.perf_counter()
         extras = [row.extras for row in rows for _ in range(rl.samples_per_prompt)]
@@ -250,6 +261,9 @@ def select_groups(parts: list[Experience], picks: list[tuple[int, int]]) -> Expe
         generations=listed(lambda e: e.rollout.generations),
         samples_per_prompt=k,
         scored=all(part.rollout.scored for part in parts),
+        sampler_logps=stack(lambda e: e.rollout.sampler_logps)
+        if all(part.rollout.sampler_logps is not None for part in parts)
+        else None,
     )
     with_gold = all(part.gold is not None for part in parts)
     with_ref = all(part.ref_logps is not None for part in parts)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignlab.losses.policy import truncated_is_weights
 from alignlab.models.lm import TokenLogProbs
 from alignlab.ops import masked_sum
 from alignlab.rl.rollout import Rollout
@@ -96,6 +97,17 @@ class MicroBatch:
         with autocast(self.mask.device, self.mixed_precision):
             out = module(self.batch)
         return out.float()
+
+    def tis_weights(self, old_logps: torch.Tensor, cap: float, level: str) -> torch.Tensor:
+        """(B, T) truncated importance weights min(π_old / π_sampler, cap) against the
+        sampler's own log-probs (`alignlab.losses.policy.truncated_is_weights`, per token or
+        per response), for a sampler that is not the trainer; all ones when `cap` is 0 (off)."""
+        if not cap:
+            return torch.ones_like(old_logps)
+        if self.roll.sampler_logps is None:
+            raise ValueError("truncated importance sampling needs the sampler's log-probs")
+        sampler = self.take(self.roll.sampler_logps)
+        return truncated_is_weights(old_logps, sampler, self.mask, cap, level)
 
     def old_logps(self, logps: torch.Tensor) -> torch.Tensor:
         """(B, T) log π_old of the sampled tokens. A rollout that was not scored (one optimizer

@@ -73,6 +73,9 @@ class Rollout:
     samples_per_prompt: int
     scored: bool = True
     """False: `old_logps` are zeros until the update's forward fills them (`rollout(score=False)`)."""
+    sampler_logps: torch.Tensor | None = None
+    """(N, T) float32 log-probs of the response tokens as the sampler computed them while
+    sampling (`rollout(sampler_logps=True)`), 0 elsewhere; None when not recorded."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -118,9 +121,11 @@ def apply_stop_strings(
             high = middle
         else:
             low = middle + 1
+    logps = generation.sampler_logps
     return dataclasses.replace(
-        generation, response_ids=list(ids[:low]), text=generation.text[:position], finished=True
-    )
+        generation, response_ids=list(ids[:low]), text=generation.text[:position], finished=True,
+        sampler_logps=list(logps[:low]) if logps is not None else None,
+    )  # fmt: skip
 
 
 def token_logps(
@@ -165,6 +170,7 @@ def rollout(
     mixed_precision: str = "no",
     generation_model: nn.Module | None = None,
     score: bool = True,
+    sampler_logps: bool = False,
 ) -> Rollout:
     """Sample `samples_per_prompt` responses per prompt and score them (module docstring).
 
@@ -182,6 +188,8 @@ def rollout(
             copy under FSDP2); it must hold the same weights.
         score: compute `old_logps` now. A caller whose single update forward sees the same
             weights may pass False and fill them from that forward (zeros until then).
+        sampler_logps: also keep the sampler's own log-probs of the sampled tokens (the
+            generation forward's, for truncated importance sampling and the mismatch metrics).
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
@@ -196,6 +204,7 @@ def rollout(
         top_p=top_p,
         batch_size=batch_size,
         seed=seed,
+        sampler_logps=sampler_logps,
     )
     if stop_strings:
         generations = [apply_stop_strings(g, tokenizer, stop_strings) for g in generations]
@@ -206,6 +215,12 @@ def rollout(
         old_logps = token_logps(scorer, batch, batch_size, mixed_precision)
     else:
         old_logps = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+    recorded = None
+    if sampler_logps:  # the response tokens are the labelled positions, in order, per row
+        recorded = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+        mask = TokenLogProbs.mask(batch)
+        for row, generation in enumerate(generations):
+            recorded[row, mask[row]] = torch.tensor(generation.sampler_logps, dtype=torch.float32)
     return Rollout(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -219,4 +234,5 @@ def rollout(
         generations=generations,
         samples_per_prompt=samples_per_prompt,
         scored=score,
+        sampler_logps=recorded,
     )

@@ -5,6 +5,7 @@ import torch
 
 from alignlab.losses.preference import (
     _log1mexp,
+    cdpo_loss,
     dpo_loss,
     ipo_loss,
     kto_loss,
@@ -45,7 +46,8 @@ def _h():
 def test_dpo_values_and_grad(eps):
     beta = 0.2
     pw, pl, rw, rl = _four(requires_grad=True)
-    losses, cr, rr = dpo_loss(pw, pl, rw, rl, beta, label_smoothing=eps)
+    loss_fn = cdpo_loss if eps else dpo_loss
+    losses, cr, rr = loss_fn(pw, pl, rw, rl, beta, *([eps] if eps else []))
     expected = [-(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h) for h in _h()]
     assert losses.shape == (4,)
     torch.testing.assert_close(losses, torch.tensor(expected, dtype=D))
@@ -91,7 +93,8 @@ def test_slic_hinge_and_grad():
     delta = 1.0
     pw = torch.tensor([-5.0, -5.0, -5.0], dtype=D, requires_grad=True)
     pl = torch.tensor([-7.0, -5.5, -3.0], dtype=D, requires_grad=True)
-    loss = slic_loss(pw, pl, delta)
+    loss, chosen, rejected = slic_loss(pw, pl, delta)
+    assert torch.equal(chosen, pw.detach()) and torch.equal(rejected, pl.detach())
     expected = [max(0.0, delta - a + b) for a, b in zip(pw.tolist(), pl.tolist())]
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=D))
     loss.sum().backward()
@@ -166,7 +169,8 @@ def test_orpo_values_and_grad():
     ml = [-0.5, -0.9, -0.01, -5.0]
     cw = torch.tensor(mw, dtype=D, requires_grad=True)
     cl = torch.tensor(ml, dtype=D, requires_grad=True)
-    loss = orpo_odds_ratio_loss(cw, cl)
+    loss, chosen, _ = orpo_odds_ratio_loss(cw, cl)
+    assert not chosen.requires_grad
     expected = [-log_sigmoid(_log_odds(a) - _log_odds(b)) for a, b in zip(mw, ml)]
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=D))
     loss.sum().backward()
@@ -203,7 +207,8 @@ def test_simpo_values_and_grad():
     ml = [-0.9, -0.8, -0.3]
     cw = torch.tensor(mw, dtype=D, requires_grad=True)
     cl = torch.tensor(ml, dtype=D)
-    loss = simpo_loss(cw, cl, beta, gamma)
+    loss, chosen_rewards, _ = simpo_loss(cw, cl, beta, gamma)
+    torch.testing.assert_close(chosen_rewards, beta * cw.detach())
     x = [beta * (a - b) - gamma for a, b in zip(mw, ml)]
     torch.testing.assert_close(loss, torch.tensor([-log_sigmoid(v) for v in x], dtype=D))
     loss.sum().backward()

@@ -55,3 +55,11 @@ def test_killed_run_resumes_to_the_same_result(rl_assets, tmp_path):
     assert [s for s, _ in got] == [s for s, _ in ref] == [1, 2, 3, 4]
     assert got == ref  # the same computation in the same order: bit for bit
     assert_identical_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+
+
+def test_baseline_variant_raises_the_reward(rl_assets, tmp_path):
+    out = tmp_path / "baseline"
+    run(rl_assets, out, "baseline=true")
+    early, late = reward_rises(out)
+    assert late > early + 0.2, (early, late)
+    assert [v for _, v in metric(out, "train/kl_ref")][-1] > 0

@@ -57,6 +57,29 @@ def test_dapo_dynamic_sampling_and_overlong_shaping(rl_assets, tmp_path):
     assert any(s < r for s, r in zip(scores, rewards))  # the overlong penalty lowers scores
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_truncated_importance_sampling_with_a_matching_sampler_changes_nothing(
+    rl_assets, tmp_path, level
+):
+    """Here the sampler is the trainer's own model: the logged mismatch is float rounding and
+    the TIS weights are 1 up to it, so the run follows the run without TIS."""
+    from alignlab.recipes import grpo
+
+    def grpo_run(out, *extra):
+        config = load_config(
+            grpo.GRPOConfig, None, rl_overrides(rl_assets, out, "train.max_steps=3", *extra)
+        )
+        return grpo.run(config)
+
+    grpo_run(tmp_path / "plain")
+    grpo_run(tmp_path / "tis", "rl.tis_cap=2", f"rl.tis_level={level}")
+    diff = [v for _, v in metric(tmp_path / "tis", "train/sampler_logp_diff")]
+    assert len(diff) == 3 and max(diff) < 1e-4
+    assert all(abs(v) < 1e-3 for _, v in metric(tmp_path / "tis", "train/sampler_kl"))
+    plain, tis = (metric(tmp_path / name, "train/loss") for name in ("plain", "tis"))
+    assert [v for _, v in tis] == pytest.approx([v for _, v in plain], rel=1e-3, abs=1e-5)
+
+
 def test_dapo_config_errors(rl_assets, tmp_path):
     with pytest.raises(ConfigError, match="overlong_buffer"):
         load_config(dapo.DAPOConfig, None, rl_overrides(rl_assets, tmp_path, "overlong_buffer=9"))

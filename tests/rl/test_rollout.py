@@ -114,3 +114,21 @@ def test_multi_token_stop_string_with_bpe(tiny_model_dir):
         dataclasses.replace(cut, text=generation.text, response_ids=ids, finished=False)
         == generation
     )
+
+
+def test_sampler_logps_match_the_trainers_and_follow_stop_strings(word_model_dir):
+    """The log-probs the sampler saw (KV-cached decode) equal the teacher-forced old log-probs
+    to float32 rounding of a few-nat quantity, token by token, and are cut with the tokens."""
+    model, tokenizer = load(word_model_dir)
+    roll = rollout(
+        model, tokenizer, PROMPTS, 4, max_new_tokens=8, seed=1, stop_strings=["b"],
+        sampler_logps=True,
+    )  # fmt: skip
+    assert roll.sampler_logps.shape == roll.old_logps.shape
+    assert torch.all(roll.sampler_logps[~roll.mask] == 0)
+    scale = roll.old_logps.abs().max().item()
+    tolerance = 64 * torch.finfo(torch.float32).eps * max(scale, 1.0)
+    torch.testing.assert_close(roll.sampler_logps, roll.old_logps, atol=tolerance, rtol=0)
+    for generation in roll.generations:
+        assert len(generation.sampler_logps) == len(generation.response_ids)
+    assert rollout(model, tokenizer, PROMPTS, 1, max_new_tokens=4, seed=1).sampler_logps is None
