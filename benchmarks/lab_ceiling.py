@@ -45,6 +45,7 @@ import torch
 
 from alignlab.config import load_config
 from alignlab.eval.harness import (
+    EvalOptions,
     EvalPrompt,
     EvalResult,
     EvalSample,
@@ -114,10 +115,11 @@ def decoded(
         nonlocal seconds
         start = time.perf_counter()
         policy = load_for_eval(model_dir)
-        result = evaluate_model(
-            policy, prompts, num_samples=num_samples, max_new_tokens=args.max_new_tokens,
+        options = EvalOptions(
+            num_samples=num_samples, max_new_tokens=args.max_new_tokens,
             temperature=temperature, batch_size=args.batch_size, seed=args.seed,
         )  # fmt: skip
+        result = evaluate_model(policy, prompts, options=options)
         write_jsonl(output, (_record(s) for s in result.samples))
         seconds = time.perf_counter() - start
         print(f"{folder.name}: {len(result.samples)} responses in {seconds:.0f} s", flush=True)

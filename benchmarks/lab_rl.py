@@ -145,14 +145,14 @@ def main() -> None:
     )  # fmt: skip
     eval_prompts = lab_prompts(lab.world, args.eval_split, args.eval_prompts)  # evaluate_lab's
     if args.bon:
-        from alignlab.eval.harness import load_for_eval
+        from alignlab.eval.harness import EvalOptions, load_for_eval
         from alignlab.recipes.bon import evaluate_best_of_n
 
         policy = load_for_eval(str(sft))
         best_of = {
             f"best-of-{n}": evaluate_best_of_n(
                 policy, eval_prompts, str(rm), n, ref=policy, scorer=gold_scorer(lab.world),
-                max_new_tokens=48, batch_size=args.batch_size,
+                options=EvalOptions(max_new_tokens=48, batch_size=args.batch_size, primary="total"),
             )
             for n in [int(x) for x in args.bon.split(",")]
         }  # fmt: skip

@@ -23,8 +23,13 @@ update time holds the critic's value pass and its update. TRL removed `PPOTraine
 (neither `trl` nor `trl.experimental` has it in 1.16): the TRL PPO row then says so instead of
 timing anything. The TRL PPO worker is written for the 0.12-0.2x API and untested here.
 
+DAPO (`--algos dapo`) against TRL's `loss_type="dapo"` (token-level normalisation) with
+clip-higher (ε 0.2 / 0.28) on both sides and no KL term (β = 0, no reference) on both;
+alignlab's dynamic sampling and overlong filtering off (`max_draws=0`, `mask_truncated=false`),
+as TRL's GRPOTrainer has neither by default.
+
     python benchmarks/rl_speed.py --shapes tiny
-    python benchmarks/rl_speed.py --shapes realistic --steps 5 --algos grpo
+    python benchmarks/rl_speed.py --shapes realistic --steps 5 --algos grpo,dapo
 """
 
 from __future__ import annotations
@@ -82,15 +87,21 @@ def reward_model(model_dir: Path, folder: Path) -> Path:
 
 def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
     from alignlab.config import load_config
-    from alignlab.recipes import grpo, ppo
+    from alignlab.recipes import dapo, grpo, ppo
 
     model_dir, prompts = assets(shape, folder, steps)
+    extra = []
     if algo == "ppo":
         recipe, config = ppo, ppo.PPOConfig
         reward = str(reward_model(model_dir, folder))  # the critic starts from it too
+    elif algo == "dapo":  # what TRL's loss_type="dapo" has: clip-higher, token-mean, no KL
+        recipe, config = dapo, dapo.DAPOConfig
+        reward = f"{Path(__file__).resolve()}:length_reward"
+        extra = ["clip_eps_high=0.28", "max_draws=0", "mask_truncated=false"]
     else:
         recipe, config = grpo, grpo.GRPOConfig
         reward = f"{Path(__file__).resolve()}:length_reward"
+    beta = 0.0 if algo == "dapo" else BETA
     cfg = load_config(
         config,
         None,
@@ -102,7 +113,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
             f"rl.samples_per_prompt={SAMPLES}",
             f"rl.max_new_tokens={shape['new']}",
             f"rl.generation_batch_size={PROMPTS * SAMPLES}",
-            f"rl.kl_coef={BETA}",
+            f"rl.kl_coef={beta}",
             f"train.micro_batch_size={PROMPTS * SAMPLES}",
             f"train.output_dir={folder / 'run'}",
             f"train.max_steps={steps}",
@@ -111,6 +122,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
             "model.dtype=fp32",
             "train.tensorboard=false",
             "train.progress=false",
+            *extra,
         ],
     )
     recipe.run(cfg)
@@ -201,7 +213,7 @@ def worker_trl_ppo(shape: dict, steps: int, folder: Path) -> dict:
     }
 
 
-def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
+def worker_trl(shape: dict, steps: int, folder: Path, algo: str = "grpo") -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,8 +240,10 @@ def worker_trl(shape: dict, steps: int, folder: Path) -> dict:
             max_completion_length=shape["new"],
             max_steps=steps,
             learning_rate=LR,
-            beta=BETA,
-            loss_type="grpo",
+            beta=0.0 if algo == "dapo" else BETA,
+            loss_type=algo,  # "grpo", or "dapo": token-level normalisation
+            epsilon=0.2,
+            epsilon_high=0.28 if algo == "dapo" else 0.2,
             temperature=1.0,
             top_p=1.0,
             logging_steps=1,
@@ -273,7 +287,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=6, help="steps per run (first is warm-up)")
     parser.add_argument("--shapes", default="tiny,realistic")
-    parser.add_argument("--algos", default="grpo,ppo", help="grpo, ppo or both")
+    parser.add_argument("--algos", default="grpo,dapo,ppo", help="comma-separated: grpo, dapo, ppo")
     parser.add_argument("--worker", choices=["alignlab", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -285,7 +299,7 @@ def main() -> None:
             elif algo == "ppo":
                 times = worker_trl_ppo(shape, args.steps, Path(tmp))
             else:
-                times = worker_trl(shape, args.steps, Path(tmp))
+                times = worker_trl(shape, args.steps, Path(tmp), algo)
         step = statistics.median(times["step"])
         generation = statistics.median(times["generation"])
         print(

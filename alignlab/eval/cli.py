@@ -31,7 +31,7 @@ from alignlab.callables import resolve_callable
 from alignlab.config import ArgumentParser, ConfigError
 from alignlab.data.schema import DataError, Record, extract_prompt
 from alignlab.data.sources import load_records
-from alignlab.eval.harness import EvalPrompt, evaluate_many
+from alignlab.eval.harness import EvalOptions, EvalPrompt, evaluate_many
 from alignlab.eval.report import markdown_table, write_report
 from alignlab.eval.verdict import verdict_of_results
 from alignlab.models.folders import check_model_source
@@ -168,12 +168,14 @@ def main(argv: list[str]) -> None:
         prompts,
         ref_dir=args.ref,
         reward_fns=reward_fns or None,
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        batch_size=args.batch_size,
-        seed=args.seed,
+        options=EvalOptions(
+            num_samples=args.num_samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        ),
         device=args.device,
         dtype=args.dtype,
     )

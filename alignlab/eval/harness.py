@@ -24,13 +24,14 @@ What is estimated, from `num_samples` responses per prompt:
 Sampling seeds are per prompt (`sampling_seeds`): sample k of a prompt draws its random
 numbers from a generator seeded by a hash of (seed, the prompt, k), whatever the model, the
 batch or the prompt's place in the list. Every model evaluated with one seed, and the
-reference (`ref_seed=None`: the same seed), therefore sample each prompt with the same random
+reference (`EvalOptions.ref_seed=None`: the same seed), therefore sample each prompt with the same random
 numbers (common random numbers): a comparison of two models on the same prompts is then free
 of the sampling noise the two share, and a model compared with itself gets the reference's
 samples exactly (difference 0, every pair a tie, win rate 0.5). The win rate is then that of coupled
 draws (similar models tie more often than independent draws would); `ref_seed=<another
 seed>` samples the reference independently. KL is exactly 0 for a model against itself either
-way: each sample's two log-probs are the same computation.
+way: each sample's two log-probs are the same computation. Every setting (samples per prompt,
+sampling, seeds, confidence, the ranking score) is one `EvalOptions`.
 
 Intervals with several samples per prompt are cluster-robust over prompts (means) or plain
 Wilson intervals over samples (rates, slightly too narrow then).
@@ -203,16 +204,28 @@ def _check_same_vocab(policy: LoadedModel, ref: LoadedModel) -> None:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one evaluation (hashable: the reference-sample cache key)."""
+class EvalOptions:
+    """How an evaluation samples and summarises: one object for every entry point (frozen and
+    hashable: with the reference it keys the cache of the reference's samples)."""
 
-    num_samples: int
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    batch_size: int
-    seed: int
-    ref_seed: int
+    num_samples: int = 1
+    """Responses per prompt."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """1 with top_p 1 samples the model's own distribution (what the KL estimate needs)."""
+    top_p: float = 1.0
+    batch_size: int = 32
+    seed: int = 0
+    ref_seed: int | None = None
+    """The reference's sampling seed; None = `seed` (common random numbers, module docstring)."""
+    confidence: float = 0.95
+    primary: str = ""
+    """The score that ranks against the reference (win rate, paired difference): a scorer key
+    or a reward fn name; empty = the first reward fn, else the scorer's first numeric key."""
+
+    @property
+    def reference_seed(self) -> int:
+        return self.seed if self.ref_seed is None else self.ref_seed
 
 
 def sampling_seeds(prompts: Sequence[Prompt], num_samples: int, seed: int) -> list[int]:
@@ -238,7 +251,7 @@ def sampling_seeds(prompts: Sequence[Prompt], num_samples: int, seed: int) -> li
 
 
 def _sample(
-    loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: Sampling, seed: int
+    loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: EvalOptions, seed: int
 ) -> list[EvalSample]:
     """num_samples responses per prompt (prompt-major order), seeded per prompt and sample."""
     expanded = [(p, k) for p in range(len(prompts)) for k in range(sampling.num_samples)]
@@ -373,13 +386,20 @@ def summarize(
     return out
 
 
-def _win_key(samples: Sequence[EvalSample]) -> tuple[str, str] | None:
-    """("gold", "total"), else ("rewards", first reward fn), else ("gold", first numeric key)."""
+def _win_key(samples: Sequence[EvalSample], primary: str = "") -> tuple[str, str] | None:
+    """Where the ranking score lives: ("gold", primary) for a scorer key, ("rewards", primary)
+    for a reward fn; without `primary` the first reward fn, else the scorer's first numeric
+    key (`EvalOptions.primary`)."""
     if not samples:
         return None
     first = samples[0]
-    if "total" in first.scores and _is_number(first.scores["total"]):
-        return "gold", "total"
+    if primary:
+        if primary in first.scores and _is_number(first.scores[primary]):
+            return "gold", primary
+        if primary in first.rewards:
+            return "rewards", primary
+        known = [k for k, v in first.scores.items() if _is_number(v)] + list(first.rewards)
+        raise ValueError(f"primary score {primary!r} is not among the scores: {known}")
     if first.rewards:
         return "rewards", next(iter(first.rewards))
     for key, value in first.scores.items():
@@ -409,35 +429,24 @@ def evaluate_model(
     ref: LoadedModel | None = None,
     scorer: Scorer | None = None,
     reward_fns: dict[str, RewardFn] | None = None,
-    num_samples: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
-    ref_seed: int | None = None,
-    confidence: float = 0.95,
+    options: EvalOptions = EvalOptions(),
     _ref_cache: dict[Any, list[EvalSample]] | None = None,
 ) -> EvalResult:
     """`evaluate` on models already loaded (e.g. a model being trained); see `evaluate`."""
     if not prompts:
         raise ValueError("no prompts to evaluate")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if options.num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {options.num_samples}")
     if ref is not None:
         _check_same_vocab(policy, ref)
-    sampling = Sampling(
-        num_samples,
-        max_new_tokens,
-        temperature,
-        top_p,
-        batch_size,
-        seed,
-        seed if ref_seed is None else ref_seed,
-    )
+    sampling, seed = options, options.seed
+    num_samples, confidence = options.num_samples, options.confidence
+    temperature, top_p, batch_size = options.temperature, options.top_p, options.batch_size
     # the reference evaluated as a model, with the reference's seed, draws exactly the
     # reference's samples: sample (and score) them once, whichever of the two comes first
-    is_reference_draw = ref is not None and policy.model is ref.model and seed == sampling.ref_seed
+    is_reference_draw = (
+        ref is not None and policy.model is ref.model and seed == options.reference_seed
+    )
     cache_key = _reference_cache_key(ref, sampling) if ref is not None else None
     if is_reference_draw and _ref_cache is not None and cache_key in _ref_cache:
         samples = [_unmeasured(sample) for sample in _ref_cache[cache_key]]
@@ -454,12 +463,12 @@ def evaluate_model(
         "num_samples": num_samples,
         "n_samples": len(samples),
         "settings": {
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": options.max_new_tokens,
             "temperature": temperature,
             "top_p": top_p,
             "batch_size": batch_size,
             "seed": seed,
-            "ref_seed": sampling.ref_seed if ref is not None else None,
+            "ref_seed": options.reference_seed if ref is not None else None,
             "confidence": confidence,
         },
     }
@@ -488,13 +497,13 @@ def evaluate_model(
         metrics["kl"] = kl
         if scorer is not None or reward_fns:
             comparison, ref_samples = compare_with_reference(
-                samples, prompts, ref, sampling, scorer, reward_fns, confidence, _ref_cache
+                samples, prompts, ref, options, scorer, reward_fns, _ref_cache
             )
             metrics.update(comparison)
     return EvalResult(metrics, samples, ref_samples)
 
 
-def _reference_cache_key(ref: LoadedModel, sampling: Sampling) -> tuple[int, Sampling]:
+def _reference_cache_key(ref: LoadedModel, sampling: EvalOptions) -> tuple[int, EvalOptions]:
     return id(ref.model), sampling
 
 
@@ -513,29 +522,29 @@ def compare_with_reference(
     samples: Sequence[EvalSample],
     prompts: Sequence[EvalPrompt],
     ref: LoadedModel,
-    sampling: Sampling,
+    options: EvalOptions,
     scorer: Scorer | None,
     reward_fns: dict[str, RewardFn] | None,
-    confidence: float = 0.95,
     cache: dict[Any, list[EvalSample]] | None = None,
 ) -> tuple[dict[str, Any], list[EvalSample]]:
     """({"reference": summary, "win_rate": ..., "paired": ...}, the reference's samples): the
-    reference's own samples (`sampling`, seed `sampling.ref_seed`), scored like `samples`, the
-    win rate of sample k of each prompt over the reference's sample k, and the paired
-    comparison of the per-prompt mean scores (see `_win_key` for by which score). `cache`
-    keeps the reference's scored samples across models."""
+    reference's own samples (seed `options.reference_seed`), scored like `samples`, the win
+    rate of sample k of each prompt over the reference's sample k, and the paired comparison
+    of the per-prompt mean scores (by `options.primary`, see `_win_key`). `cache` keeps the
+    reference's scored samples across models."""
+    sampling, confidence = options, options.confidence
     cache_key = _reference_cache_key(ref, sampling)
     if cache is not None and cache_key in cache:
         ref_samples = cache[cache_key]
     else:
-        ref_samples = _sample(ref, prompts, sampling, sampling.ref_seed)
+        ref_samples = _sample(ref, prompts, sampling, sampling.reference_seed)
         score_samples(ref_samples, prompts, scorer, reward_fns)
         if cache is not None:
             cache[cache_key] = ref_samples
     out: dict[str, Any] = {
         "reference": summarize(ref_samples, prompts, sampling.num_samples, confidence)
     }
-    key = _win_key(samples)
+    key = _win_key(samples, options.primary)
     if key is not None:
         est = win_rate(
             [_value(s, key) for s in samples], [_value(s, key) for s in ref_samples], confidence
@@ -549,7 +558,7 @@ def compare_with_reference(
             baseline=ref.name or "reference",
             by=".".join(key),
             confidence=confidence,
-            same_seeds=sampling.seed == sampling.ref_seed,
+            same_seeds=sampling.seed == sampling.reference_seed,
         )
     return out, ref_samples
 
@@ -560,44 +569,23 @@ def evaluate(
     ref_dir: str | Path | None = None,
     scorer: Scorer | None = None,
     reward_fns: dict[str, RewardFn] | None = None,
-    num_samples: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
+    options: EvalOptions = EvalOptions(),
     device: str | torch.device | None = None,
-    ref_seed: int | None = None,
-    confidence: float = 0.95,
     dtype: str = "fp32",
 ) -> EvalResult:
-    """Sample `num_samples` responses per prompt from the model in `model_dir` and measure them
-    (see the module docstring for what, and for `ref_seed`).
+    """Sample `options.num_samples` responses per prompt from the model in `model_dir` and
+    measure them (see the module docstring for what, and for `options.ref_seed`).
 
     With `ref_dir` (same tokenizer vocabulary): KL(model || ref) from the model's samples, and
     when a scorer or reward fn is given, the reference's own samples, their scores
     (`metrics["reference"]`), the model's win rate against them (`metrics["win_rate"]`) and
-    the paired comparison of the per-prompt means (`metrics["paired"]`), by the scorer's
-    "total", else the first reward fn, else the scorer's first numeric key.
+    the paired comparison of the per-prompt means (`metrics["paired"]`), by `options.primary`
+    (default: the first reward fn, else the scorer's first numeric key).
     Sampling defaults (temperature 1, top_p 1) sample the model's own distribution.
     """
     name = Path(str(model_dir)).name or str(model_dir)
     return evaluate_many(
-        {name: model_dir},
-        prompts,
-        ref_dir=ref_dir,
-        scorer=scorer,
-        reward_fns=reward_fns,
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        ref_seed=ref_seed,
-        confidence=confidence,
-        dtype=dtype,
+        {name: model_dir}, prompts, ref_dir, scorer, reward_fns, options, device, dtype
     )[name]
 
 
@@ -607,15 +595,8 @@ def evaluate_many(
     ref_dir: str | Path | None = None,
     scorer: Scorer | None = None,
     reward_fns: dict[str, RewardFn] | None = None,
-    num_samples: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
+    options: EvalOptions = EvalOptions(),
     device: str | torch.device | None = None,
-    ref_seed: int | None = None,
-    confidence: float = 0.95,
     dtype: str = "fp32",
 ) -> dict[str, EvalResult]:
     """`evaluate` for several model folders ({name: path}) against one reference, with the same
@@ -634,20 +615,7 @@ def evaluate_many(
         else:
             policy = load_for_eval(path, device, dtype)
         results[name] = evaluate_model(
-            policy,
-            prompts,
-            ref=ref,
-            scorer=scorer,
-            reward_fns=reward_fns,
-            num_samples=num_samples,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            batch_size=batch_size,
-            seed=seed,
-            ref_seed=ref_seed,
-            confidence=confidence,
-            _ref_cache=cache,
+            policy, prompts, ref, scorer, reward_fns, options, _ref_cache=cache
         )
         results[name].metrics["name"] = name
         del policy

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.eval.harness import (
+    EvalOptions,
     EvalPrompt,
     EvalResult,
     EvalSample,
@@ -183,9 +184,9 @@ def evaluate_lab(
         prompts,
         ref_dir=str(ref) if ref else None,
         scorer=gold_scorer(world),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
+        options=EvalOptions(
+            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, primary="total"
+        ),
     )
     if with_oracle:
         from transformers import AutoTokenizer

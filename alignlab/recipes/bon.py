@@ -12,7 +12,8 @@ as the bound it is.
     samples, picked = best_of_n(model, tokenizer, prompts, reward_fn, n=8)   # all + argmax
     sft = load_for_eval("runs/sft/final")
     result = evaluate_best_of_n(sft, lab_prompts(world), reward="runs/rm/final", n=8,
-                                scorer=gold_scorer(world), ref=sft)      # an EvalResult
+                                scorer=gold_scorer(world), ref=sft,
+                                options=EvalOptions(primary="total"))   # an EvalResult
 
 `evaluate_best_of_n` gives the picked responses the eval harness's treatment
 (`alignlab.eval.harness`): length, finished, diversity, scorer (e.g. the lab's gold) and
@@ -40,11 +41,11 @@ from torch import nn
 
 from alignlab.config import ConfigError, ModelConfig, option, section
 from alignlab.eval.harness import (
+    EvalOptions,
     EvalPrompt,
     EvalResult,
     EvalSample,
     LoadedModel,
-    Sampling,
     Scorer,
     compare_with_reference,
     score_samples,
@@ -91,41 +92,35 @@ def evaluate_best_of_n(
     ref: LoadedModel | None = None,
     scorer: Scorer | None = None,
     reward_fns: dict[str, Callable[[Prompt, str], float]] | None = None,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
-    ref_seed: int | None = None,
-    confidence: float = 0.95,
+    options: EvalOptions | None = None,
 ) -> EvalResult:
     """Best-of-n of `policy` evaluated like a model (see the module docstring).
 
     `reward`: a reward spec (RM folder, module:function, URL, ...) or a reward function
     `fn(prompts, texts, extras)`; a prompt's extras are its meta's scalar values. The pick's
     reward is in each sample's `rewards["best_of_n"]` and in `metrics["best_of_n"]` beside
-    the mean reward of all n samples.
+    the mean reward of all n samples. `options`: as for a model (`options.num_samples` is
+    ignored: one pick per prompt).
     """
     if not prompts:
         raise ValueError("no prompts to evaluate")
+    options = options or EvalOptions()
     reward_fn = build_reward_fn(reward) if isinstance(reward, str) else reward
     extras = [
         {k: v for k, v in p.meta.items() if isinstance(v, (str, int, float, bool))} for p in prompts
     ]
     samples, picked = best_of_n(
         policy.model, policy.tokenizer, [p.prompt for p in prompts], reward_fn, n, extras,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        batch_size=batch_size, seed=seed,
+        max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+        top_p=options.top_p, batch_size=options.batch_size, seed=options.seed,
     )  # fmt: skip
     chosen = [EvalSample(p, 0, samples.generations[i]) for p, i in enumerate(picked)]
     score_samples(chosen, prompts, scorer, reward_fns)
     for sample, i in zip(chosen, picked):
         # after the reward fns, so that a reference win rate is by one of theirs, not this one
         sample.rewards["best_of_n"] = samples.rewards[i]
-    sampling = Sampling(
-        1, max_new_tokens, temperature, top_p, batch_size, seed,
-        seed if ref_seed is None else ref_seed,
-    )  # fmt: skip
+    sampling = dataclasses.replace(options, num_samples=1)
+    confidence = options.confidence
     kl = kl_best_of_n(n)
     metrics: dict[str, Any] = {
         "name": f"{policy.name} best-of-{n}",
@@ -136,12 +131,12 @@ def evaluate_best_of_n(
         "n_samples": len(chosen),
         "settings": {
             "n": n,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "batch_size": batch_size,
-            "seed": seed,
-            "ref_seed": sampling.ref_seed if ref is not None else None,
+            "max_new_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "batch_size": sampling.batch_size,
+            "seed": sampling.seed,
+            "ref_seed": sampling.reference_seed if ref is not None else None,
             "confidence": confidence,
         },
         **summarize(chosen, prompts, 1, confidence),
@@ -160,7 +155,7 @@ def evaluate_best_of_n(
     ref_samples: list[EvalSample] = []
     if ref is not None and (scorer is not None or reward_fns):
         comparison, ref_samples = compare_with_reference(
-            chosen, prompts, ref, sampling, scorer, reward_fns, confidence
+            chosen, prompts, ref, sampling, scorer, reward_fns
         )
         metrics.update(comparison)
     return EvalResult(metrics, chosen, ref_samples)

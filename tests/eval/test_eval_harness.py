@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from alignlab.eval.harness import EvalPrompt, evaluate, evaluate_many
+from alignlab.eval.harness import EvalOptions, EvalPrompt, evaluate, evaluate_many
 
 PROMPTS = [
     EvalPrompt("What is 1 plus 2?", {"family": "math"}),
@@ -45,9 +45,7 @@ def test_metrics_without_reference(tiny_model_dir):
         PROMPTS,
         scorer=gold,
         reward_fns=REWARDS,
-        num_samples=3,
-        max_new_tokens=6,
-        seed=1,
+        options=EvalOptions(num_samples=3, max_new_tokens=6, seed=1),
     )
     m = result.metrics
     assert (m["n_prompts"], m["num_samples"], m["n_samples"]) == (5, 3, 15)
@@ -92,9 +90,7 @@ def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
         PROMPTS,
         ref_dir=ref_copy,
         scorer=gold,
-        num_samples=2,
-        max_new_tokens=6,
-        seed=3,
+        options=EvalOptions(num_samples=2, max_new_tokens=6, seed=3),
     )
     assert result.metrics["settings"]["ref_seed"] == 3
     assert all(s.kl == 0.0 for s in result.samples)
@@ -121,10 +117,7 @@ def test_model_against_itself_independent_seed(tiny_model_dir, ref_copy):
         PROMPTS,
         ref_dir=ref_copy,
         reward_fns=REWARDS,
-        num_samples=4,
-        max_new_tokens=6,
-        seed=3,
-        ref_seed=4,
+        options=EvalOptions(num_samples=4, max_new_tokens=6, seed=3, ref_seed=4),
     )
     assert all(s.kl == 0.0 for s in result.samples)
     assert result.metrics["kl"]["exact_sampling"] is True
@@ -143,8 +136,7 @@ def test_evaluate_many_shares_the_reference(tiny_model_dir, ref_copy, small_mode
         PROMPTS[:3],
         ref_dir=tiny_model_dir,
         scorer=gold,
-        max_new_tokens=5,
-        seed=0,
+        options=EvalOptions(max_new_tokens=5, seed=0),
     )
     assert list(results) == ["same", "copy"]
     assert results["same"].metrics["name"] == "same"
@@ -152,7 +144,12 @@ def test_evaluate_many_shares_the_reference(tiny_model_dir, ref_copy, small_mode
     assert results["same"].ref_samples is results["copy"].ref_samples
     assert results["copy"].metrics["kl"]["mean"] == 0.0
     with pytest.raises(ValueError, match="vocabulary"):
-        evaluate(small_model_dirs[0], PROMPTS[:1], ref_dir=tiny_model_dir, max_new_tokens=2)
+        evaluate(
+            small_model_dirs[0],
+            PROMPTS[:1],
+            ref_dir=tiny_model_dir,
+            options=EvalOptions(max_new_tokens=2),
+        )
 
 
 @pytest.mark.parametrize("reference_first", [True, False])
@@ -175,7 +172,11 @@ def test_the_reference_as_a_model_is_sampled_once(
     if not reference_first:
         models = dict(reversed(models.items()))
     results = evaluate_many(
-        models, PROMPTS[:4], ref_dir=tiny_model_dir, scorer=gold, max_new_tokens=5, seed=2
+        models,
+        PROMPTS[:4],
+        ref_dir=tiny_model_dir,
+        scorer=gold,
+        options=EvalOptions(max_new_tokens=5, seed=2),
     )
     assert len(draws) == 2  # the other model's samples and the reference's, once each
     own, ref_samples = results["ref"].samples, results["ref"].ref_samples
@@ -187,10 +188,7 @@ def test_the_reference_as_a_model_is_sampled_once(
     assert paired["difference"]["mean"] == 0.0 and paired["win_rate"]["ties"] == 4
     # another eval seed for the reference: its samples as a model are then a draw of their own
     draws.clear()
-    evaluate_many(
-        {"ref": tiny_model_dir}, PROMPTS[:4], ref_dir=tiny_model_dir, scorer=gold,
-        max_new_tokens=5, seed=2, ref_seed=3,
-    )  # fmt: skip
+    evaluate_many({"ref": tiny_model_dir}, PROMPTS[:4], ref_dir=tiny_model_dir, scorer=gold, options=EvalOptions(max_new_tokens=5, seed=2, ref_seed=3))  # fmt: skip
     assert len(draws) == 2
 
 
@@ -200,8 +198,7 @@ def test_tempered_sampling_warns_about_kl(tiny_model_dir):
             tiny_model_dir,
             PROMPTS[:2],
             ref_dir=tiny_model_dir,
-            max_new_tokens=3,
-            temperature=0.7,
+            options=EvalOptions(max_new_tokens=3, temperature=0.7),
         )
     assert result.metrics["kl"]["exact_sampling"] is False
 
@@ -224,7 +221,9 @@ def test_reference_scores_responses_after_its_own_rendering_of_the_prompt(tiny_m
     tokenizer = AutoTokenizer.from_pretrained(conditioned)
     tokenizer.chat_template = hindsight_chat_template(tokenizer.chat_template)
     tokenizer.save_pretrained(conditioned)
-    result = evaluate(conditioned, PROMPTS, ref_dir=tiny_model_dir, max_new_tokens=6, seed=3)
+    result = evaluate(
+        conditioned, PROMPTS, ref_dir=tiny_model_dir, options=EvalOptions(max_new_tokens=6, seed=3)
+    )
     ref = load_for_eval(tiny_model_dir, device="cpu")
     for sample in result.samples:
         prompt = PROMPTS[sample.prompt_index].prompt
@@ -249,22 +248,19 @@ def test_sampling_seeds_are_per_prompt_not_per_model_or_batch(small_model_dirs, 
     real_decode = generation.decode
     seen: dict[tuple[int, ...], list] = {}
 
-    def recording_decode(model, input_ids, attention_mask, *args):
+    def recording_decode(model, input_ids, attention_mask, *args, **kwargs):
         uniforms = args[-1]
         for row in range(input_ids.shape[0]):
             ids = tuple(input_ids[row][attention_mask[row].bool()].tolist())
             seen.setdefault(ids, []).append(uniforms[row].tolist())
-        return real_decode(model, input_ids, attention_mask, *args)
+        return real_decode(model, input_ids, attention_mask, *args, **kwargs)
 
     monkeypatch.setattr(generation, "decode", recording_decode)
     prompts = [EvalPrompt(text) for text in ("a b", "c", "a", "b c a", "a b")]
 
     def draws(model_dir, order, batch_size, seed=5):
         seen.clear()
-        evaluate_many(
-            {"m": model_dir}, [prompts[i] for i in order], num_samples=2, max_new_tokens=4,
-            batch_size=batch_size, seed=seed,
-        )  # fmt: skip
+        evaluate_many({"m": model_dir}, [prompts[i] for i in order], options=EvalOptions(num_samples=2, max_new_tokens=4, batch_size=batch_size, seed=seed))  # fmt: skip
         return {ids: sorted(rows) for ids, rows in seen.items()}
 
     policy, other = small_model_dirs
@@ -298,7 +294,11 @@ def test_paired_comparison_with_the_reference_by_hand(small_model_dirs):
     prompts = [EvalPrompt(t, {"family": f}) for t, f in [("a", "x"), ("b", "x"), ("c a", "y")]]
     prompts += [EvalPrompt("b c", {"family": "y"}), EvalPrompt("a a b", {})]
     result = evaluate(
-        policy, prompts, ref_dir=ref, reward_fns=REWARDS, num_samples=3, max_new_tokens=4
+        policy,
+        prompts,
+        ref_dir=ref,
+        reward_fns=REWARDS,
+        options=EvalOptions(num_samples=3, max_new_tokens=4),
     )
     paired = result.metrics["paired"]
     assert (paired["by"], paired["same_seeds"]) == ("rewards.chars", True)
@@ -322,3 +322,20 @@ def test_paired_comparison_with_the_reference_by_hand(small_model_dirs):
     assert (
         set(paired["by_family"]) == {"x", "y"} and paired["by_family"]["x"]["difference"]["n"] == 2
     )
+
+
+def test_the_ranking_score_is_the_callers_choice():
+    """The harness knows no score by name: `EvalOptions.primary` picks it, else the first
+    reward fn, else the scorer's first numeric key; an unknown name is an error naming both."""
+    from alignlab.eval.harness import EvalSample, _win_key
+    from alignlab.models.generation import Generation
+
+    sample = EvalSample(0, 0, Generation("p", [1], [2], "r", True))
+    sample.scores = {"refused": True, "total": 0.5, "helpful": 0.2}
+    assert _win_key([sample]) == ("gold", "total")  # the first numeric key, not a bool
+    assert _win_key([sample], "helpful") == ("gold", "helpful")
+    sample.rewards = {"rm": 1.0}
+    assert _win_key([sample]) == ("rewards", "rm")
+    assert _win_key([sample], "total") == ("gold", "total")
+    with pytest.raises(ValueError, match="'gold'.*'total', 'helpful', 'rm'"):
+        _win_key([sample], "gold")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from alignlab.eval.harness import EvalPrompt, evaluate_many
+from alignlab.eval.harness import EvalOptions, EvalPrompt, evaluate_many
 from alignlab.eval.paired import combine_seeds
 from alignlab.eval.report import (
     format_comparison,
@@ -43,8 +43,7 @@ def results(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
         ref_dir=tiny_model_dir,
         scorer=gold,
         reward_fns={"chars": lambda p, r: float(len(r))},
-        num_samples=2,
-        max_new_tokens=6,
+        options=EvalOptions(num_samples=2, max_new_tokens=6, primary="total"),
     )
 
 

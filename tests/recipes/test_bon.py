@@ -7,7 +7,7 @@ import math
 import pytest
 
 from alignlab.cli import main
-from alignlab.eval.harness import EvalPrompt, evaluate_model, load_for_eval
+from alignlab.eval.harness import EvalOptions, EvalPrompt, evaluate_model, load_for_eval
 from alignlab.eval.report import markdown_table
 from alignlab.recipes.bon import best_of_n, evaluate_best_of_n, kl_best_of_n
 from alignlab.rl.rewards import callable_reward
@@ -67,7 +67,8 @@ def test_evaluated_like_a_model(policy, small_model_dirs):
     def scorer(prompt, response):
         return {"total": fraction_of_a(prompt.prompt, response), "empty": not response.strip()}
 
-    settings = {"ref": ref, "scorer": scorer, "max_new_tokens": 6, "seed": 3}
+    options = EvalOptions(max_new_tokens=6, seed=3, primary="total")
+    settings = {"ref": ref, "scorer": scorer, "options": options}
     result = evaluate_best_of_n(
         policy, prompts, callable_reward(fraction_of_a), 4,
         reward_fns={"chars": lambda prompt, response: float(len(response))}, **settings,
