@@ -118,11 +118,25 @@ def _check_device(device: str | None, field: str = "--device") -> None:
         raise ConfigError(f"{field}={device}: MPS is not available on this machine")
 
 
+EVAL_MODES = """alignlab eval has two modes:
+
+  alignlab eval --model DIR [--ref DIR] --prompts FILE [--reward MODULE:FUNCTION ...]
+      your prompts and reward callables: length, diversity, finished rate, KL to the
+      reference, each reward with its interval, and the paired comparison with the
+      reference by the first reward (alignlab eval --prompts FILE --help)
+  alignlab eval --model [NAME=]DIR ... [--ref DIR]
+      without --prompts: the lab's heldout prompts, scored by its gold; several models
+      share the prompts and sampling seeds (alignlab eval --help)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="alignlab eval",
         description="Sample from a model and report length, diversity, finished rate, KL to a "
         "reference and reward callables, with confidence intervals.",
+        epilog=EVAL_MODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="model folder or hub id")
     parser.add_argument(

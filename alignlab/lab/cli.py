@@ -13,12 +13,16 @@ from alignlab.preflight import check_inputs, check_output_folder
 def eval_main(argv: list[str]) -> None:
     """`alignlab eval --model [NAME=]DIR ... [--ref DIR]` on the lab's heldout (or valid)
     prompts, scored by gold; several models share the prompts and sampling seeds."""
+    from alignlab.eval.cli import EVAL_MODES
     from alignlab.eval.report import markdown_table, write_report
     from alignlab.eval.verdict import verdict_of_results
     from alignlab.lab.evaluate import HEADLINE, evaluate_lab
     from alignlab.lab.world import LabWorld
 
-    parser = ArgumentParser(prog="alignlab eval", description=eval_main.__doc__)
+    parser = ArgumentParser(
+        prog="alignlab eval", description=eval_main.__doc__, epilog=EVAL_MODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument(
         "--model", required=True, action="append",
         help="model folder or hub id, optionally NAME=DIR; repeat for several models",

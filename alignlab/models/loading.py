@@ -206,8 +206,15 @@ def _four_bit_config(cfg: ModelConfig) -> object:
     )
 
 
-def apply_lora(model: nn.Module, lora: LoraConfig, adapter_from: Path | None = None) -> nn.Module:
-    """Wrap `model` with peft LoRA adapters (fresh, or loaded from an adapter folder)."""
+def apply_lora(
+    model: nn.Module,
+    lora: LoraConfig,
+    adapter_from: Path | None = None,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+) -> nn.Module:
+    """Wrap `model` with peft LoRA adapters (fresh, or loaded from an adapter folder); a
+    reward model passes task_type="SEQ_CLS" and its head as a fully trained module to save."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -221,7 +228,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, adapter_from: Path | None = N
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, peft_config)
 

@@ -41,6 +41,7 @@ from alignlab.config import LoraConfig, ModelConfig, UserInputError
 from alignlab.models.loading import (
     DTYPES,
     _four_bit_config,
+    apply_lora,
     disable_dropout,
     enable_checkpointing,
     from_pretrained,
@@ -136,23 +137,7 @@ def apply_reward_lora(
     model: nn.Module, lora: LoraConfig, adapter_from: Path | None = None
 ) -> nn.Module:
     """peft LoRA for sequence classification; the head is a fully trained module to save."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-
-    if lora.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if adapter_from is not None:
-        return PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True)
-    targets = lora.target_modules
-    peft_config = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="SEQ_CLS",
-        modules_to_save=[HEAD],
-    )
-    return get_peft_model(model, peft_config)
+    return apply_lora(model, lora, adapter_from, task_type="SEQ_CLS", modules_to_save=[HEAD])
 
 
 def load_reward_folder(

@@ -50,7 +50,7 @@ from alignlab.losses.preference import (
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import micro_batches
+from alignlab.training.batches import eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -59,7 +59,6 @@ from alignlab.training.optim import build_optimizer, build_scheduler
 from alignlab.training.preference_step import (
     SequenceLogProbs,
     StepSums,
-    eval_rounds,
     global_sum,
     sequence_stats,
 )

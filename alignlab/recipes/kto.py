@@ -44,7 +44,7 @@ from alignlab.losses.preference import kto_loss
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import micro_batches
+from alignlab.training.batches import eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -52,7 +52,6 @@ from alignlab.training.checkpoint import (
 from alignlab.training.optim import build_optimizer, build_scheduler
 from alignlab.training.preference_step import (
     StepSums,
-    eval_rounds,
     global_sum,
     sequence_stats,
 )

@@ -45,7 +45,7 @@ from alignlab.losses.reward import bradley_terry_loss
 from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model
 from alignlab.training import distributed, loop
-from alignlab.training.batches import micro_batches
+from alignlab.training.batches import eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -252,10 +252,7 @@ def run(cfg: RMConfig) -> Path:
         pairs: list[tuple[float, float]] = []
         size = train_cfg.micro_batch_size
         batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
-        # every process runs the same number of forwards (FSDP2 forwards are collective):
-        # ceil(len / world_size) rounds, the last one padded with repeats that are not counted
-        rounds = -(-len(batches) // runtime.world_size)
-        for i in range(runtime.rank, rounds * runtime.world_size, runtime.world_size):
+        for i in eval_rounds(len(batches), runtime):  # the same count on every process
             with torch.no_grad():
                 chosen, rejected, margin = forward_pairs(batches[i % len(batches)])
             if i < len(batches):

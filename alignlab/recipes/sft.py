@@ -25,7 +25,7 @@ from alignlab.data.tokenize import build_sft_dataset
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import micro_batches
+from alignlab.training.batches import eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -100,9 +100,7 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         totals = torch.zeros(2, dtype=torch.float64, device=runtime.device)
         size = train_cfg.micro_batch_size
         batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
-        # every process runs the same number of forwards: FSDP2 forwards are collective
-        rounds = -(-len(batches) // runtime.world_size)
-        for i in range(runtime.rank, rounds * runtime.world_size, runtime.world_size):
+        for i in eval_rounds(len(batches), runtime):  # the same count on every process
             batch = to_device(collate(batches[i % len(batches)], tokenizer.pad_token_id))
             with torch.no_grad(), loop.autocast(runtime.device, train_cfg.mixed_precision):
                 token_logps = policy(batch)

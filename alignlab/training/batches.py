@@ -86,3 +86,11 @@ def micro_batches(
     per_rank = micro_batch_size * grad_accum
     mine = indices[runtime.rank * per_rank : (runtime.rank + 1) * per_rank]
     return [mine[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+
+
+def eval_rounds(num_batches: int, runtime: Runtime) -> list[int]:
+    """Batch numbers this process runs when `num_batches` batches are spread over processes:
+    every process runs the same count (FSDP2 forwards are collective); numbers >= num_batches
+    are repeats whose results the caller drops."""
+    rounds = -(-num_batches // runtime.world_size)
+    return list(range(runtime.rank, rounds * runtime.world_size, runtime.world_size))

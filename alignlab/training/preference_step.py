@@ -69,11 +69,3 @@ class StepSums:
         stacked = torch.stack([torch.as_tensor(self.values[n]) for n in names])
         total = distributed.all_reduce_sum(stacked, runtime)
         return dict(zip(names, total.tolist()))
-
-
-def eval_rounds(num_batches: int, runtime: Runtime) -> list[int]:
-    """Batch numbers this process runs when `num_batches` batches are spread over processes:
-    every process runs the same count (FSDP2 forwards are collective); numbers >= num_batches
-    are repeats whose results the caller drops."""
-    rounds = -(-num_batches // runtime.world_size)
-    return list(range(runtime.rank, rounds * runtime.world_size, runtime.world_size))

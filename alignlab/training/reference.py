@@ -36,8 +36,8 @@ from alignlab.fileio import atomic_write_bytes
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import is_peft, load_model
 from alignlab.training import distributed
+from alignlab.training.batches import eval_rounds
 from alignlab.training.distributed import Runtime
-from alignlab.training.preference_step import eval_rounds
 
 MODES: tuple[str, ...] = ("model", "precomputed", "adapter")
 CACHE_NAME = "reference_logps.pt"
