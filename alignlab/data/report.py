@@ -29,6 +29,18 @@ class DataReport:
     packed_length: int = 0
     skipped_at: dict[str, list[str]] = field(default_factory=dict)
     """The first few `path:line` locations of each skip reason, for the log."""
+    conversions: list[str] = field(default_factory=list)
+    """How used examples became others (`converted`), in order, for the summary."""
+
+    def converted(self, before: int, after: int, how: str) -> None:
+        """`before` used examples became `after` (pairs into win-rate rows, one pair into two
+        hindsight rows, ...): `used` counts the new ones and the summary says how."""
+        self.used += after - before
+        self.conversions.append(f"{before} examples became {after} ({how})")
+
+    def packed(self, rows: int, length: int) -> None:
+        """The used examples were packed into `rows` sequences of at most `length` tokens."""
+        self.packed_rows, self.packed_length = rows, length
 
     def skip(self, reason: str, where: str, message: str = "") -> None:
         """Count one skipped record; the first of each reason is logged as a warning."""
@@ -56,6 +68,8 @@ class DataReport:
         if self.skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
             text += f", {self.total_skipped} skipped ({reasons})"
+        for conversion in self.conversions:
+            text += f", {conversion}"
         if self.truncated:
             text += f", {self.truncated} truncated ({self.truncation})"
         if self.packed_rows:

@@ -298,7 +298,6 @@ def build_sft_dataset(
         raise DataError(f"no usable examples: {report.summary()}", source)
     if cfg.packing:
         rows = pack_examples(rows, cfg.max_length)
-        report.packed_rows = len(rows)
-        report.packed_length = cfg.max_length
+        report.packed(len(rows), cfg.max_length)
     logger.info("%s: %s", source, report.summary())
     return rows, report

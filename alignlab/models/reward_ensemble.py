@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from alignlab.data.collate import collate
-from alignlab.data.preference import response_segments
+from alignlab.data.responses import response_segments
 from alignlab.data.tokenize import adds_bos, tokenize_segments
 from alignlab.models.reward import load_reward_folder, reward_forward
 

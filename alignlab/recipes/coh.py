@@ -27,12 +27,7 @@ import tempfile
 from pathlib import Path
 
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, option, section
-from alignlab.data.preference import (
-    NEGATIVE,
-    POSITIVE,
-    chain_of_hindsight,
-    hindsight_chat_template,
-)
+from alignlab.data.hindsight import NEGATIVE, POSITIVE, chain_of_hindsight, hindsight_chat_template
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, detect_dataset_format, parse_examples
 from alignlab.data.sources import load_records

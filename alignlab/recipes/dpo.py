@@ -37,7 +37,8 @@ from alignlab.config import (
     option,
     section,
 )
-from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.pairs import collate_pairs, split_pairs
+from alignlab.data.preference import build_preference_dataset
 from alignlab.data.report import longest_sequence
 from alignlab.losses.preference import (
     cdpo_loss,

@@ -38,8 +38,9 @@ from alignlab.config import (
     section,
 )
 from alignlab.data.collate import collate
-from alignlab.data.preference import PAIRS_AS, build_preference_dataset, mismatched_row
+from alignlab.data.preference import PAIRS_AS, build_preference_dataset
 from alignlab.data.report import longest_sequence
+from alignlab.data.unpaired import mismatched_row
 from alignlab.losses.preference import kto_loss
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer

@@ -36,7 +36,8 @@ from alignlab.config import (
     option,
     section,
 )
-from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.pairs import collate_pairs, split_pairs
+from alignlab.data.preference import build_preference_dataset
 from alignlab.data.report import DataReport, longest_sequence
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records

@@ -342,3 +342,14 @@ def test_data_error_str():
     assert str(DataError("no such file", "a.jsonl")) == "a.jsonl: no such file"
     assert str(DataError("oops")) == "oops"
     assert isinstance(DataError("x"), ValueError)
+
+
+def test_the_report_counts_conversions_itself():
+    report = DataReport(records=3, used=3)
+    report.converted(3, 6, "each pair split in two")
+    report.packed(2, 128)
+    assert report.used == 6
+    assert report.summary() == (
+        "read 3 records: 6 used, 3 examples became 6 (each pair split in two); "
+        "packed into 2 sequences of <= 128 tokens"
+    )

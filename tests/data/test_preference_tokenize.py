@@ -6,21 +6,14 @@ import pytest
 import torch
 
 from alignlab.config import DataConfig
-from alignlab.data.preference import (
-    build_preference_dataset,
-    chain_of_hindsight,
-    collate_pairs,
-    hindsight_chat_template,
-    hindsight_prompt,
-    mismatched_row,
-    split_pairs,
-    tokenize_pairs,
-    tokenize_ranked,
-    tokenize_unpaired,
-)
+from alignlab.data.hindsight import chain_of_hindsight, hindsight_chat_template, hindsight_prompt
+from alignlab.data.pairs import collate_pairs, split_pairs, tokenize_pairs
+from alignlab.data.preference import build_preference_dataset
+from alignlab.data.ranked import tokenize_ranked
 from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, Record, parse_examples
 from alignlab.data.templates import DEFAULT_CHAT_TEMPLATE
+from alignlab.data.unpaired import mismatched_row, tokenize_unpaired
 from alignlab.ops import IGNORE_INDEX
 
 STRING_PAIR = {"prompt": "What color is the sky?", "chosen": " It is blue.", "rejected": " Green."}

@@ -210,7 +210,7 @@ def test_reference_scores_responses_after_its_own_rendering_of_the_prompt(tiny_m
     strings (no template) nothing changes."""
     from transformers import AutoTokenizer
 
-    from alignlab.data.preference import hindsight_chat_template
+    from alignlab.data.hindsight import hindsight_chat_template
     from alignlab.data.templates import render_prompt
     from alignlab.eval.harness import load_for_eval
     from alignlab.models.generation import prompt_token_ids

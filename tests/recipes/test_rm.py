@@ -18,7 +18,8 @@ from transformers import AutoModelForSequenceClassification
 from weights import assert_close_series, assert_identical_weights, assert_same_updates
 
 from alignlab.config import ConfigError, DataConfig, ModelConfig, load_config
-from alignlab.data.preference import build_preference_dataset, collate_pairs, split_pairs
+from alignlab.data.pairs import collate_pairs, split_pairs
+from alignlab.data.preference import build_preference_dataset
 from alignlab.data.schema import Record
 from alignlab.eval.reward_eval import pairwise_accuracy
 from alignlab.models.loading import load_tokenizer
