@@ -6,6 +6,7 @@ killed DAPO run resumes to the same result."""
 import pytest
 import rl_common
 import torch
+from recipe_runs import launch_two
 from rl_common import launch, metric, reward_rises, rl_overrides
 from weights import assert_identical_weights
 
@@ -108,6 +109,18 @@ def test_killed_dapo_run_resumes_to_the_same_result(rl_assets, tmp_path):
         got, ref = metric(tmp_path / "run", key), metric(tmp_path / "ref", key)
         assert got == ref, key
     assert_identical_weights(tmp_path / "run" / "final", tmp_path / "ref" / "final")
+
+
+@pytest.mark.distributed
+def test_dapo_under_torchrun_two_processes(rl_assets, tmp_path):
+    """Dynamic sampling's draws are collectives: every process draws as often as the one that
+    needs it most, or the run would hang; two processes finish and log the summed counts."""
+    out = tmp_path / "ddp"
+    args = rl_overrides(rl_assets, out, "train.max_steps=3", "max_draws=2", "mask_truncated=false")
+    done = launch_two("dapo", "DAPOConfig", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s for s, _ in metric(out, "train/ds_draws")] == [1, 2, 3]
+    assert (out / "final" / "model.safetensors").exists()
 
 
 def fake_experience(widths, scores, k=2):
