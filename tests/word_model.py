@@ -1,5 +1,6 @@
-"""Shared by the RL tests (tests/rl, tests/recipes RL recipes): a word-level tokenizer over a few tokens and a 1-layer model whose
-next-token distributions are far from uniform, so sampling, rewards and updates are fast."""
+"""Shared by the RL, eval and generation tests: a word-level tokenizer of seven tokens and
+1-layer models whose next-token distributions are far from uniform, so sampling, rewards and
+updates are fast and every response of up to three tokens can be enumerated."""
 
 import pytest
 import torch
@@ -37,8 +38,18 @@ def word_model_dir(tmp_path_factory):
     return build_word_model(tmp_path_factory.mktemp("rl-models") / "policy")
 
 
+@pytest.fixture(scope="session")
+def small_model_dirs(tmp_path_factory):
+    """Two word-level models with different seeds: (policy, reference)."""
+    root = tmp_path_factory.mktemp("small-models")
+    return build_word_model(root / "policy", seed=1), build_word_model(root / "ref", seed=2)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
+    """One intra-op thread while a test module runs (module scope, so that its module
+    fixtures run with it too): the models are tiny, so threads only add synchronisation,
+    which gets very slow when another process shares the cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,27 +1,8 @@
 """Preference data -> token ids and labels: `build_preference_dataset` loads, validates and
 tokenizes a dataset for a preference recipe, in the format of its kind: pairs (`pairs.py`),
 unpaired (`unpaired.py`, KTO), ranked lists (`ranked.py`, RRHF) or Chain of Hindsight SFT rows
-(`hindsight.py`); one response is tokenized by `responses.py`.
-
-Every response is tokenized exactly as SFT tokenizes a completion (`tokenize.tokenize_segments`):
-standard strings are [prompt (untrained), response (trained)] + a trained EOS; conversational
-data goes through the chat template with the response's assistant turns trained, end-of-turn
-marker included (`templates.chat_segments`). Labels are aligned with `input_ids` (HF style).
-
-Truncation of over-long sequences (max_length counts prompt + response tokens):
-
-- `keep_start`: the sequence is cut at its end, so the prompt is whole and the response keeps
-  its head. A prompt of max_length tokens or more leaves no response token: a bad example.
-- `keep_end`:   the prompt keeps its tail (a leading BOS is kept) and the response its head.
-  The prompt gets max_length - (longest response of the pair / list) tokens, but at least
-  min(prompt, max_length // 2), so a very long response still sees half a window of prompt;
-  the responses are then cut at their end. All responses of one example share the same
-  truncated prompt.
-- `skip`:       the example is dropped and counted in the report.
-
-An example with a response that has no trained token left (nothing at position >= 1) is a
-bad example: a `DataError` naming file:line:field, or with on_bad_example="skip" a counted skip.
-"""
+(`hindsight.py`). How one response is tokenized and how over-long groups are truncated
+(`keep_start`, `keep_end`, `skip`): `responses.py`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,3 @@
-"""Fixtures of the eval tests (defined in tests/small_vocab.py, shared with tests/models)."""
+"""Fixtures of the eval tests (defined in tests/word_model.py, shared with tests/models)."""
 
-from small_vocab import one_thread as _one_thread  # noqa: F401
-from small_vocab import small_model_dirs  # noqa: F401
+from word_model import _one_thread, small_model_dirs  # noqa: F401

@@ -1,3 +1,3 @@
-"""Fixtures of the recipe tests: the small-vocabulary models of tests/small_vocab.py (best-of-n)."""
+"""Fixtures of the recipe tests: the word-level models of tests/word_model.py (best-of-n)."""
 
-from small_vocab import small_model_dirs  # noqa: F401
+from word_model import small_model_dirs  # noqa: F401
