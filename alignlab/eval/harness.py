@@ -251,19 +251,19 @@ def sampling_seeds(prompts: Sequence[Prompt], num_samples: int, seed: int) -> li
 
 
 def _sample(
-    loaded: LoadedModel, prompts: Sequence[EvalPrompt], sampling: EvalOptions, seed: int
+    loaded: LoadedModel, prompts: Sequence[EvalPrompt], options: EvalOptions, seed: int
 ) -> list[EvalSample]:
     """num_samples responses per prompt (prompt-major order), seeded per prompt and sample."""
-    expanded = [(p, k) for p in range(len(prompts)) for k in range(sampling.num_samples)]
-    seeds = sampling_seeds([p.prompt for p in prompts], sampling.num_samples, seed)
+    expanded = [(p, k) for p in range(len(prompts)) for k in range(options.num_samples)]
+    seeds = sampling_seeds([p.prompt for p in prompts], options.num_samples, seed)
     generations = generate(
         loaded.model,
         loaded.tokenizer,
         [prompts[p].prompt for p, _ in expanded],
-        max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        batch_size=sampling.batch_size,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        batch_size=options.batch_size,
         seeds=seeds,
     )
     return [EvalSample(p, k, g) for (p, k), g in zip(expanded, generations)]
@@ -439,7 +439,7 @@ def evaluate_model(
         raise ValueError(f"num_samples must be >= 1, got {options.num_samples}")
     if ref is not None:
         _check_same_vocab(policy, ref)
-    sampling, seed = options, options.seed
+    seed = options.seed
     num_samples, confidence = options.num_samples, options.confidence
     temperature, top_p, batch_size = options.temperature, options.top_p, options.batch_size
     # the reference evaluated as a model, with the reference's seed, draws exactly the
@@ -447,11 +447,11 @@ def evaluate_model(
     is_reference_draw = (
         ref is not None and policy.model is ref.model and seed == options.reference_seed
     )
-    cache_key = _reference_cache_key(ref, sampling) if ref is not None else None
+    cache_key = _reference_cache_key(ref, options) if ref is not None else None
     if is_reference_draw and _ref_cache is not None and cache_key in _ref_cache:
         samples = [_unmeasured(sample) for sample in _ref_cache[cache_key]]
     else:
-        samples = _sample(policy, prompts, sampling, seed)
+        samples = _sample(policy, prompts, options, seed)
         score_samples(samples, prompts, scorer, reward_fns)
         if is_reference_draw and _ref_cache is not None:
             _ref_cache[cache_key] = [_unmeasured(sample) for sample in samples]
@@ -503,8 +503,8 @@ def evaluate_model(
     return EvalResult(metrics, samples, ref_samples)
 
 
-def _reference_cache_key(ref: LoadedModel, sampling: EvalOptions) -> tuple[int, EvalOptions]:
-    return id(ref.model), sampling
+def _reference_cache_key(ref: LoadedModel, options: EvalOptions) -> tuple[int, EvalOptions]:
+    return id(ref.model), options
 
 
 def _unmeasured(sample: EvalSample) -> EvalSample:
@@ -532,17 +532,17 @@ def compare_with_reference(
     rate of sample k of each prompt over the reference's sample k, and the paired comparison
     of the per-prompt mean scores (by `options.primary`, see `_win_key`). `cache` keeps the
     reference's scored samples across models."""
-    sampling, confidence = options, options.confidence
-    cache_key = _reference_cache_key(ref, sampling)
+    confidence = options.confidence
+    cache_key = _reference_cache_key(ref, options)
     if cache is not None and cache_key in cache:
         ref_samples = cache[cache_key]
     else:
-        ref_samples = _sample(ref, prompts, sampling, sampling.reference_seed)
+        ref_samples = _sample(ref, prompts, options, options.reference_seed)
         score_samples(ref_samples, prompts, scorer, reward_fns)
         if cache is not None:
             cache[cache_key] = ref_samples
     out: dict[str, Any] = {
-        "reference": summarize(ref_samples, prompts, sampling.num_samples, confidence)
+        "reference": summarize(ref_samples, prompts, options.num_samples, confidence)
     }
     key = _win_key(samples, options.primary)
     if key is not None:
@@ -558,7 +558,7 @@ def compare_with_reference(
             baseline=ref.name or "reference",
             by=".".join(key),
             confidence=confidence,
-            same_seeds=sampling.seed == sampling.reference_seed,
+            same_seeds=options.seed == options.reference_seed,
         )
     return out, ref_samples
 

@@ -254,15 +254,3 @@ def clipped_value_token_losses(
     returns = returns.detach()
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     return 0.5 * torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2)
-
-
-def clipped_value_loss(
-    values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    clip_eps: float,
-) -> torch.Tensor:
-    """`clipped_value_token_losses` averaged over all masked tokens of the batch:
-    ½ Σ_{b,t} m_{bt} max((V - R)², (V_clip - R)²) / Σ_{b,t} m_{bt}. Returns () scalar."""
-    return masked_mean(clipped_value_token_losses(values, old_values, returns, clip_eps), mask)

@@ -72,7 +72,8 @@ def run(cfg: CISPOConfig) -> Path:
             losses = cispo_token_losses(logps, old, adv, rl.clip_eps, cfg.clip_eps_high)
             ratio = torch.exp(logps.detach() - old)
             clipped = (ratio > 1 + cfg.clip_eps_high) | (ratio < 1 - rl.clip_eps)
-            diagnostics = {"clip_fraction": clipped.float(), "approx_kl": ratio - 1 - ratio.log()}
+            approx_kl = kl_k3(old, logps.detach())  # k3 of KL(π_old || π_θ), as ppo_diagnostics
+            diagnostics = {"clip_fraction": clipped.float(), "approx_kl": approx_kl}
             losses = losses * mb.tis_weights(old, rl.tis_cap, rl.tis_level)  # 1 when off
             if kl_coef:
                 losses = losses + kl_coef * kl_k3(logps, mb.take(exp.ref_logps))

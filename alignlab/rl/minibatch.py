@@ -63,8 +63,7 @@ class UpdateSizes:
 
 @dataclasses.dataclass
 class MicroBatch:
-    """One micro-batch of a rollout: model inputs on the device, the response mask and the
-    mini-batch's counts over all processes (the aggregation's denominators)."""
+    """One micro-batch of a rollout: model inputs on the device and the response mask."""
 
     roll: Rollout
     rows: torch.Tensor
@@ -73,10 +72,6 @@ class MicroBatch:
     """Model inputs of the rows, trimmed to their longest sequence, on the device."""
     mask: torch.Tensor
     """(B, T) response tokens."""
-    tokens: float
-    """Response tokens of the whole mini-batch, all processes."""
-    sequences: float
-    """Samples of the whole mini-batch, all processes."""
     mixed_precision: str
 
     @property
@@ -165,7 +160,7 @@ def minibatch_update(
                 mask = TokenLogProbs.mask(batch)
                 if loss_mask is not None:
                     mask = mask & loss_mask[chunk, : mask.shape[1]].to(device)
-                mb = MicroBatch(roll, chunk, batch, mask, tokens, sequences, sizes.mixed_precision)
+                mb = MicroBatch(roll, chunk, batch, mask, sizes.mixed_precision)
                 losses, diagnostics = token_losses(mb)
                 loss = aggregate(losses, mb.mask, tokens=tokens, sequences=sequences)
                 finite = distributed.sum_floats([float(torch.isfinite(loss))], runtime)[0]

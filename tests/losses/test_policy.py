@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alignlab.losses.policy import (
-    clipped_value_loss,
+    clipped_value_token_losses,
     ppo_clip_token_losses,
     ppo_diagnostics,
     sequence_mean,
@@ -132,13 +132,13 @@ def test_micro_batch_shares_add_up_to_the_whole_batch(aggregate):
     torch.testing.assert_close(sum(parts), fn(losses, mask), rtol=1e-12, atol=0)
 
 
-def test_clipped_value_loss_naive_and_grad():
+def test_clipped_value_losses_naive_and_grad():
     v = torch.tensor([[1.0, 0.0, 2.0, 5.0], [0.5, -1.0, 0.0, 0.0]], dtype=D, requires_grad=True)
     v_old = torch.tensor([[0.5, 0.1, 2.0, 0.0], [1.0, -0.2, 0.0, 0.0]], dtype=D)
     R = torch.tensor([[2.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=D)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
     eps = 0.2
-    loss = clipped_value_loss(v, v_old, R, mask, eps)
+    loss = token_mean(clipped_value_token_losses(v, v_old, R, eps), mask)
     total, n = 0.0, 0
     for b in range(2):
         for t in range(4):
