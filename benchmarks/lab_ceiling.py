@@ -146,8 +146,8 @@ def best_of_first(samples: Sequence[EvalSample], per_prompt: int, n: int) -> lis
 
 def _gold(metrics: dict[str, Any], family: str | None, key: str = "total") -> Any:
     if family is None:
-        return metrics["gold"][key]
-    return metrics["gold_by_family"].get(family, {}).get(key)
+        return metrics["scores"][key]
+    return metrics["scores_by_family"].get(family, {}).get(key)
 
 
 def means_table(metrics: dict[str, dict[str, Any]], families: Sequence[str]) -> str:
@@ -269,7 +269,7 @@ def main() -> None:
     def compare(model: str, baseline: str) -> dict[str, Any]:
         return paired_comparison(
             results[model].samples, results[baseline].samples, gold_total, family_of,
-            baseline=baseline, by="gold.total",
+            baseline=baseline, by="scores.total",
         )  # fmt: skip
 
     steps = {label: compare(model, baseline) for label, model, baseline in STEPS}
@@ -297,7 +297,7 @@ def main() -> None:
         "models": {name: str(path) for name, path in folders.items()},
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
         "timings_s": timings,
-        "metrics": {name: {k: m[k] for k in ("gold", "gold_by_family", "length")} for name, m in metrics.items()},
+        "metrics": {name: {k: m[k] for k in ("scores", "scores_by_family", "length")} for name, m in metrics.items()},
         "steps": steps,
         "ceiling": ceiling,
         "arithmetic_correct": arithmetic,

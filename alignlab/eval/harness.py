@@ -368,14 +368,14 @@ def summarize(
             for name in reward_names
         }
     if any(s.scores for s in samples):
-        out["gold"] = _score_estimates(samples, groups, confidence)
+        out["scores"] = _score_estimates(samples, groups, confidence)
         families: dict[str, list[int]] = {}
         for i, sample in enumerate(samples):
             family = prompts[sample.prompt_index].meta.get("family")
             if family is not None:
                 families.setdefault(str(family), []).append(i)
         if families:
-            out["gold_by_family"] = {
+            out["scores_by_family"] = {
                 family: _score_estimates(
                     [samples[i] for i in members],
                     [groups[i] for i in members] if groups is not None else None,
@@ -387,7 +387,7 @@ def summarize(
 
 
 def _win_key(samples: Sequence[EvalSample], primary: str = "") -> tuple[str, str] | None:
-    """Where the ranking score lives: ("gold", primary) for a scorer key, ("rewards", primary)
+    """Where the ranking score lives: ("scores", primary) for a scorer key, ("rewards", primary)
     for a reward fn; without `primary` the first reward fn, else the scorer's first numeric
     key (`EvalOptions.primary`)."""
     if not samples:
@@ -395,7 +395,7 @@ def _win_key(samples: Sequence[EvalSample], primary: str = "") -> tuple[str, str
     first = samples[0]
     if primary:
         if primary in first.scores and _is_number(first.scores[primary]):
-            return "gold", primary
+            return "scores", primary
         if primary in first.rewards:
             return "rewards", primary
         known = [k for k, v in first.scores.items() if _is_number(v)] + list(first.rewards)
@@ -404,12 +404,12 @@ def _win_key(samples: Sequence[EvalSample], primary: str = "") -> tuple[str, str
         return "rewards", next(iter(first.rewards))
     for key, value in first.scores.items():
         if _is_number(value):
-            return "gold", key
+            return "scores", key
     return None
 
 
 def _value(sample: EvalSample, key: tuple[str, str]) -> float:
-    source = sample.scores if key[0] == "gold" else sample.rewards
+    source = sample.scores if key[0] == "scores" else sample.rewards
     return float(source[key[1]])
 
 

@@ -1,6 +1,6 @@
 """Paired comparisons of scored samples: a model against a baseline on the same prompts.
 
-    metrics["paired"] = paired_comparison(samples, ref_samples, score, families, "sft", "gold.total")
+    metrics["paired"] = paired_comparison(samples, ref_samples, score, families, "sft", "scores.total")
     spread = combine_seeds([results_seed0, results_seed1, results_seed2])   # {name: ...}
 
 A prompt is one pair: the mean score of its samples under the model against the mean score of

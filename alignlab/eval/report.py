@@ -33,7 +33,7 @@ def _metrics(result: EvalResult | dict[str, Any]) -> dict[str, Any]:
 
 
 def lookup(metrics: dict[str, Any], key: str) -> Any:
-    """metrics["gold"]["total"] for "gold.total" (keys may themselves hold dots); None if absent."""
+    """metrics["scores"]["total"] for "scores.total" (keys may themselves hold dots); None if absent."""
     if key in metrics:
         return metrics[key]
     for i, char in enumerate(key):
@@ -51,7 +51,7 @@ def _is_estimate(value: Any) -> bool:
 def default_table_keys(all_metrics: Sequence[dict[str, Any]]) -> list[str]:
     """length, finished, distinct-1/2, every reward fn, every scorer key (first seen order)."""
     keys = ["length", "finished", "distinct_1", "distinct_2"]
-    for section in ("rewards", "gold"):
+    for section in ("rewards", "scores"):
         for metrics in all_metrics:
             for name in metrics.get(section, {}) or {}:
                 key = f"{section}.{name}"
@@ -230,19 +230,21 @@ def _family_header(family: str, left_out: Sequence[str]) -> str:
 def _family_table(
     names: Sequence[str], all_metrics: Sequence[dict[str, Any]], style: str
 ) -> tuple[str, list[str], list[list[str]]] | None:
-    """Per-family table of the scorer's "total" (or first key), when families exist."""
-    if not any(m.get("gold_by_family") for m in all_metrics):
+    """Per-family table of the scorer's first numeric key (else its first), when families
+    exist."""
+    if not any(m.get("scores_by_family") for m in all_metrics):
         return None
-    gold_keys = [k for m in all_metrics for k in (m.get("gold") or {})]
-    if not gold_keys:
+    key = _first_score_key(all_metrics)
+    if key is None:
         return None
-    key = "total" if "total" in gold_keys else gold_keys[0]
-    families = _in_first_seen_order(m.get("gold_by_family") for m in all_metrics)
+    families = _in_first_seen_order(m.get("scores_by_family") for m in all_metrics)
     left_out = left_out_families(all_metrics)
     header = ["model", *(_family_header(f, left_out) for f in families)]
     columns = []
     for family in families:
-        values = [((m.get("gold_by_family") or {}).get(family) or {}).get(key) for m in all_metrics]
+        values = [
+            ((m.get("scores_by_family") or {}).get(family) or {}).get(key) for m in all_metrics
+        ]
         decimals = column_decimals(values)
         columns.append([format_value(v, style, decimals=decimals) for v in values])
     rows = [[name, *(column[i] for column in columns)] for i, name in enumerate(names)]
@@ -376,7 +378,7 @@ def _bar_chart(
                       label=name if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(
-        [key if section == "gold" else f"{section}.{key}" for section, key in keys],
+        [key if section == "scores" else f"{section}.{key}" for section, key in keys],
         rotation=30,
         ha="right",
     )
@@ -387,17 +389,25 @@ def _bar_chart(
     return figure_png(figure)
 
 
-def _y_metric(all_metrics: Sequence[dict[str, Any]]) -> str | None:
-    """The quality axis of the KL plot: gold.total, else the first numeric gold key, else the
-    first reward."""
-    gold = [
-        (k, v) for m in all_metrics for k, v in (m.get("gold") or {}).items() if _is_estimate(v)
+def _first_score_key(
+    all_metrics: Sequence[dict[str, Any]], numeric_only: bool = False
+) -> str | None:
+    """The scorer's first numeric key (a mean, not a rate: the harness ranks by the same one
+    when no `EvalOptions.primary` is given), else its first key unless `numeric_only`."""
+    estimates = [
+        (k, v) for m in all_metrics for k, v in (m.get("scores") or {}).items() if _is_estimate(v)
     ]
-    if any(k == "total" for k, _ in gold):
-        return "gold.total"
-    numeric = [k for k, v in gold if v.get("method") == "t"]
+    numeric = [k for k, v in estimates if v.get("method") == "t"]
     if numeric:
-        return f"gold.{numeric[0]}"
+        return numeric[0]
+    return estimates[0][0] if estimates and not numeric_only else None
+
+
+def _y_metric(all_metrics: Sequence[dict[str, Any]]) -> str | None:
+    """The quality axis of the KL plot: the scorer's first numeric key, else the first reward."""
+    key = _first_score_key(all_metrics, numeric_only=True)
+    if key is not None:
+        return f"scores.{key}"
     rewards = [k for m in all_metrics for k in (m.get("rewards") or {})]
     return f"rewards.{rewards[0]}" if rewards else None
 
@@ -507,10 +517,10 @@ def _plots(
     numeric: list[tuple[str, str]] = []
     rates: list[tuple[str, str]] = []
     for metrics in all_metrics:
-        for key, value in (metrics.get("gold") or {}).items():
+        for key, value in (metrics.get("scores") or {}).items():
             target = rates if value.get("method") == "wilson" else numeric
-            if ("gold", key) not in target:
-                target.append(("gold", key))
+            if ("scores", key) not in target:
+                target.append(("scores", key))
         for key in metrics.get("rewards") or {}:
             if ("rewards", key) not in numeric:
                 numeric.append(("rewards", key))
@@ -522,7 +532,7 @@ def _plots(
         plots["rates"] = _bar_chart(names, all_metrics, rates, "Rates (Wilson CI)", "rate", ceiling)
     y_key = _y_metric(all_metrics)
     if y_key and any(_is_estimate(m.get("kl")) for m in all_metrics):
-        plots["gold_vs_kl"] = _kl_scatter(names, all_metrics, y_key)
+        plots["score_vs_kl"] = _kl_scatter(names, all_metrics, y_key)
     return plots
 
 
@@ -569,7 +579,7 @@ def write_report(
     plots embedded as base64 PNG) and plots/*.png: paired_differences.png (each model's
     paired difference to the reference, overall and per family, with its t interval and a
     zero line), components.png (mean per numeric score with CI error bars per model),
-    rates.png (boolean scores, Wilson CIs) and gold_vs_kl.png (quality vs KL with error bars
+    rates.png (boolean scores, Wilson CIs) and score_vs_kl.png (quality vs KL with error bars
     on both axes) when the data for them exists. The `ceiling` result (default "oracle",
     when present) is drawn as a line or marker in the plots, never as a bar, and does not set
     the axis of the differences.
@@ -580,7 +590,7 @@ def write_report(
     headline" in the per-family tables and the differences plot.
 
     The table has a row per model and a column per key of `table_keys` (dotted paths into the
-    metrics, e.g. "gold.total", "rewards.length"; default `default_table_keys`; a dict maps
+    metrics, e.g. "scores.total", "rewards.length"; default `default_table_keys`; a dict maps
     keys to column labels), then KL and, with a reference, the paired comparison
     (`metrics["paired"]`: Δ with its paired t interval, the bootstrap interval, the per-prompt
     win rate and whether Δ is separated from 0; else the per-sample win rate). Cells are
@@ -606,7 +616,7 @@ def write_report(
     tables = []  # (title, header, rows) after the main table
     if family is not None:
         key, f_header, f_rows = family
-        tables.append((f"gold.{key} by family", f_header, f_rows))
+        tables.append((f"scores.{key} by family", f_header, f_rows))
     paired_family = _paired_family_table(names, all_metrics)
     if paired_family is not None:
         by, p_header, p_rows = paired_family

@@ -1,6 +1,6 @@
 """The verdict of a paired evaluation: what its comparisons with the reference establish.
 
-    lines = verdict({"DPO": metrics["paired"], "PPO": ...}, baseline="SFT", unit="heldout prompts")
+    lines = verdict({"DPO": metrics["paired"], "PPO": ...}, "SFT", "gold", "heldout prompts")
     # DPO beats SFT by +0.041 [+0.015, +0.067] gold on 452 heldout prompts (paired).
     # PPO vs SFT: +0.012 [-0.014, +0.038] gold on 452 heldout prompts, not separated.
 
@@ -38,7 +38,7 @@ def claim(
     name: str,
     comparison: Mapping[str, Any] | None,
     baseline: str,
-    measure: str = "gold",
+    measure: str = "score",
     unit: str = "prompts",
 ) -> str:
     """One sentence on `name` against `baseline` from its paired comparison: "X beats B by
@@ -63,7 +63,7 @@ def claim(
 def verdict(
     comparisons: Mapping[str, Mapping[str, Any] | None],
     baseline: str,
-    measure: str = "gold",
+    measure: str = "score",
     unit: str = "prompts",
 ) -> list[str]:
     """One `claim` per model ({display name: its `metrics["paired"]`}, in order), then, when
@@ -80,13 +80,17 @@ def verdict(
 
 
 def verdict_of_results(
-    results: Mapping[str, Any], unit: str = "prompts", leave_out: tuple[str, ...] = ()
+    results: Mapping[str, Any],
+    unit: str = "prompts",
+    leave_out: tuple[str, ...] = (),
+    measure: str = "",
 ) -> list[str]:
     """The `verdict` of an evaluation ({name: EvalResult or its metrics}): every result with a
     paired comparison but the reference itself (the result whose model folder is the
     comparison's baseline) and those named in `leave_out` (e.g. the lab's oracle, a ceiling
     rather than a method), against the reference, called by its result's name where it has
-    one, else by its folder."""
+    one, else by its folder. `measure` names the score in the sentences; empty: the
+    comparison's own key ("scores.total")."""
     metrics = {name: getattr(result, "metrics", result) for name, result in results.items()}
     compared = {n: m["paired"] for n, m in metrics.items() if m.get("paired")}
     if not compared:
@@ -94,5 +98,5 @@ def verdict_of_results(
     baseline = str(next(iter(compared.values())).get("baseline") or "the reference")
     named = [n for n, m in metrics.items() if str(m.get("model")) == baseline]
     comparisons = {n: c for n, c in compared.items() if n not in named and n not in leave_out}
-    measure = str(next(iter(compared.values())).get("by") or "score")
+    measure = measure or str(next(iter(compared.values())).get("by") or "score")
     return verdict(comparisons, named[0] if named else baseline, measure, unit)

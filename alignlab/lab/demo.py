@@ -118,6 +118,7 @@ def run_demo(
     lines = verdict(
         {DISPLAY[name]: results[name].metrics.get("paired") for name in ("dpo", "ppo", "base")},
         baseline=DISPLAY["sft"],
+        measure="gold",
         unit="heldout prompts",
     )
     lines.append(
@@ -134,9 +135,9 @@ def run_demo(
             f"\n![PPO: proxy reward, gold and KL over training]({curves.relative_to(out)})\n"
         )
     print(markdown_table(results, table_keys=HEADLINE))
-    oracle_gold = results["oracle"].metrics["headline"]["gold"]["total"]["mean"]
+    oracle_gold = results["oracle"].metrics["headline"]["scores"]["total"]["mean"]
     for name in ("sft", "dpo", "ppo"):
-        gold = results[name].metrics["headline"]["gold"]["total"]["mean"]
+        gold = results[name].metrics["headline"]["scores"]["total"]["mean"]
         print(f"{DISPLAY[name]} reaches {gold / oracle_gold:.0%} of the oracle's gold")
     print(f"demo done in {time.perf_counter() - start:.0f} s")
     for name, path in paths.items():

@@ -6,7 +6,7 @@ ceiling of every table), and `HEADLINE` names the columns the lab reports.
 
 Headline gold: the gold of the families in the headline, every family but those of
 `LEFT_OUT_OF_HEADLINE` (`metrics["headline"]`, and the paired comparison's overall numbers);
-the left-out families stay in every per-family number (`gold_by_family`,
+the left-out families stay in every per-family number (`scores_by_family`,
 `paired["by_family"]`), so the report still shows them.
 """
 
@@ -39,15 +39,15 @@ they would only add noise to every difference. They stay in the per-family table
 tuple (or remove a family) once a model can learn them."""
 
 HEADLINE = {
-    "headline.gold.total": "gold",
-    "headline.gold.helpful": "helpful",
-    "headline.gold.honest": "honest",
-    "headline.gold.harmless": "harmless",
-    "headline.gold.style": "style",
-    "gold_by_family.harmful.refused": "refuses harmful",
-    "gold_by_family.benign.refused": "over-refuses benign",
-    "gold_by_family.unknown.hallucinated": "hallucinates unknown",
-    "gold_by_family.fact.correct": "fact accuracy",
+    "headline.scores.total": "gold",
+    "headline.scores.helpful": "helpful",
+    "headline.scores.honest": "honest",
+    "headline.scores.harmless": "harmless",
+    "headline.scores.style": "style",
+    "scores_by_family.harmful.refused": "refuses harmful",
+    "scores_by_family.benign.refused": "over-refuses benign",
+    "scores_by_family.unknown.hallucinated": "hallucinates unknown",
+    "scores_by_family.fact.correct": "fact accuracy",
     "length": "length (tokens)",
     "distinct_2": "distinct-2",
 }
@@ -113,16 +113,16 @@ def headline_metrics(
     confidence: float = 0.95,
     left_out: Sequence[str] = LEFT_OUT_OF_HEADLINE,
 ) -> dict[str, Any]:
-    """{"left_out": [...], "families": [...], "n_prompts", "gold": gold total, components and
+    """{"left_out": [...], "families": [...], "n_prompts", "scores": gold total, components and
     flags over the samples of the headline families} (the harness's `summarize`)."""
     families = sorted({str(p.meta.get("family")) for p in prompts if p.meta.get("family")})
     kept = [s for s in samples if in_headline(prompts[s.prompt_index].meta.get("family"), left_out)]
-    gold = summarize(kept, prompts, num_samples, confidence).get("gold", {}) if kept else {}
+    scores = summarize(kept, prompts, num_samples, confidence).get("scores", {}) if kept else {}
     return {
         "left_out": [f for f in families if f in left_out],
         "families": [f for f in families if f not in left_out],
         "n_prompts": len({s.prompt_index for s in kept}),
-        "gold": gold,
+        "scores": scores,
     }
 
 

@@ -47,12 +47,12 @@ def synthetic_results() -> dict[str, dict]:
         results[name] = {
             "model": f"runs/{name}",
             "ref": "runs/sft",
-            "headline": {"left_out": LEFT_OUT, "gold": {"total": mean_ci(headline).to_dict()}},
-            "gold": {
+            "headline": {"left_out": LEFT_OUT, "scores": {"total": mean_ci(headline).to_dict()}},
+            "scores": {
                 "total": mean_ci(values).to_dict(),
                 "refused": proportion_ci(N_PROMPTS // 4, N_PROMPTS).to_dict(),
             },
-            "gold_by_family": {
+            "scores_by_family": {
                 family: {
                     "total": mean_ci(
                         [v for v, f in zip(values, family_of) if f == family]

@@ -62,22 +62,22 @@ def test_metrics_without_reference(tiny_model_dir):
     assert m["finished"]["method"] == "wilson"
     assert 0 <= m["distinct_1"] <= 1 and 0 <= m["distinct_2"] <= 1
     # numeric scorer keys are means (t), boolean ones rates (Wilson)
-    assert m["gold"]["total"]["method"] == "t" and m["gold"]["refused"]["method"] == "wilson"
-    assert m["gold"]["total"]["mean"] == pytest.approx(
+    assert m["scores"]["total"]["method"] == "t" and m["scores"]["refused"]["method"] == "wilson"
+    assert m["scores"]["total"]["mean"] == pytest.approx(
         sum(s.scores["total"] for s in result.samples) / 15
     )
     assert m["rewards"]["chars"]["mean"] == pytest.approx(
         sum(len(s.generation.text) for s in result.samples) / 15
     )
     # per family: the prompt without a family is in no group
-    by_family = m["gold_by_family"]
+    by_family = m["scores_by_family"]
     assert set(by_family) == {"chat", "math"}
     assert by_family["math"]["family_seen"]["mean"] == 1.0
     assert by_family["chat"]["family_seen"]["mean"] == 0.0
     assert by_family["math"]["total"]["n"] == 6
     assert "kl" not in m and "win_rate" not in m
     data = json.loads(result.to_json())
-    assert data["metrics"]["gold"]["helpful"]["n"] == 15
+    assert data["metrics"]["scores"]["helpful"]["n"] == 15
     assert len(data["samples"]) == 15
 
 
@@ -99,14 +99,14 @@ def test_model_against_itself_same_seed(tiny_model_dir, ref_copy):
         s.generation.response_ids for s in result.samples
     ]
     win = result.metrics["win_rate"]
-    assert win["by"] == "gold.total"
+    assert win["by"] == "scores.total"
     assert win["mean"] == 0.5 and win["ties"] == 10 and win["wins"] == win["losses"] == 0
     paired = result.metrics["paired"]
-    assert (paired["by"], paired["same_seeds"]) == ("gold.total", True)
+    assert (paired["by"], paired["same_seeds"]) == ("scores.total", True)
     assert paired["difference"]["mean"] == 0.0 and paired["difference"]["upper"] == 0.0
     assert not paired["separated"] and paired["win_rate"]["ties"] == 5  # per prompt
     assert set(paired["by_family"]) == {"chat", "math"}
-    assert result.metrics["reference"]["gold"]["total"] == result.metrics["gold"]["total"]
+    assert result.metrics["reference"]["scores"]["total"] == result.metrics["scores"]["total"]
 
 
 def test_model_against_itself_independent_seed(tiny_model_dir, ref_copy):
@@ -332,10 +332,10 @@ def test_the_ranking_score_is_the_callers_choice():
 
     sample = EvalSample(0, 0, Generation("p", [1], [2], "r", True))
     sample.scores = {"refused": True, "total": 0.5, "helpful": 0.2}
-    assert _win_key([sample]) == ("gold", "total")  # the first numeric key, not a bool
-    assert _win_key([sample], "helpful") == ("gold", "helpful")
+    assert _win_key([sample]) == ("scores", "total")  # the first numeric key, not a bool
+    assert _win_key([sample], "helpful") == ("scores", "helpful")
     sample.rewards = {"rm": 1.0}
     assert _win_key([sample]) == ("rewards", "rm")
-    assert _win_key([sample], "total") == ("gold", "total")
+    assert _win_key([sample], "total") == ("scores", "total")
     with pytest.raises(ValueError, match="'gold'.*'total', 'helpful', 'rm'"):
         _win_key([sample], "gold")

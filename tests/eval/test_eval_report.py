@@ -57,12 +57,12 @@ def test_report_files(results, tmp_path):
         "plot_paired_differences",
         "plot_components",
         "plot_rates",
-        "plot_gold_vs_kl",
+        "plot_score_vs_kl",
     }
     assert set(paths) == expected
     for key in expected:
         assert paths[key].is_file() and paths[key].stat().st_size > 0
-    for key in ("plot_paired_differences", "plot_components", "plot_rates", "plot_gold_vs_kl"):
+    for key in ("plot_paired_differences", "plot_components", "plot_rates", "plot_score_vs_kl"):
         assert paths[key].read_bytes().startswith(PNG_MAGIC)
 
     data = json.loads(paths["json"].read_text())
@@ -78,16 +78,16 @@ def test_report_files(results, tmp_path):
         "finished",
         "distinct_1",
         "rewards.chars",
-        "gold.total",
-        "gold.refused",
+        "scores.total",
+        "scores.refused",
         "KL to ref",
-        "Δ gold.total vs ref (paired t)",
+        "Δ scores.total vs ref (paired t)",
         "Δ bootstrap",
         "win rate vs ref (per prompt, Wilson)",
         "separated",
     ):
         assert column in header
-    assert "win rate vs ref (gold.total)" not in header  # the per-prompt one replaces it
+    assert "win rate vs ref (scores.total)" not in header  # the per-prompt one replaces it
     assert any(r.startswith("| base | ") for r in rows)
     assert any(r.startswith("| other\\|seed5 | ") for r in rows)  # pipe escaped
     base_row = next(r for r in rows if r.startswith("| base | "))
@@ -95,12 +95,12 @@ def test_report_files(results, tmp_path):
     other = results["other|seed5"].metrics
     kl_decimals = interval_decimals((other["kl"]["upper"] - other["kl"]["lower"]) / 2)
     assert f"| {0:.{kl_decimals}f} ± {0:.{kl_decimals}f} |" in base_row
-    assert "## gold.total by family" in md and "| chat | math |" in md
+    assert "## scores.total by family" in md and "| chat | math |" in md
     # the reference against itself (same prompts and seeds): Δ exactly 0, not separated
     d = other["paired"]["difference"]
     zero = f"{0:+.{interval_decimals((d['upper'] - d['lower']) / 2)}f}"
     assert f"| {zero} [{zero}, {zero}] |" in base_row and base_row.endswith("| no |")
-    assert "## Δ gold.total vs ref by family (paired t; * separated)" in md
+    assert "## Δ scores.total vs ref by family (paired t; * separated)" in md
     assert "same prompts and sampling seeds" in md
 
     html_text = paths["html"].read_text()
@@ -115,9 +115,9 @@ def test_report_files(results, tmp_path):
 
 
 def test_table_keys_and_interval_style(results, tmp_path):
-    table = markdown_table(results, table_keys=["gold.helpful"], style="interval")
+    table = markdown_table(results, table_keys=["scores.helpful"], style="interval")
     header = table.splitlines()[0]
-    assert header.startswith("| model | gold.helpful | KL to ref | Δ gold.total vs ref")
+    assert header.startswith("| model | scores.helpful | KL to ref | Δ scores.total vs ref")
     assert "[" in table.splitlines()[2]
     # rewriting replaces the plots folder and reuses metrics dicts
     metrics_only = {name: r.metrics for name, r in results.items()}
@@ -181,7 +181,9 @@ def test_report_opens_with_the_verdict_and_the_paired_differences(tmp_path):
 
     results = synthetic_results()
     lines = ["DPO beats SFT by +0.050 [+0.036, +0.064] gold on 40 prompts (paired).", "x < y"]
-    paths = write_report(results, tmp_path, "t", table_keys=["headline.gold.total"], verdict=lines)
+    paths = write_report(
+        results, tmp_path, "t", table_keys=["headline.scores.total"], verdict=lines
+    )
     md = paths["markdown"].read_text()
     assert md.startswith("# t\n\n**Verdict**\n\n- DPO beats SFT by +0.050")
     order = [md.index(s) for s in ("**Verdict**", "plots/paired_differences.png", "| model |")]

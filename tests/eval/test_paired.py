@@ -26,11 +26,11 @@ def test_samples_of_a_prompt_are_averaged_before_pairing():
     baseline = samples([[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.0]])  # 0 .25 .5 0
     assert per_prompt_means(model, score) == {0: 0.5, 1: 0.5, 2: 1.0, 3: 0.1}
     families = {0: "a", 1: "a", 2: "b", 3: "b"}
-    out = paired_comparison(model, baseline, score, families, "sft", "gold.total")
+    out = paired_comparison(model, baseline, score, families, "sft", "scores.total")
     d = [0.5, 0.25, 0.5, 0.1]
     mean = sum(d) / 4
     s = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
-    assert (out["baseline"], out["by"]) == ("sft", "gold.total")
+    assert (out["baseline"], out["by"]) == ("sft", "scores.total")
     assert out["difference"]["mean"] == pytest.approx(mean)
     assert out["difference"]["se"] == pytest.approx(s / 2)
     assert out["difference"]["n"] == 4  # prompts, not samples
@@ -46,7 +46,7 @@ def test_different_prompts_are_refused():
 
 def _paired(mean, lower, upper, families=None):
     est = {"mean": mean, "se": (upper - lower) / 4, "lower": lower, "upper": upper, "n": 500}
-    out = {"baseline": "sft", "by": "gold.total", "difference": est}
+    out = {"baseline": "sft", "by": "scores.total", "difference": est}
     if families:
         out["by_family"] = {f: {"difference": dict(est, mean=m)} for f, m in families.items()}
     return {"paired": out}

@@ -88,7 +88,7 @@ def report(tmp_path_factory):
     lines = verdict(
         {"DPO": results["dpo"]["paired"], "PPO": results["ppo"]["paired"]}, "SFT", unit="prompts"
     )
-    table = {"headline.gold.total": "gold"}
+    table = {"headline.scores.total": "gold"}
     return write_report(results, out, "synthetic <demo>", table_keys=table, verdict=lines)
 
 

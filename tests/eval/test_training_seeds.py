@@ -17,7 +17,7 @@ from training_seeds import (  # noqa: E402 - benchmarks/ is not a package
 
 def paired(mean):
     est = {"mean": mean, "se": 0.01, "lower": mean - 0.02, "upper": mean + 0.02, "n": 500}
-    return {"paired": {"baseline": "sft", "by": "gold.total", "difference": est}}
+    return {"paired": {"baseline": "sft", "by": "scores.total", "difference": est}}
 
 
 def test_the_default_seed_keeps_the_run_made_before_seeds_were_a_choice():

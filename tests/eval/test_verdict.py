@@ -18,7 +18,7 @@ def test_separated_gain_is_claimed_with_its_paired_interval():
     c = comparison(BETTER, BASE)
     assert c["separated"]
     d = c["difference"]
-    text = claim("DPO", c, "SFT", unit="heldout prompts")
+    text = claim("DPO", c, "SFT", "gold", unit="heldout prompts")
     assert text.startswith("DPO beats SFT by +0.040 [")
     # the paired t interval, to two significant digits of its half-width (~0.02: 3 decimals)
     assert 0.01 < (d["upper"] - d["lower"]) / 2 < 0.1
@@ -59,6 +59,7 @@ def test_missing_comparison_and_left_out_families():
             "RM": None,
         },
         baseline="SFT",
+        measure="gold",
     )
     assert lines[0].startswith("DPO beats SFT") and "not separated" in lines[1]
     assert lines[2] == "RM vs SFT: no paired comparison."

@@ -59,10 +59,10 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
         toy_lab.world, {"base": toy_lab.base}, ref=toy_lab.base, n_prompts=24, max_new_tokens=8
     )
     oracle = results["oracle"].metrics
-    assert oracle["gold"]["total"]["mean"] == pytest.approx(1.0)
+    assert oracle["scores"]["total"]["mean"] == pytest.approx(1.0)
     base = results["base"].metrics
     assert base["kl"]["mean"] == 0.0  # the base against itself
-    assert base["gold"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
+    assert base["scores"]["total"]["mean"] < 0.9  # an untrained toy is far from the oracle
     # the base against itself, same prompts and seeds: every prompt ties
     assert base["paired"]["difference"]["mean"] == 0.0 and not base["paired"]["separated"]
     # headline gold leaves out the families of LEFT_OUT_OF_HEADLINE, the per-family numbers not
@@ -70,15 +70,15 @@ def test_evaluate_lab_reports_gold_kl_and_oracle(toy_lab, tmp_path):
     kept = [f for f in families if f not in LEFT_OUT_OF_HEADLINE]
     assert 0 < len(kept) < 24  # the toy's prompts hold a left-out family (arithmetic)
     headline = base["headline"]
-    assert headline["n_prompts"] == len(kept) and headline["gold"]["total"]["n"] == len(kept)
+    assert headline["n_prompts"] == len(kept) and headline["scores"]["total"]["n"] == len(kept)
     assert set(headline["left_out"]) == set(families) - set(kept)
     assert base["paired"]["win_rate"]["ties"] == len(kept)
     assert set(base["paired"]["by_family"]) == set(families)
     assert base["paired"]["left_out"] == headline["left_out"]
     # the oracle against the base's samples: gold 1.0 everywhere, on the headline prompts
-    gap = 1.0 - headline["gold"]["total"]["mean"]
+    gap = 1.0 - headline["scores"]["total"]["mean"]
     assert oracle["paired"]["difference"]["mean"] == pytest.approx(gap, abs=1e-9)
-    assert oracle["headline"]["gold"]["total"]["mean"] == pytest.approx(1.0)
+    assert oracle["headline"]["scores"]["total"]["mean"] == pytest.approx(1.0)
     paths = write_report(results, tmp_path, title="toy", table_keys=HEADLINE)
     table = paths["markdown"].read_text()
     assert "| oracle |" in table and "| base |" in table

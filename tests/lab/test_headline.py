@@ -35,7 +35,7 @@ def test_add_headline_pairs_a_foreign_result_with_the_reference_over_the_headlin
     )
     assert paired["baseline"] == "runs/sft" and paired["left_out"] == list(LEFT_OUT_OF_HEADLINE)
     mean = sum(0.01 * i + gains[i] for i in headline) / len(headline)
-    assert other.metrics["headline"]["gold"]["total"]["mean"] == pytest.approx(mean)
+    assert other.metrics["headline"]["scores"]["total"]["mean"] == pytest.approx(mean)
     # without the reference's samples there is nothing to pair: headline only
     alone = EvalResult(metrics={}, samples=scored([0.5] * n))
     add_headline({"x": alone}, prompts, None, None)

@@ -77,12 +77,12 @@ def test_evaluated_like_a_model(policy, small_model_dirs):
     assert m["kl"]["mean"] == pytest.approx(math.log(4) - 3 / 4)
     assert len(result.samples) == m["n_samples"] == 6 and m["settings"]["n"] == 4
     # the picked responses: scored by the scorer, the reward fns and the picking reward
-    assert m["gold"]["total"]["mean"] == pytest.approx(m["rewards"]["best_of_n"]["mean"])
+    assert m["scores"]["total"]["mean"] == pytest.approx(m["rewards"]["best_of_n"]["mean"])
     assert m["best_of_n"]["picked_reward"]["mean"] >= m["best_of_n"]["all_reward"]["mean"]
-    assert set(m["gold_by_family"]) == {"x", "y"}
-    assert m["win_rate"]["by"] == "gold.total" and len(result.ref_samples) == 6
+    assert set(m["scores_by_family"]) == {"x", "y"}
+    assert m["win_rate"]["by"] == "scores.total" and len(result.ref_samples) == 6
     base = evaluate_model(policy, prompts, **settings)
-    assert m["gold"]["total"]["mean"] >= base.metrics["gold"]["total"]["mean"]
+    assert m["scores"]["total"]["mean"] >= base.metrics["scores"]["total"]["mean"]
     table = markdown_table({"base": base, "best-of-4": result})
     assert "KL to ref" in table and "best-of-4" in table
 
