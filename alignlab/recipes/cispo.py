@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.config import ModelConfig, TrainConfig, option, section
 from alignlab.losses.policy import cispo_token_losses, token_mean
 from alignlab.rl.advantages import grpo_advantages
 from alignlab.rl.config import PromptDataConfig, RLConfig, RLReferenceConfig, check_rl
@@ -48,9 +48,7 @@ class CISPOConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
-        if self.rl.samples_per_prompt < 2:
-            raise ConfigError("CISPO needs rl.samples_per_prompt >= 2 (group advantages)")
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
 
 
 def run(cfg: CISPOConfig) -> Path:

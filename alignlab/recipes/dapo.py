@@ -8,11 +8,9 @@ group advantages A_i = (r_i - mean(r)) / std(r) (every token of o_i) with four c
     r_i += overlong_penalty(|o_i|)                                soft overlong punishment
     m_it = 0 for truncated o_i when mask_truncated                overlong filtering
 
-and dynamic sampling (`alignlab.rl.dynamic_sampling`): a group whose K rewards are all equal
-has zero advantages (no gradient, yet its tokens would count in the mean), so it is dropped
-and up to `max_draws` more batches are drawn until the step has `rl.prompts_per_step`
-informative groups (a step still short keeps flat groups, masked out). ε_low = `rl.clip_eps`,
-ε_high = `clip_eps_high`; no KL term by default (`rl.kl_coef` > 0 adds β k3, as GRPO).
+and dynamic sampling (`alignlab.rl.dynamic_sampling`): groups whose K rewards are all equal
+(zero advantages, yet tokens in the mean) are dropped and redrawn, up to `max_draws` extra
+batches. ε_low = `rl.clip_eps`, ε_high = `clip_eps_high`; no KL term by default.
 
 Run: `alignlab dapo model.path=... data.path=prompts.jsonl rl.reward=...`.
 """
@@ -46,21 +44,14 @@ class DAPOConfig:
     reference: RLReferenceConfig = section(RLReferenceConfig, "reference policy of the KL term")
     clip_eps_high: float = option(0.28, "ε_high of clip-higher (the paper: 0.28, ε_low 0.2)", min=0)
     max_draws: int = option(3, "extra batches a step may sample to replace flat groups", min=0)
-    overlong_buffer: int = option(
-        0, "L_cache: soft penalty over the last N budget tokens; 0 = off", min=0
-    )
+    overlong_buffer: int = option(0, "L_cache: penalise the last N budget tokens; 0 = off", min=0)
     mask_truncated: bool = option(True, "overlong filtering: truncated responses get no loss")
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
-        if self.rl.samples_per_prompt < 2:
-            raise ConfigError("DAPO needs rl.samples_per_prompt >= 2 (group advantages)")
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
         if self.overlong_buffer > self.rl.max_new_tokens:
-            raise ConfigError(
-                f"overlong_buffer={self.overlong_buffer} must be at most "
-                f"rl.max_new_tokens={self.rl.max_new_tokens}"
-            )
+            raise ConfigError(f"overlong_buffer={self.overlong_buffer} > rl.max_new_tokens")
 
 
 def run(cfg: DAPOConfig) -> Path:
@@ -72,10 +63,8 @@ def run(cfg: DAPOConfig) -> Path:
     def collect(step: int, draw: int) -> Experience:
         exp = job.collect(step, score_old_logps=job.updates_per_step > 1, draw=draw)
         if cfg.overlong_buffer:  # soft overlong punishment, before the flat-group filter
-            length = exp.rollout.response_lengths
-            exp.scores = exp.scores + overlong_penalty(
-                length, rl.max_new_tokens, cfg.overlong_buffer
-            )
+            lengths, budget = exp.rollout.response_lengths, rl.max_new_tokens
+            exp.scores = exp.scores + overlong_penalty(lengths, budget, cfg.overlong_buffer)
         return exp
 
     for step in job.steps():

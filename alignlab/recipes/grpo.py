@@ -53,7 +53,7 @@ class GRPOConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
 
 
 def run(cfg: GRPOConfig) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.config import ModelConfig, TrainConfig, option, section
 from alignlab.losses.policy import (
     gspo_log_ratio,
     gspo_token_losses,
@@ -51,9 +51,7 @@ class GSPOConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
-        if self.rl.samples_per_prompt < 2:
-            raise ConfigError("GSPO needs rl.samples_per_prompt >= 2 (group advantages)")
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
 
 
 def run(cfg: GSPOConfig) -> Path:

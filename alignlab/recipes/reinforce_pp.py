@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.config import ModelConfig, TrainConfig, option, section
 from alignlab.losses.policy import (
     ppo_clip_token_losses,
     ppo_diagnostics,
@@ -55,9 +55,7 @@ class ReinforcePPConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
-        if self.baseline and self.rl.samples_per_prompt < 2:
-            raise ConfigError("baseline=true needs rl.samples_per_prompt >= 2 (the group mean)")
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=self.baseline)
 
 
 def run(cfg: ReinforcePPConfig) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
+from alignlab.config import ModelConfig, TrainConfig, option, section
 from alignlab.losses.policy import (
     ppo_clip_token_losses,
     ppo_diagnostics,
@@ -48,9 +48,7 @@ class RLOOConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        check_rl(self.rl, self.reference, self.model, self.train)
-        if self.rl.samples_per_prompt < 2:
-            raise ConfigError("RLOO needs rl.samples_per_prompt >= 2 (the leave-one-out baseline)")
+        check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
 
 
 def run(cfg: RLOOConfig) -> Path:

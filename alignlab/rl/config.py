@@ -115,9 +115,19 @@ class RLConfig(RewardOptions):
 
 
 def check_rl(
-    rl: RLConfig, reference: RLReferenceConfig, model: ModelConfig, train: TrainConfig
+    rl: RLConfig,
+    reference: RLReferenceConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+    grouped: bool = False,
 ) -> None:
-    """Cross-section checks (call from the recipe config's `check`)."""
+    """Cross-section checks (call from the recipe config's `check`); `grouped`: the recipe's
+    advantages compare the samples of a prompt, so it needs at least two of them."""
     refuse_step_in_backward(train)
+    if grouped and rl.samples_per_prompt < 2:
+        raise ConfigError(
+            f"rl.samples_per_prompt={rl.samples_per_prompt}: this recipe's advantages compare "
+            "the samples of one prompt (a group), so it needs at least 2"
+        )
     if rl.uses_reference and reference.mode == "adapter" and not model.lora.enabled:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")

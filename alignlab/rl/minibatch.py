@@ -93,12 +93,13 @@ class MicroBatch:
             out = module(self.batch)
         return out.float()
 
-    def tis_weights(self, old_logps: torch.Tensor, cap: float, level: str) -> torch.Tensor:
+    def tis_weights(self, old_logps: torch.Tensor, cap: float, level: str) -> torch.Tensor | float:
         """(B, T) truncated importance weights min(π_old / π_sampler, cap) against the
         sampler's own log-probs (`alignlab.losses.policy.truncated_is_weights`, per token or
-        per response), for a sampler that is not the trainer; all ones when `cap` is 0 (off)."""
+        per response), for a sampler that is not the trainer; the scalar 1.0 when `cap` is 0
+        (off), so the recipes' `losses * weights` costs nothing then."""
         if not cap:
-            return torch.ones_like(old_logps)
+            return 1.0
         if self.roll.sampler_logps is None:
             raise ValueError("truncated importance sampling needs the sampler's log-probs")
         sampler = self.take(self.roll.sampler_logps)

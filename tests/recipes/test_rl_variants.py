@@ -11,7 +11,7 @@ from rl_common import launch, metric, reward_rises, rl_overrides
 from weights import assert_identical_weights
 
 from alignlab.config import ConfigError, load_config
-from alignlab.recipes import cispo, dapo, gspo
+from alignlab.recipes import cispo, dapo, grpo, gspo, reinforce_pp, rloo
 from alignlab.rl.experience import Experience, select_groups
 from alignlab.rl.rollout import Rollout
 
@@ -90,6 +90,19 @@ def test_dapo_config_errors(rl_assets, tmp_path):
         )
     with pytest.raises(ConfigError, match="did you mean rl.kl_coef"):
         load_config(dapo.DAPOConfig, None, rl_overrides(rl_assets, tmp_path, "rl.beta=0.1"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [grpo.GRPOConfig, rloo.RLOOConfig, dapo.DAPOConfig, gspo.GSPOConfig, cispo.CISPOConfig],
+)
+def test_group_recipes_refuse_one_sample_per_prompt(config, rl_assets, tmp_path):
+    one = rl_overrides(rl_assets, tmp_path, "rl.samples_per_prompt=1")
+    with pytest.raises(ConfigError, match="samples_per_prompt=1: .* needs at least 2"):
+        load_config(config, None, one)
+    load_config(reinforce_pp.ReinforcePPConfig, None, one)  # its batch baseline needs no group
+    with pytest.raises(ConfigError, match="samples_per_prompt=1"):
+        load_config(reinforce_pp.ReinforcePPConfig, None, [*one, "baseline=true"])
 
 
 def test_killed_dapo_run_resumes_to_the_same_result(rl_assets, tmp_path):
