@@ -7,8 +7,8 @@ policy do on the lab's fact prompts.
    whose label, and whose reward-model score, prefers the first kind; gold prefers correct
    over ignorance over wrong.
 2. The policies: per model of a lab_rl / lab_preference run, on its heldout fact prompts, the
-   share of each kind and the mean length: an accuracy lost to "I don't know" is the reward
-   model's taste for abstaining, one lost to wrong answers is drift.
+   share of each kind and the mean length: whether lost accuracy went to "I don't know" (as
+   a reward model that prefers abstaining would push it) or to wrong answers (drift).
 
     python benchmarks/alignment_tax.py --run runs/lab_rl_ptx --feedback runs/lab_preference/feedback --rm runs/lab_preference/rm/final
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignlab.lab.evaluate import lab_prompts  # noqa: E402
+from alignlab.lab.pipeline import feedback_prompts  # noqa: E402
 from alignlab.lab.rewards import user_text  # noqa: E402
 from alignlab.lab.world import LabWorld  # noqa: E402
 from alignlab.rl.rewards import reward_model_reward  # noqa: E402
@@ -40,8 +41,7 @@ def kind(flags: dict) -> str:
 
 def label_and_rm_preferences(feedback: Path, rm: str, world: LabWorld, n_prompts: int) -> str:
     rows = [json.loads(line) for line in (feedback / "rm_pairs.jsonl").open()]
-    # the feedback stage's prompts (alignlab.lab.pipeline.feedback_stage)
-    by_text = {p.text: p for p in world.prompts("train", n_prompts, stream="preference-feedback")}
+    by_text = {p.text: p for p in feedback_prompts(world, n_prompts)}
     fact = []
     for row in rows:
         prompt = by_text[user_text(row["prompt"])]

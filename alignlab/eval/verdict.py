@@ -80,17 +80,14 @@ def verdict(
 
 
 def verdict_of_results(
-    results: Mapping[str, Any],
-    unit: str = "prompts",
-    leave_out: tuple[str, ...] = (),
-    measure: str = "",
+    results: Mapping[str, Any], unit: str = "prompts", leave_out: tuple[str, ...] = ()
 ) -> list[str]:
     """The `verdict` of an evaluation ({name: EvalResult or its metrics}): every result with a
     paired comparison but the reference itself (the result whose model folder is the
     comparison's baseline) and those named in `leave_out` (e.g. the lab's oracle, a ceiling
     rather than a method), against the reference, called by its result's name where it has
-    one, else by its folder. `measure` names the score in the sentences; empty: the
-    comparison's own key ("scores.total")."""
+    one, else by its folder; the score is named as the comparison names it ("by": the lab's
+    "gold", the harness's "scores.total")."""
     metrics = {name: getattr(result, "metrics", result) for name, result in results.items()}
     compared = {n: m["paired"] for n, m in metrics.items() if m.get("paired")}
     if not compared:
@@ -98,5 +95,5 @@ def verdict_of_results(
     baseline = str(next(iter(compared.values())).get("baseline") or "the reference")
     named = [n for n, m in metrics.items() if str(m.get("model")) == baseline]
     comparisons = {n: c for n, c in compared.items() if n not in named and n not in leave_out}
-    measure = measure or str(next(iter(compared.values())).get("by") or "score")
+    measure = str(next(iter(compared.values())).get("by") or "score")
     return verdict(comparisons, named[0] if named else baseline, measure, unit)

@@ -58,9 +58,7 @@ def eval_main(argv: list[str]) -> None:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, split=args.split,
     )  # fmt: skip
     title = f"lab evaluation ({args.split}) of {', '.join(models)}"
-    lines = verdict_of_results(
-        results, unit=f"{args.split} prompts", leave_out=("oracle",), measure="gold"
-    )
+    lines = verdict_of_results(results, unit=f"{args.split} prompts", leave_out=("oracle",))
     paths = write_report(results, args.out, title=title, table_keys=HEADLINE, verdict=lines)
     print(markdown_table(results, table_keys=HEADLINE))
     for line in lines:

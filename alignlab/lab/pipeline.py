@@ -23,6 +23,8 @@ from alignlab.config import load_config
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.build import LabArtifacts
 from alignlab.lab.feedback import label_samples, sample_responses
+from alignlab.lab.gold import Prompt
+from alignlab.lab.world import LabWorld
 from alignlab.recipes import RECIPES, resolve_preset
 
 
@@ -67,6 +69,11 @@ def sft_stage(
     return recipe_stage("sft", "sft_lab", args, out, key=lab.manifest["key"])
 
 
+def feedback_prompts(world: LabWorld, n_prompts: int) -> list[Prompt]:
+    """The train prompts `feedback_stage` samples and labels (its own stream of the world)."""
+    return world.prompts("train", n_prompts, stream="preference-feedback")
+
+
 def feedback_stage(
     lab: LabArtifacts,
     policy: Path,
@@ -83,7 +90,7 @@ def feedback_stage(
 
     def make() -> Path:
         world = lab.world
-        prompts = world.prompts("train", n_prompts, stream="preference-feedback")
+        prompts = feedback_prompts(world, n_prompts)
         samples = sample_responses(policy, prompts, k=k, batch_size=batch_size)
         feedback = label_samples(world, prompts, samples)
         best_vs_worst = feedback.best_vs_worst()
