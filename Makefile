@@ -8,7 +8,8 @@ PYTEST_ARGS ?= -m "not slow"
 # The versions the suite was run with (`make lock` refreshes it); pyproject keeps the ranges
 # for people who install alignlab as a library.
 LOCK := requirements.lock
-EXTRAS ?= dev
+# serve: the server's tests run against a live FastAPI app with the official openai client.
+EXTRAS ?= dev,serve
 # --no-compile: byte-compiling every file of torch and transformers at install takes about a
 # minute on 2 cores. WARM then compiles, once, what every run imports (~20 s), even where
 # PYTHONDONTWRITEBYTECODE is set: else each new process would compile it again (~8 s each).

@@ -66,19 +66,27 @@ def sample_next_tokens(
 
 
 @memoize
-def _forward_arguments(model_class: type) -> frozenset[str]:
+def forward_arguments(model_class: type) -> frozenset[str]:
+    """The keyword arguments of `model_class.forward` (memoized: inspect is slow per step)."""
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """The forward keyword of the KV cache: `cache` in recent transformers, `past_key_values`
     before (the old name still works there but warns)."""
-    return "cache" if "cache" in _forward_arguments(type(unwrap_peft(model))) else "past_key_values"
+    return "cache" if "cache" in forward_arguments(type(unwrap_peft(model))) else "past_key_values"
 
 
-def _returned_cache(output: object) -> object:
+def returned_cache(output: object) -> object:
+    """The KV cache a forward returned, under either name (see `cache_argument`)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+# The names these helpers had while only this module used them; alignlab.icl still imports them.
+_forward_arguments, _cache_argument, _returned_cache = (
+    forward_arguments, cache_argument, returned_cache
+)  # fmt: skip
 
 
 def decode(
@@ -107,8 +115,8 @@ def decode(
     new_tokens: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
     active = list(range(rows))  # batch position -> original row
-    cache_key = _cache_argument(model)
-    keep_last = "logits_to_keep" in _forward_arguments(type(unwrap_peft(model)))
+    cache_key = cache_argument(model)
+    keep_last = "logits_to_keep" in forward_arguments(type(unwrap_peft(model)))
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     output = model(
         input_ids=input_ids,
@@ -117,7 +125,7 @@ def decode(
         use_cache=True,
         **({"logits_to_keep": 1} if keep_last else {}),
     )
-    cache = _returned_cache(output)
+    cache = returned_cache(output)
     prunable = hasattr(cache, "batch_select_indices")
     positions = positions[:, -1:]
     if uniforms is not None:
@@ -159,5 +167,5 @@ def decode(
             use_cache=True,
             **{cache_key: cache},
         )
-        cache = _returned_cache(output)
+        cache = returned_cache(output)
     return new_tokens, finished
