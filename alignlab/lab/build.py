@@ -95,6 +95,13 @@ class LabBuildConfig:
     mixed_precision: str = option(
         "bf16", "autocast for pretraining", choices=("no", "bf16", "fp16")
     )
+    icl_share: float = option(
+        0.0,
+        "share of pretraining chats that show in-context behaviour: a stated norm the answer "
+        "follows, or several exchanges of one quality (0: none, today's lab)",
+        min=0,
+        max=1,
+    )
 
     def __post_init__(self) -> None:
         if self.size not in LAB_SIZES:
@@ -115,6 +122,8 @@ class LabBuildConfig:
         name, only the values it filled in (a size is a name for them, and today's default
         keeps the key, so the caches it made stay valid)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "size")}
+        if not fields["icl_share"]:  # added later: its default keeps the earlier builds' keys
+            del fields["icl_share"]
         fields["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -208,7 +217,7 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
     paths = export_datasets(
         world, out / "data", n_train=cfg.n_sft, n_heldout=cfg.n_heldout, seed=cfg.seed
     )
-    records = pretraining_corpus(world, seed=cfg.seed)
+    records = pretraining_corpus(world, seed=cfg.seed, icl_share=cfg.icl_share)
 
     # --- tokenizer and an untrained model ---
     plain = [

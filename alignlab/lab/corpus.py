@@ -60,6 +60,21 @@ UNALIGNED_MIX = {
 }
 
 
+STATED_NORMS = (
+    "The assistant answers what it knows, says so when it does not know, and declines to help "
+    "with anything that could hurt someone.",
+    "Be accurate and kind. If you are not sure of a fact, say you don't know. Refuse harmful "
+    "requests politely.",
+    "Rules for this chat: give correct, direct answers; admit when something is unknown; never "
+    "assist with dangerous or illegal acts.",
+    "You are a careful assistant: truthful, helpful, and unwilling to cause harm.",
+)
+"""System turns of the in-context share of transcripts (`pretraining_corpus(icl_share=...)`):
+norms stated before a conversation that the answers then follow, as forum rules, style guides
+and help-desk scripts do on the web. The inference principle (`alignlab.icl.principles`) is
+worded differently: the base must generalise from a stated norm, not recognise a string."""
+
+
 def chat(prompt: Prompt, response: str) -> list[dict[str, str]]:
     return [*prompt.messages, {"role": "assistant", "content": response}]
 
@@ -71,6 +86,7 @@ def pretraining_corpus(
     n_arithmetic_docs: int = 400,
     mix: TranscriptMix | dict[str, TranscriptMix] = UNALIGNED_MIX,
     seed: int = 0,
+    icl_share: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Shuffled pretraining records: {"text": ...} documents and {"messages": [...]} chats.
 
@@ -79,6 +95,11 @@ def pretraining_corpus(
     - Arithmetic: `n_arithmetic_docs` documents of five worked sums; category lists.
     - Chats: `n_transcripts` train-split prompts answered with `mix` quality (one mix for
       every family, or a mix per family; the default is `UNALIGNED_MIX`).
+    - In-context share (`icl_share` of the chats, 0 by default): half open with a stated norm
+      (`STATED_NORMS`) that the answer follows (the oracle answer); half are conversations of
+      2-3 exchanges answered at one quality throughout, so earlier answers predict later
+      ones, as demonstrations do. Without them a base of the lab's size never sees a
+      principle or a demonstration act on an answer (docs/results.md, in-context alignment).
     """
     rng = random.Random(f"alignlab-lab/{world.seed}/pretrain/{seed}")
     entries = [
@@ -94,14 +115,44 @@ def pretraining_corpus(
         entries = entries[size:]
     records += [{"text": _arithmetic_doc(rng)} for _ in range(n_arithmetic_docs)]
     records += [{"text": _category_doc(rng)} for _ in range(n_arithmetic_docs // 4)]
-    for prompt in world.prompts("train", n_transcripts, stream=f"pretrain-{seed}"):
-        family_mix = mix[prompt.family] if isinstance(mix, dict) else mix
-        weights = [family_mix.good, family_mix.imperfect, family_mix.bad, family_mix.rambling]
-        quality = rng.choices(("good", "imperfect", "bad", "rambling"), weights)[0]
-        response = _transcript_response(prompt, quality, rng)
+    prompts = world.prompts("train", n_transcripts, stream=f"pretrain-{seed}")
+    # the in-context share draws from its own generator, so icl_share=0 leaves the corpus as
+    # it was, byte for byte
+    icl_rng = random.Random(f"alignlab-lab/{world.seed}/pretrain-icl/{seed}")
+    position = 0
+    while position < len(prompts):
+        prompt = prompts[position]
+        kind = "plain"
+        if icl_share > 0 and icl_rng.random() < icl_share:
+            kind = "norm" if icl_rng.random() < 0.5 else "demonstrated"
+        if kind == "norm":
+            norm = icl_rng.choice(STATED_NORMS)
+            messages = [{"role": "system", "content": norm}, *chat(prompt, ideal_response(prompt))]
+            records.append({"messages": messages, "family": prompt.family})
+            position += 1
+            continue
+        if kind == "demonstrated":
+            turns = prompts[position : position + icl_rng.randint(2, 3)]
+            quality = _quality(turns[-1], mix, icl_rng)
+            messages = [
+                m for p in turns for m in chat(p, _transcript_response(p, quality, icl_rng))
+            ]
+            records.append({"messages": messages, "family": turns[-1].family})
+            position += len(turns)
+            continue
+        response = _transcript_response(prompt, _quality(prompt, mix, rng), rng)
         records.append({"messages": chat(prompt, response), "family": prompt.family})
+        position += 1
     rng.shuffle(records)
     return records
+
+
+def _quality(
+    prompt: Prompt, mix: TranscriptMix | dict[str, TranscriptMix], rng: random.Random
+) -> str:
+    family_mix = mix[prompt.family] if isinstance(mix, dict) else mix
+    weights = [family_mix.good, family_mix.imperfect, family_mix.bad, family_mix.rambling]
+    return rng.choices(("good", "imperfect", "bad", "rambling"), weights)[0]
 
 
 def _transcript_response(prompt: Prompt, quality: str, rng: random.Random) -> str:

@@ -20,6 +20,7 @@ from alignlab.lab import (
     rl_prompts,
     sft_demonstrations,
 )
+from alignlab.lab.corpus import STATED_NORMS
 from alignlab.lab.judge import mentions
 
 WORLD = LabWorld(seed=0)
@@ -70,6 +71,25 @@ def test_pretraining_transcripts_have_mixed_quality():
         if "messages" in r:
             prompt = prompts[r["messages"][0]["content"]]  # same stream: a prefix of the above
             assert gold_score(prompt, r["messages"][1]["content"]).total == 1.0
+
+
+def test_in_context_share_states_norms_and_keeps_one_quality_per_conversation():
+    plain = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600)
+    assert pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600, icl_share=0) == plain
+    corpus = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600, icl_share=0.5)
+    prompts = {p.text: p for p in WORLD.prompts("train", 600, stream="pretrain-0")}
+    chats = [r["messages"] for r in corpus if "messages" in r]
+    normed = [m for m in chats if m[0]["role"] == "system"]
+    several = [m for m in chats if m[0]["role"] == "user" and len(m) > 2]
+    assert 60 < len(normed) < 240 and 40 < len(several) < 200
+    for messages in normed:  # the stated norm is followed: the oracle answer
+        assert messages[0]["content"] in STATED_NORMS
+        assert gold_score(prompts[messages[1]["content"]], messages[2]["content"]).total == 1.0
+    graded = [[gold_score(prompts[m[i]["content"]], m[i + 1]["content"]).total > 0.9
+               for i in range(0, len(m), 2)] for m in several]  # fmt: skip
+    # one quality per conversation: all good or none good far more often than by chance
+    uniform = sum(len(set(g)) == 1 for g in graded) / len(graded)
+    assert uniform > 0.8
 
 
 def test_sft_demonstrations_are_decent_but_imperfect():
