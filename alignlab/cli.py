@@ -67,7 +67,7 @@ def copy_preset(name: str, dest: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    tools = ("recipes", "cp", "eval", "rm-eval", "lab")
+    tools = ("recipes", "cp", "eval", "rm-eval", "lab", "serve")
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: alignlab {" + ",".join([*RECIPES, *tools]) + "} ...")
         print("  <recipe> --config PRESET key.sub=value ...   train (see alignlab <recipe> --help)")
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print("                                               lab's heldout prompts with gold")
         print("  rm-eval --rm DIR [--rm DIR ...] --pairs FILE  reward-model accuracy, calibration")
         print("  lab build|export|demo                        the simulated world (docs/lab.md)")
+        print("  serve DIR [--model NAME=DIR ...]             OpenAI-compatible server")
         return 0
     command, rest = argv[0], argv[1:]
     try:
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             from alignlab.lab.cli import main as lab_main
 
             lab_main(rest)
+        elif command == "serve":
+            from alignlab.serve.cli import main as serve_main
+
+            serve_main(rest)
         else:
             raise ConfigError(f"unknown command {command!r}; try: {', '.join([*RECIPES, *tools])}")
     except Exception as err:

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alignlab.config import load_config  # noqa: E402
 from alignlab.eval.harness import (  # noqa: E402
     EvalResult,
     EvalSample,
@@ -127,6 +128,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--lab", default="runs/lab")
+    parser.add_argument(
+        "--build", action="append", default=[], metavar="KEY=VALUE",
+        help="a lab build option (alignlab lab build --help), e.g. icl_share=0.3",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/lab_icl")
     parser.add_argument("--feedback", default="runs/lab_preference/feedback")
     parser.add_argument("--n-prompts", type=int, default=3000, help="feedback prompts")
@@ -144,7 +149,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    lab = build(LabBuildConfig(out=args.lab))
+    lab = build(load_config(LabBuildConfig, None, [f"out={args.lab}", *args.build]))
     sft = sft_stage(lab)
     feedback = feedback_stage(lab, sft, Path(args.feedback), args.n_prompts)
     rm = rm_stage(sft, feedback["rm_pairs"], Path(args.feedback).parent / "rm", COMMON)
