@@ -83,12 +83,6 @@ def returned_cache(output: object) -> object:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-# The names these helpers had while only this module used them; alignlab.icl still imports them.
-_forward_arguments, _cache_argument, _returned_cache = (
-    forward_arguments, cache_argument, returned_cache
-)  # fmt: skip
-
-
 def decode(
     model: nn.Module,
     input_ids: torch.Tensor,
