@@ -6,6 +6,10 @@ prompts: the alignment tax on facts) between each model and the reference, with 
 t interval (`scipy.stats.ttest_rel`), from the run's samples.jsonl (one sample per prompt).
 
     python benchmarks/paired_flag.py runs/lab_rl --flag correct --family fact
+    python benchmarks/paired_flag.py runs/lab_rl --flag total --family headline --reference ppo
+
+(`--flag total`: the gold total, so `--family headline --reference METHOD` pairs two methods'
+headline gold with each other.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignlab.lab.evaluate import lab_prompts  # noqa: E402
+from alignlab.lab.evaluate import in_headline, lab_prompts  # noqa: E402
 from alignlab.lab.world import LabWorld  # noqa: E402
 
 
@@ -30,14 +34,26 @@ def main() -> None:
     )
     parser.add_argument("run", help="a lab_rl / lab_preference output folder")
     parser.add_argument("--flag", default="correct")
-    parser.add_argument("--family", default="fact")
+    parser.add_argument(
+        "--family",
+        default="fact",
+        help='a prompt family; "headline": all outside the headline\'s left-out',
+    )
     parser.add_argument("--reference", default="sft")
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--eval-prompts", type=int, default=1500, help="as the run evaluated")
     parser.add_argument("--world-seed", type=int, default=0)
     args = parser.parse_args()
     prompts = lab_prompts(LabWorld(seed=args.world_seed), args.split, args.eval_prompts)
-    members = [i for i, p in enumerate(prompts) if p.meta["family"] == args.family]
+    members = [
+        i
+        for i, p in enumerate(prompts)
+        if (
+            in_headline(p.meta["family"])
+            if args.family == "headline"
+            else p.meta["family"] == args.family
+        )
+    ]
     flags: dict[str, dict[int, float]] = collections.defaultdict(dict)
     with (Path(args.run) / "samples.jsonl").open() as handle:
         for line in handle:
