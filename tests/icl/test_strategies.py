@@ -318,3 +318,20 @@ def test_cost_adds_up():
     total += Cost(3, 4, 1.0)
     assert total.to_dict() == {"tokens": 4, "forwards": 6, "seconds": 1.5}
     assert Answer("x", True, Generation("", [], [], "x", True)).cost == Cost()
+
+
+def test_load_stack_reads_yaml_or_json_and_names_the_file(tmp_path):
+    from alignlab.icl import load_stack
+
+    spec = tmp_path / "stack.yaml"
+    spec.write_text("strategies:\n  - strategy: principles\n    text: Be kind.\n  - urial\n")
+    assert load_stack(spec).names == ["principles", "urial"]
+    as_json = tmp_path / "stack.json"
+    as_json.write_text(json.dumps([{"strategy": "urial", "k": 1}]))
+    assert load_stack(as_json).strategies[0].config.k == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- strategy: urial\n  k: many\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*urial.k"):
+        load_stack(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_stack(tmp_path / "missing.yaml")
