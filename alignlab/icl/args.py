@@ -16,12 +16,14 @@ the policy's token ids (the same tokenizer is required) after the policy's rende
 prompt, and scores a partial answer as it stands (no end-of-turn appended), as the paper does.
 
 `Generation.sampler_logps` records log π_ARGS(y_t | ·) of each chosen token (0 for greedy),
-so KL(π_ARGS ‖ π) can be measured from samples.
+so KL(π_ARGS ‖ π) can be measured from samples. `top_p` plays no part: the k candidates are
+the nucleus.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,20 +222,23 @@ class Args(Strategy):
         super().__init__(config)
         if not Path(config.reward).is_dir():
             raise UserInputError(f"args.reward: {config.reward} is not a reward-model folder")
-        self.scorer: RewardPrefixScorer | None = None
+        self.reward_model: Any = None
+        self._loading = threading.Lock()
 
     def _scorer(self, backend: Backend) -> RewardPrefixScorer:
-        if self.scorer is None:
-            model, tokenizer = load_reward_folder(
-                self.config.reward, device=model_device(backend.model)
-            )
-            if tokenizer.get_vocab() != backend.tokenizer.get_vocab():
-                raise UserInputError(
-                    f"args.reward: {self.config.reward} has another vocabulary than the model; "
-                    "ARGS feeds the reward model the policy's token ids"
-                )
-            self.scorer = RewardPrefixScorer(model)
-        return self.scorer
+        """A scorer of its own per call (its KV cache is per call: calls may run at once, the
+        server's requests among them); the reward model is loaded once."""
+        with self._loading:
+            if self.reward_model is None:
+                device = model_device(backend.model)
+                model, tokenizer = load_reward_folder(self.config.reward, device=device)
+                if tokenizer.get_vocab() != backend.tokenizer.get_vocab():
+                    raise UserInputError(
+                        f"args.reward: {self.config.reward} has another vocabulary than the "
+                        "model; ARGS feeds the reward model the policy's token ids"
+                    )
+                self.reward_model = model
+        return RewardPrefixScorer(self.reward_model)
 
     def answer(
         self,
