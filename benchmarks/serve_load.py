@@ -14,6 +14,8 @@ that cannot start here is reported with the reason, not silently skipped.
     python benchmarks/serve_load.py                                   # C = 1, 8, 32, 64
     python benchmarks/serve_load.py --concurrency 1 8 --requests 16 --max-tokens 32
     python benchmarks/serve_load.py --servers alignlab --shape tiny   # quick, ours only
+    python benchmarks/serve_load.py --requests 16 --per-client 2 --server-threads 1
+                                                       # max(16, 2 C) requests at each C
 
 `transformers serve` runs with its defaults (no continuous batching: one generate per request,
 requests served concurrently by threads) and, with `--servers transformers-cb`, with
@@ -214,6 +216,34 @@ def load(
     }
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews every number)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on this platform
+        return "?"
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results as a Markdown table: one line per concurrency, servers side by side."""
+    levels = sorted({r["concurrency"] for r in rows if "concurrency" in r})
+    kinds = list(dict.fromkeys(r["server"] for r in rows))
+    lines = ["| C | server | tok/s | TTFT p50 (s) | latency p50 / p99 (s) | errors |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for level in levels:
+        for kind in kinds:
+            found = [r for r in rows if r["server"] == kind and r.get("concurrency") == level]
+            if not found:
+                continue
+            r = found[0]
+            lines.append(
+                f"| {level} | {kind} | {r['output_tok_s']:.0f} | {fmt(r['ttft_p50_s'])} | "
+                f"{fmt(r['latency_p50_s'])} / {fmt(r['latency_p99_s'])} | "
+                f"{r['errors']}/{r['requests']} |"
+            )
+    return "\n".join(lines)
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -224,6 +254,9 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=64, help="per concurrency (at least C)")
+    parser.add_argument(
+        "--per-client", type=int, default=1, help="at least this many requests per client"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=64, help="alignlab's --max-batch")
     parser.add_argument(
@@ -235,7 +268,9 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; shape {args.shape}, "
-          f"{args.max_tokens} new tokens, temperature 1")  # fmt: skip
+          f"{args.max_tokens} new tokens, temperature 1; server threads "
+          f"{args.server_threads or 'default'}; load average {load_average()}")  # fmt: skip
+    print("command: python " + " ".join(sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder or tmp)
         model_dir, data = make_assets(SHAPES[args.shape], folder, 256)
@@ -254,19 +289,22 @@ def main() -> None:
                 # allocations for new shapes), so run every length once, batched and alone
                 load(port, name, prompts, 4, 8, args.max_tokens)
                 for concurrency in args.concurrency:
-                    result = load(port, name, prompts, concurrency, max(args.requests, concurrency),
-                                  args.max_tokens)  # fmt: skip
+                    count = max(args.requests, args.per_client * concurrency, concurrency)
+                    result = load(port, name, prompts, concurrency, count, args.max_tokens)
+                    result["load_average"] = load_average()
                     rows.append({"server": kind, **result})
                     print(
                         f"{kind:16s} C={concurrency:3d}  {result['output_tok_s']:8.1f} tok/s  "
                         f"TTFT p50 {fmt(result['ttft_p50_s'])} s  latency p50 "
                         f"{fmt(result['latency_p50_s'])} s p99 {fmt(result['latency_p99_s'])} s  "
-                        f"tokens/answer {result['mean_tokens']:.1f}  errors {result['errors']}"
+                        f"tokens/answer {result['mean_tokens']:.1f}  errors {result['errors']}/"
+                        f"{result['requests']}  load {result['load_average']}"
                         + (f" ({result['first_error']})" if result["errors"] else ""),
                         flush=True,
                     )
             finally:
                 stop(process)
+        print(markdown(rows))
         print(json.dumps(rows))
 
 

@@ -8,9 +8,12 @@ Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models[/{i
 lengths, nothing a request sent). A request is parsed (`protocol`), its prompts tokenized as
 `generate` tokenizes them, checked against the context and the limits, and turned into one
 scheduler `Job` per choice; the scheduler thread calls back with text deltas, which reach this
-event loop through `call_soon_threadsafe`. A streamed reply is server-sent events, one
-`data: {chunk}` per delta, then `data: [DONE]`; a client that goes away cancels its jobs (the
-stream's `finally`), and their rows leave the batch at the next step.
+event loop in batches (`Inbox`: one `call_soon_threadsafe`, one wake-up of the loop, for all
+the events of a decode step, not one per token and request). A streamed reply is server-sent
+events, one `data: {chunk}` per delta (the chunks that are ready together go out in one write),
+then `data: [DONE]`; a reply that is not streamed hears only of its jobs' ends. A client that
+goes away cancels its jobs (the stream's `finally`), and their rows leave the batch at the next
+step.
 
 Each job sees only its own tokens and reports only its own error, so a failing request fails
 alone. Every error reply has OpenAI's shape `{"error": {"message", "type", "param", "code"}}`,
@@ -27,6 +30,8 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,6 +101,17 @@ def create_app(
         if close_models:
             for served in models.values():
                 served.scheduler.close()
+
+    inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def listener() -> Listener:
+        loop = asyncio.get_running_loop()
+        inbox = inboxes.get(loop)
+        if inbox is None:
+            inbox = inboxes[loop] = Inbox(loop)
+        return Listener(loop, inbox)
 
     app = FastAPI(title="alignlab", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.models, app.state.settings = models, settings
@@ -188,11 +204,11 @@ def create_app(
             )
         cancel = threading.Event()
         deadline = time.monotonic() + settings.timeout_s
-        listener = Listener(asyncio.get_running_loop())
+        events = listener()
         seeds = choice_seeds(seed, req.n)
         jobs = [
             Job(ids, budget, req.temperature, req.top_p, seeds[k], req.stop, cancel, deadline,
-                listener, index=p * req.n + k)
+                events, deltas=req.stream, index=p * req.n + k)
             for p, ((_, ids), budget) in enumerate(zip(encoded, budgets))
             for k in range(req.n)
         ]  # fmt: skip
@@ -208,10 +224,10 @@ def create_app(
         except QueueFull as err:
             raise _busy(str(err)) from err
         if req.stream:
-            events = _stream_jobs(jobs, listener, cancel, deadline, reply, settings.timeout_s)
-            return _event_stream(events)
+            stream = _stream_jobs(jobs, events, cancel, deadline, reply, settings.timeout_s)
+            return _event_stream(stream)
         try:
-            await _wait_jobs(request, jobs, listener, cancel, deadline)
+            await _wait_jobs(request, jobs, events, cancel, deadline)
         finally:
             cancel.set()  # a request that ended early (client gone, error) frees its rows
         return JSONResponse(reply.full([(job.text, job.finish_reason) for job in jobs], jobs))
@@ -299,29 +315,92 @@ def create_app(
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _timed_out(settings.timeout_s)
-            try:
-                job, _, finished = await asyncio.wait_for(listener.queue.get(), min(left, POLL_S))
-            except asyncio.TimeoutError:
+            if not await listener.wait(min(left, POLL_S)):
                 if await request.is_disconnected():
-                    raise ApiError(499, "client closed the request", code="client_closed") from None
+                    raise ApiError(499, "client closed the request", code="client_closed")
                 continue
-            if finished:
-                pending -= 1
-                _raise_for(job, settings.timeout_s)
+            for job, _, finished in listener.take():
+                if finished:
+                    pending -= 1
+                    _raise_for(job, settings.timeout_s)
 
     return app
 
 
-class Listener:
-    """A job's `on_event`: hands (job, delta, finished) from the scheduler thread to the event
-    loop's queue."""
+class Inbox:
+    """The events of scheduler threads for one event loop, handed over in batches: the first
+    event of a batch schedules one `_drain` on the loop (`call_soon_threadsafe`, which wakes the
+    loop with a write to its self-pipe); the events that come before the loop runs it join
+    that batch. A decode step of 32 streamed rows is then one wake-up, not 32."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._items: list[tuple[Listener, tuple[Job, str, bool]]] = []
+
+    def put(self, listener: Listener, item: tuple[Job, str, bool]) -> None:
+        with self._lock:
+            self._items.append((listener, item))
+            if len(self._items) > 1:  # a drain is scheduled already
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: drop the batch, the scheduler cancels
+            with self._lock:
+                self._items.clear()
+            raise
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for listener, item in items:
+            listener.deliver(item)
+
+
+class Listener:
+    """The `on_event` of one request's jobs: (job, delta, finished) from the scheduler thread,
+    through the loop's `Inbox`, to this request's coroutine (`wait`, then `take`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Inbox | None = None) -> None:
+        self.loop = loop
+        self.inbox = inbox if inbox is not None else Inbox(loop)
+        self.items: deque[tuple[Job, str, bool]] = deque()
+        self._waiter: asyncio.Future | None = None
 
     def __call__(self, job: Job, delta: str, finished: bool) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (job, delta, finished))
+        self.inbox.put(self, (job, delta, finished))
+
+    def deliver(self, item: tuple[Job, str, bool]) -> None:
+        """On the loop: queue `item` and wake the waiting coroutine."""
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether events are there, waiting up to `timeout` seconds for one (a future and a
+        timer, not a task per event as `asyncio.wait_for(queue.get())` would make)."""
+        if self.items:
+            return True
+        waiter = self._waiter = self.loop.create_future()
+        timer = self.loop.call_later(max(timeout, 0.0), _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            timer.cancel()
+        return bool(self.items)
+
+    def take(self) -> list[tuple[Job, str, bool]]:
+        """The events that arrived, oldest first."""
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Reply:
@@ -331,6 +410,7 @@ class Reply:
         self.chat, self.req, self.model, self.prompt_tokens = chat, req, model, prompt_tokens
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        self._chunk_head: str | None = None
 
     def _head(self, chunk: bool) -> dict[str, Any]:
         if self.chat:
@@ -371,15 +451,24 @@ class Reply:
     def chunk(
         self, index: int, text: str | None, reason: str | None = None, role: bool = False
     ) -> str:
+        """One `data: {chunk}` event: the bytes `_sse` would make of the chunk's dict, but
+        with the head rendered once per reply (`_chunk_head`) and the choice written directly:
+        a stream sends one per token."""
+        if self._chunk_head is None:
+            self._chunk_head = _ENCODE(self._head(True))[:-1] + ', "choices": ['
+        finish = "null" if reason is None else _ENCODE(reason)
         if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text:
-                delta["content"] = text
-            choice: dict[str, Any] = {"index": index, "delta": delta}
+            if role:
+                delta = '{"role": "assistant", "content": ' + _ENCODE(text or "") + "}"
+            elif text:
+                delta = '{"content": ' + _ENCODE(text) + "}"
+            else:
+                delta = "{}"
+            choice = f'{{"index": {int(index)}, "delta": {delta}'
         else:
-            choice = {"index": index, "text": text or ""}
-        choice |= {"logprobs": None, "finish_reason": reason}
-        return _sse(self._head(True) | {"choices": [choice]})
+            choice = f'{{"index": {int(index)}, "text": {_ENCODE(text or "")}'
+        tail = f', "logprobs": null, "finish_reason": {finish}}}]}}\n\n'
+        return f"data: {self._chunk_head}{choice}{tail}"
 
     def usage_chunk(self, completion_tokens: int) -> str:
         return _sse(self._head(True) | {"choices": [], "usage": self.usage(completion_tokens)})
@@ -406,32 +495,35 @@ async def _stream_jobs(
     jobs: list[Job], listener: Listener, cancel: threading.Event, deadline: float, reply: Reply,
     timeout_s: float,
 ) -> AsyncIterator[str]:  # fmt: skip
-    """Server-sent events of running jobs. Cancelled on disconnect by Starlette; the `finally`
-    then sets the cancel flag, and the scheduler drops the rows at its next step."""
+    """Server-sent events of running jobs; the events that arrived together go out as one
+    piece (one write). Cancelled on disconnect by Starlette; the `finally` then sets the cancel
+    flag, and the scheduler drops the rows at its next step."""
     try:
-        for chunk in reply.openings(len(jobs)):
-            yield chunk
+        opening = "".join(reply.openings(len(jobs)))
+        if opening:
+            yield opening
         pending = len(jobs)
-        while pending:
+        failed = False
+        while pending and not failed:
             left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                job, delta, finished = await asyncio.wait_for(listener.queue.get(), left)
-            except asyncio.TimeoutError:
+            if left <= 0 or not await listener.wait(left):
                 yield _sse(_timed_out(timeout_s).body())
                 break
-            if job.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
-                yield _sse(_job_error(job).body())
-                break
-            if delta:
-                yield reply.chunk(job.index, delta)
-            if finished:
-                pending -= 1
-                yield reply.chunk(job.index, None, job.finish_reason)
-        else:
-            if reply.req.include_usage:
-                yield reply.usage_chunk(sum(len(job.tokens) for job in jobs))
+            out = []
+            for job, delta, finished in listener.take():
+                if job.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
+                    out.append(_sse(_job_error(job).body()))
+                    failed = True
+                    break
+                if delta:
+                    out.append(reply.chunk(job.index, delta))
+                if finished:
+                    pending -= 1
+                    out.append(reply.chunk(job.index, None, job.finish_reason))
+            if not pending and reply.req.include_usage:
+                out.append(reply.usage_chunk(sum(len(job.tokens) for job in jobs)))
+            if out:
+                yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:
         cancel.set()
@@ -445,8 +537,12 @@ def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+"""json.dumps(obj, ensure_ascii=False), without building an encoder per call."""
+
+
 def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    return f"data: {_ENCODE(payload)}\n\n"
 
 
 def _served(models: dict[str, ServedModel], name: str) -> ServedModel:

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as err:
         raise UserInputError(INSTALL_HINT) from err
     from alignlab.serve.app import ServerSettings, create_app
-    from alignlab.serve.engine import load_served
+    from alignlab.serve.engine import load_served, tune_malloc
     from alignlab.serve.security import is_loopback, load_api_keys
 
     keys = load_api_keys(args.api_key_env, args.api_key_file)
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             "(add --api-key-env or --api-key-file)",
             args.host,
         )
+    tune_malloc()  # before the weights: the decode steps' buffers are reused, not remapped
     models = {}
     for name, (folder, field) in sources.items():
         log.info("loading %s from %s", name, folder)

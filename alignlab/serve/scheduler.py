@@ -17,8 +17,10 @@ changes between steps: each iteration of `_run`
    (its count of real tokens), so a row's rotary positions do not depend on the padding;
 2. samples one token for every row from the logits its last forward left (a newcomer's from
    its prefill), each row with its own temperature, top_p and random numbers;
-3. emits the new text of each row, and finishes rows on a stop token, a stop string,
-   max_tokens, a cancel flag (a client that went away), or a deadline;
+3. emits the new text of each row (decoded incrementally, a few tokens at a time: `_Row`),
+   and finishes rows on a stop token, a stop string, max_tokens, a cancel flag (a client that
+   went away), or a deadline; the step's events go out when the next forward reaches the
+   output layer, so the HTTP thread handles them while this one multiplies without the GIL;
 4. drops finished rows from the cache (`batch_select_indices`) and cuts the leading columns
    that are padding for every remaining row, so one long finished prompt does not make the
    others attend over its width for the rest of their lives;
@@ -83,8 +85,9 @@ class Job:
 
     `on_event(job, delta, finished)` is called from the scheduler thread with each new piece
     of text (never part of a stop string, never half a UTF-8 character) and once with
-    finished=True; it must be quick and must not raise. `cancel` is shared by the jobs of one
-    request, so one flag frees all its rows."""
+    finished=True, after which `done` is set; it must be quick and must not raise. The events
+    of a decode step are sent together, while the next forward runs (`Scheduler._step`).
+    `cancel` is shared by the jobs of one request, so one flag frees all its rows."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -96,13 +99,17 @@ class Job:
     deadline: float | None = None
     """time.monotonic() after which the job finishes with FINISH_TIMEOUT."""
     on_event: Callable[[Job, str, bool], None] | None = None
+    deltas: bool = True
+    """Whether `on_event` wants the text deltas; False: only the finished event (a reply that
+    is not streamed), so rows without stop strings are not decoded until they finish."""
     index: int = 0
     """The caller's label (the choice index of an OpenAI reply)."""
 
     tokens: list[int] = field(default_factory=list)
     """Sampled token ids, the stop token included when one ended the job."""
     text: str = ""
-    """The decoded response without the stop token or the stop string."""
+    """The decoded response without the stop token or the stop string (set when it finishes
+    with "stop" or "length": one decode of all its tokens, as `generate` decodes them)."""
     finish_reason: str | None = None
     stopped_by_token: bool = False
     error: str | None = None
@@ -113,11 +120,46 @@ class Job:
 
 @dataclass(eq=False)
 class _Row:
-    """A job in the running batch: its draws and how far it got."""
+    """A job in the running batch: its draws, how far it got, and its incremental decoding.
+
+    The text is decoded a window at a time (as vLLM's detokenizer does): `prefix_text` is the
+    decode of tokens[start:read], all of it already in `committed`; each step decodes
+    tokens[start:], and what it adds after `prefix_text` is the new text (the tail). The window
+    starts LOOKBACK tokens back, so that a token's text is decoded with its left context (byte
+    pieces of one character, a leading space a decoder strips at the start of a string), and
+    is moved forward when it grows past WINDOW tokens. The tail is committed once it does not
+    end in a half character (U+FFFD). A stop string is looked for in the tail and the
+    committed text's last characters only (the text before held none), and a job's final text
+    is one decode of all its tokens. Rows that neither stream nor have stop strings are not
+    decoded until they finish."""
 
     job: Job
-    uniforms: torch.Tensor  # (max_tokens,) float64
+    draws: list[float]  # row_uniforms(seed, max_tokens), one per step
     step: int = 0
+    watch: bool = True
+    """Decode every step: the job has stop strings or streams its deltas."""
+    longest: int = 0
+    """Characters of its longest stop string."""
+    start: int = 0
+    read: int = 0
+    prefix_text: str = ""
+    committed: str = ""
+    whole: bool = False
+    """Decode all tokens every step (the window's decode was not a continuation of its
+    prefix: a tokenizer whose decoding is not local); the original, exact but O(n) path."""
+
+
+def _new_row(job: Job) -> _Row:
+    return _Row(
+        job,
+        row_uniforms(job.seed, job.max_tokens).tolist(),
+        watch=bool(job.stop) or (job.on_event is not None and job.deltas),
+        longest=max(map(len, job.stop), default=0),
+    )
+
+
+LOOKBACK, WINDOW = 4, 24
+"""Tokens of left context kept in a row's decoding window; the window's most tokens."""
 
 
 class Scheduler:
@@ -147,6 +189,7 @@ class Scheduler:
         self.device = model_device(model)
         self.cache_key = cache_argument(model)
         self.keep_last = "logits_to_keep" in forward_arguments(type(unwrap_peft(model)))
+        self._decode_ids = fast_decoder(tokenizer)
         self.tokenizer_lock = threading.Lock()
         """HF fast tokenizers reset their truncation settings on each call, which races across
         threads ("Already borrowed"): every use of `tokenizer` in the server holds this."""
@@ -168,6 +211,9 @@ class Scheduler:
         self._positions: torch.Tensor | None = None  # (B, 1) position of each row's last token
         self._logits: torch.Tensor | None = None  # (B, V) next-token logits of each row
         self._active = 0
+        self._outbox: list[tuple[Job, str, bool]] | None = None
+        """Events of the running step, sent when the model reaches its output layer."""
+        self._hook: Any = None
 
     # --- the caller's side ----------------------------------------------------------------
 
@@ -231,6 +277,8 @@ class Scheduler:
             self._condition.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._hook:
+            self._hook.remove()
         for job in list(self._waiting):
             self._finish(job, FINISH_ERROR, "the server is shutting down")
         self._waiting.clear()
@@ -238,7 +286,7 @@ class Scheduler:
     # --- the scheduler thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        with inference_mode(self.model):
+        with inference_mode(self.model), torch.inference_mode():
             while True:
                 with self._condition:
                     while (
@@ -329,7 +377,7 @@ class Scheduler:
         self, jobs: list[Job], cache: Any, mask: torch.Tensor, positions: torch.Tensor,
         logits: torch.Tensor,
     ) -> None:  # fmt: skip
-        rows = [_Row(job, row_uniforms(job.seed, job.max_tokens)) for job in jobs]
+        rows = [_new_row(job) for job in jobs]
         if not self._rows:
             self._cache, self._mask, self._positions, self._logits = cache, mask, positions, logits
         else:
@@ -342,12 +390,34 @@ class Scheduler:
         self._active = len(self._rows)
 
     def _step(self) -> None:
-        """Sample a token for every row, emit, drop finished rows, run the next forward."""
+        """Sample a token for every row, emit, drop finished rows, run the next forward.
+
+        The step's events are held (`_outbox`) until the forward reaches the model's output
+        layer, and sent from a pre-hook there (`_send_events`): the listeners' threads (the
+        HTTP event loop) then wake while this thread multiplies by the output embedding, the
+        longest stretch of a decode step without the GIL, instead of taking the GIL from the
+        forward's many small operations just after it started, once per step."""
+        self._outbox = []
+        try:
+            self._decode_step()
+        finally:
+            self._send_events()
+
+    def _send_events(self, *_: Any) -> None:
+        if self._outbox is None or threading.current_thread() is not self._thread:
+            return  # another thread's forward through a model shared with this scheduler
+        events, self._outbox = self._outbox, None
+        for job, delta, finished in events or ():
+            self._call_listener(job, delta, finished)
+
+    def _decode_step(self) -> None:
         tokens = self._sample()
         keep: list[int] = []
-        for position, (row, token) in enumerate(zip(self._rows, tokens.tolist())):
-            if not self._advance(row, token):
-                keep.append(position)
+        now = time.monotonic()
+        with self.tokenizer_lock:
+            for position, (row, token) in enumerate(zip(self._rows, tokens.tolist())):
+                if not self._advance(row, token, now):
+                    keep.append(position)
         if len(keep) < len(self._rows):
             if not keep:
                 self._reset_batch()
@@ -361,17 +431,19 @@ class Scheduler:
 
     def _sample(self) -> torch.Tensor:
         """(B,) next tokens: each row with its own draw, rows grouped by (temperature, top_p)."""
+        rows = self._rows
         draws = torch.tensor(
-            [row.uniforms[min(row.step, row.job.max_tokens - 1)].item() for row in self._rows],
+            [row.draws[min(row.step, row.job.max_tokens - 1)] for row in rows],
             dtype=torch.float64,
         )
+        first = rows[0].job
+        setting = (first.temperature, first.top_p)
+        if all((row.job.temperature, row.job.top_p) == setting for row in rows):
+            return sample_next_tokens(self._logits, first.temperature, first.top_p, draws)
         groups: dict[tuple[float, float], list[int]] = {}
-        for position, row in enumerate(self._rows):
+        for position, row in enumerate(rows):
             groups.setdefault((row.job.temperature, row.job.top_p), []).append(position)
-        if len(groups) == 1:
-            ((temperature, top_p),) = groups
-            return sample_next_tokens(self._logits, temperature, top_p, draws)
-        tokens = torch.empty(len(self._rows), dtype=torch.long, device=self._logits.device)
+        tokens = torch.empty(len(rows), dtype=torch.long, device=self._logits.device)
         for (temperature, top_p), positions in groups.items():
             index = torch.tensor(positions, device=self._logits.device)
             tokens[index] = sample_next_tokens(
@@ -379,40 +451,85 @@ class Scheduler:
             )
         return tokens
 
-    def _advance(self, row: _Row, token: int) -> bool:
-        """Give `token` to `row`'s job; True when the job is finished (or was already)."""
+    def _advance(self, row: _Row, token: int, now: float) -> bool:
+        """Give `token` to `row`'s job; True when the job is finished (or was already).
+        Called holding `tokenizer_lock`."""
         job = row.job
         if job.finish_reason is not None or row.step >= job.max_tokens:
             return True
         if job.cancel.is_set():
             self._finish(job, FINISH_CANCELLED)
             return True
-        if _expired(job):
+        if job.deadline is not None and now > job.deadline:
             self._finish(job, FINISH_TIMEOUT)
             return True
         row.step += 1
         job.tokens.append(token)
-        if token in self.stop_ids:
-            job.stopped_by_token = True
-            self._finish(job, FINISH_STOP)
-            return True
         try:
-            with self.tokenizer_lock:
-                text = self.tokenizer.decode(job.tokens, skip_special_tokens=False)
+            if token in self.stop_ids:
+                job.stopped_by_token = True
+                job.text = self._decode_ids(job.tokens[:-1])
+                self._finish(job, FINISH_STOP)
+                return True
+            last = row.step >= job.max_tokens
+            if row.watch and self._watch(row, emit=not last):
+                return True
+            if last:
+                job.text, stopped = cut_at_stop(self._decode_ids(job.tokens), job.stop)
+                self._finish(job, FINISH_STOP if stopped else FINISH_LENGTH)
+                return True
         except Exception as err:  # noqa: BLE001 - a token the tokenizer cannot decode
             self._finish(job, FINISH_ERROR, f"cannot decode token {token}: {err}")
             return True
-        text, stopped = cut_at_stop(text, job.stop)
-        job.text = text
-        if stopped:
-            self._finish(job, FINISH_STOP)
-            return True
-        if row.step >= job.max_tokens:
-            self._finish(job, FINISH_LENGTH)
-            return True
-        shown = _streamable(text, job.stop)
-        if len(shown) > len(job.sent) and shown.startswith(job.sent):
-            delta, job.sent = shown[len(job.sent) :], shown
+        return False
+
+    def _watch(self, row: _Row, emit: bool) -> bool:
+        """Decode `row`'s new token and finish the job on a stop string (True); else emit the
+        text that can now be shown (when `emit`: not at the job's last token, whose finish
+        sends the rest)."""
+        job, tokens = row.job, row.job.tokens
+        if row.whole:
+            committed, tail = "", self._decode_ids(tokens)
+        else:
+            text = self._decode_ids(tokens[row.start :])
+            if not text.startswith(row.prefix_text):
+                row.whole, row.committed = True, ""
+                return self._watch(row, emit)
+            committed, tail = row.committed, text[len(row.prefix_text) :]
+            if tail and not tail.endswith("\ufffd"):
+                row.committed = committed + tail
+                row.read, row.prefix_text = len(tokens), text
+                if row.read - row.start > WINDOW:
+                    row.start = row.read - LOOKBACK
+                    row.prefix_text = self._decode_ids(tokens[row.start : row.read])
+        longest = row.longest
+        # The text before the new token held no stop string, so a new one ends in the tail
+        # and starts at most longest - 1 characters before it.
+        recent = committed[max(len(committed) - longest + 1, 0) :] if longest > 1 else ""
+        window = recent + tail
+        if job.stop:
+            cut, stopped = cut_at_stop(window, job.stop)
+            if stopped:
+                whole, stopped = cut_at_stop(self._decode_ids(tokens), job.stop)
+                job.text = (
+                    whole
+                    if stopped
+                    else (committed + tail)[: len(committed) - len(recent) + len(cut)]
+                )
+                self._finish(job, FINISH_STOP)
+                return True
+        if not emit or job.on_event is None or not job.deltas:
+            return False
+        shown = len(committed) - len(recent) + len(_streamable(window, job.stop))
+        if shown > len(job.sent):
+            text = committed + tail if row.whole or len(job.sent) < len(committed) else None
+            if text is not None:
+                if not text.startswith(job.sent):
+                    return False
+                delta = text[len(job.sent) : shown]
+            else:
+                delta = tail[len(job.sent) - len(committed) : shown - len(committed)]
+            job.sent += delta
             self._emit(job, delta, False)
         return False
 
@@ -425,17 +542,28 @@ class Scheduler:
         else:
             delta = ""
         job.sent += delta
-        job.done.set()
-        self._emit(job, delta, True)
+        if job.on_event is None:
+            job.done.set()
+        else:  # done once its listener has heard of the end (after the step's other events)
+            self._emit(job, delta, True)
 
     def _emit(self, job: Job, delta: str, finished: bool) -> None:
         if job.on_event is None:
             return
+        if self._outbox is not None and len(job.tokens) > 1:  # a first token goes at once
+            self._outbox.append((job, delta, finished))
+            return
+        self._call_listener(job, delta, finished)
+
+    def _call_listener(self, job: Job, delta: str, finished: bool) -> None:
         try:
             job.on_event(job, delta, finished)
         except Exception:  # noqa: BLE001 - a listener gone wrong (its event loop closed)
             logger.exception("event listener of a job failed; cancelling the job")
             job.cancel.set()
+        finally:
+            if finished:
+                job.done.set()
 
     def _select(self, keep: list[int]) -> None:
         """Keep the rows at `keep`, then cut leading columns that are padding for all of them."""
@@ -451,6 +579,9 @@ class Scheduler:
                 self._mask = self._mask[:, first:]
 
     def _forward(self, tokens: torch.Tensor) -> None:
+        if self._hook is None:
+            head = _output_layer(self.model)
+            self._hook = head.register_forward_pre_hook(self._send_events) if head else False
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], 1)
         self._positions = self._positions + 1
         output = self.model(
@@ -468,6 +599,37 @@ class Scheduler:
         self._rows, self._cache = [], None
         self._mask = self._positions = self._logits = None
         self._active = 0
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """The model's output embedding (its lm_head), where a forward ends."""
+    try:
+        head = unwrap_peft(model).get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return head if isinstance(head, nn.Module) else None
+
+
+def fast_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """`tokenizer.decode(ids, skip_special_tokens=False)`, calling the Rust tokenizer
+    directly when that is all the HF wrapper would do (a fast tokenizer of transformers 5
+    that does not clean up spaces): the wrapper's Python layers cost more than the decode of
+    a few tokens, and the scheduler decodes every row at every step."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers: its own decode
+        TokenizersBackend = None  # noqa: N806
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (
+        TokenizersBackend is not None
+        and isinstance(tokenizer, TokenizersBackend)
+        and type(tokenizer).decode is TokenizersBackend.decode
+        and type(tokenizer)._decode is TokenizersBackend._decode
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        and callable(getattr(backend, "decode", None))
+    ):
+        return lambda ids: backend.decode(ids, skip_special_tokens=False)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def mergeable(cache: Any) -> bool:
