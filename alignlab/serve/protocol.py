@@ -114,8 +114,11 @@ def _common(
             raise bad_request(f"alignlab.{unknown[0]}", "unknown field (known: strategy)")
         if "strategy" in alignlab:
             strategy, strategy_given = alignlab["strategy"], True
-            if strategy is not None and not isinstance(strategy, (dict, list)):
-                raise bad_request("alignlab.strategy", "must be an object or a list of objects")
+            if strategy is not None and not isinstance(strategy, (str, dict, list)):
+                raise bad_request(
+                    "alignlab.strategy",
+                    "must be a strategy name, an object or a list of them (docs/methods/icl.md)",
+                )
     stream_options = body.get("stream_options")
     stream = _boolean(body, "stream", False)
     include_usage = False

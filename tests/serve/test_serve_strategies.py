@@ -64,8 +64,9 @@ def test_the_server_default_applies_and_a_request_can_turn_it_off(tiny_lm):
         assert plain.choices[0].message.content == alone.text
 
 
-def test_an_unknown_strategy_is_400_with_a_suggestion(server):
-    body = {"model": "tiny", "messages": QUERY, "alignlab": {"strategy": {"strategy": "urail"}}}
+@pytest.mark.parametrize("spec", [{"strategy": "urail"}, "urail", ["principles", "urail"]])
+def test_an_unknown_strategy_is_400_with_a_suggestion(server, spec):
+    body = {"model": "tiny", "messages": QUERY, "alignlab": {"strategy": spec}}
     status, _, data = raw_request(server[0], "POST", "/v1/chat/completions", body)
     error = json.loads(data)["error"]
     assert status == 400 and error["param"] == "alignlab.strategy"
@@ -123,3 +124,14 @@ def test_a_strategy_whose_inner_sample_fails_answers_500(monkeypatch, tiny_lm):
                 extra_body={"alignlab": {"strategy": {"strategy": "too_long"}}},
             )  # fmt: skip
         assert served.scheduler.alive
+
+
+def test_a_strategy_may_be_named_by_a_string(server):
+    body = {
+        "model": "tiny",
+        "messages": QUERY,
+        "max_tokens": 4,
+        "alignlab": {"strategy": "principles"},
+    }
+    status, _, data = raw_request(server[0], "POST", "/v1/chat/completions", body)
+    assert status == 200 and json.loads(data)["choices"][0]["message"]["role"] == "assistant"
