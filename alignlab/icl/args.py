@@ -47,6 +47,7 @@ from alignlab.models.decode import cache_argument, returned_cache
 from alignlab.models.generation import (
     Generation,
     inference_mode,
+    left_padded,
     model_device,
     pad_token_id,
     prompt_token_ids,
@@ -132,13 +133,7 @@ def args_decode(
         chunk = list(range(start, min(start + sampling.batch_size, len(prompts))))
         texts = [render_prompt(tokenizer, prompts[i]) for i in chunk]
         encoded = [prompt_token_ids(tokenizer, t) for t in texts]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :] = torch.tensor(e)
-            mask[row, width - len(e) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = (t.to(device) for t in left_padded(encoded, pad_id))
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         uniforms = torch.stack([row_uniforms(seeds[i], sampling.max_new_tokens) for i in chunk])
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)

@@ -38,13 +38,6 @@ from alignlab.models.generation import model_device
 from alignlab.rl.rewards import RewardOptions
 
 
-def kl_bound(n: int) -> float:
-    """log n - (n - 1) / n."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return math.log(n) - (n - 1) / n
-
-
 def kl_estimate(picked: Sequence[float], references: Sequence[Sequence[float]], n: int) -> float:
     """Mean over prompts of log π_bon(y*) / π(y*) (module docstring): `picked[i]` the reward of
     prompt i's answer, `references[i]` rewards of independent samples of π to prompt i."""
@@ -58,6 +51,13 @@ def kl_estimate(picked: Sequence[float], references: Sequence[Sequence[float]], 
         upper, lower = (at_most + 1) / (m + 1), below / (m + 1)
         total += math.log((upper**n - lower**n) / (upper - lower))
     return total / len(picked)
+
+
+def kl_best_of_n(n: int) -> float:
+    """log n - (n - 1) / n: the analytic KL of best-of-n to the base (an upper bound)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
 
 
 @dataclasses.dataclass
@@ -112,7 +112,7 @@ class BestOfN(Strategy):
                 "rewards": list(scores),
                 "picked": best,
                 "reward": scores[best],
-                "kl_bound": kl_bound(n),
+                "kl_bound": kl_best_of_n(n),
             }
             answers.append(chosen)
         return answers

@@ -122,6 +122,18 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (len(rows), longest) long tensors on the CPU: each
+    row right-aligned, pad_id and mask 0 before it (a decoder continues every row at once)."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 def model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -189,13 +201,7 @@ def generate(
     batches = length_batches([len(ids) for ids in encoded], batch_size)
     with inference_mode(model):
         for batch_index, members in enumerate(batches):
-            width = max(len(encoded[i]) for i in members)
-            input_ids = torch.full((len(members), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(members), width), dtype=torch.long)
-            for row, i in enumerate(members):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids) :] = 1
+            input_ids, attention_mask = left_padded([encoded[i] for i in members], pad_id)
             uniforms = None
             if seeds is not None:
                 uniforms = torch.stack([row_uniforms(seeds[i], max_new_tokens) for i in members])

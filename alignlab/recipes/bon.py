@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,18 +52,12 @@ from alignlab.eval.harness import (
 )
 from alignlab.eval.stats import mean_ci
 from alignlab.fileio import write_jsonl
+from alignlab.icl.best_of_n import kl_best_of_n
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.rl.config import PromptDataConfig
 from alignlab.rl.prompts import check_generation_fits, load_prompt_rows
 from alignlab.rl.rewards import RewardFn, RewardOptions, build_reward_fn
 from alignlab.rl.sample_filter import Prompt, ScoredSamples, best_per_prompt, sample_and_score
-
-
-def kl_best_of_n(n: int) -> float:
-    """log n - (n - 1) / n: the analytic KL of best-of-n to the base (an upper bound)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return math.log(n) - (n - 1) / n
 
 
 def best_of_n(

@@ -61,6 +61,7 @@ from alignlab.models.decode import (
 )
 from alignlab.models.generation import (
     inference_mode,
+    left_padded,
     model_device,
     pad_token_id,
     row_uniforms,
@@ -348,12 +349,7 @@ class Scheduler:
 
     def _prefill(self, jobs: list[Job]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cache, mask (n, W), positions (n, 1), last logits (n, V)) of the left-padded prompts."""
-        width = max(len(job.prompt_ids) for job in jobs)
-        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, job in enumerate(jobs):
-            input_ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            mask[row, width - len(job.prompt_ids) :] = 1
+        input_ids, mask = left_padded([job.prompt_ids for job in jobs], self.pad_id)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         output = self.model(

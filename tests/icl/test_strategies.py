@@ -12,7 +12,7 @@ from alignlab.config import ConfigError, ModelConfig
 from alignlab.icl import Backend, Sampling, build_stack
 from alignlab.icl.args import RewardPrefixScorer
 from alignlab.icl.base import Answer, Cost, derived_seed
-from alignlab.icl.best_of_n import kl_bound, kl_estimate
+from alignlab.icl.best_of_n import kl_best_of_n, kl_estimate
 from alignlab.icl.demonstrations import BUILT_IN
 from alignlab.icl.principles import with_principle
 from alignlab.icl.retrieved import BM25
@@ -198,7 +198,7 @@ def test_best_of_n_returns_the_highest_scored_candidate(tiny):
 
 
 def test_best_of_n_kl_bound_and_estimate():
-    assert kl_bound(1) == 0 and kl_bound(8) == pytest.approx(math.log(8) - 7 / 8)
+    assert kl_best_of_n(1) == 0 and kl_best_of_n(8) == pytest.approx(math.log(8) - 7 / 8)
     # picked at the top of m = 3 distinct references: F = (3 + 1) / 4 = 1, F- = 3 / 4
     n = 4
     want = math.log((1 - 0.75**n) / 0.25)
