@@ -45,27 +45,44 @@ from alignlab.icl import Backend, Sampling, build_stack  # noqa: E402
 from alignlab.icl.best_of_n import kl_estimate as bon_kl_estimate  # noqa: E402
 from alignlab.lab.build import LabBuildConfig, build  # noqa: E402
 from alignlab.lab.evaluate import add_headline, gold_scorer, lab_prompts  # noqa: E402
+from alignlab.lab.gold import ideal_response  # noqa: E402
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage  # noqa: E402
 from alignlab.models.logprobs import sequence_logps  # noqa: E402
 from alignlab.rl.rewards import build_reward_fn  # noqa: E402
 
 COMMON = ["train.progress=false"]
-PROMPT_ONLY = {"principles", "urial", "retrieved"}
+PROMPT_ONLY = {"principles", "urial", "urial_lab_demos", "retrieved"}
 """Strategies that only change the prompt: π_icl(y | x) = π(y | v, x), so the KL to the
 wrapped model is computable from the sample's tokens."""
 
 
-def strategies(rm: Path, pool: Path, bon: int, args_weight: float) -> dict[str, list[Any]]:
+def lab_demonstrations(world: Any, path: Path) -> Path:
+    """URIAL's three kinds of demonstration (a helpful answer, a refusal, an honest "I don't
+    know") in the lab's own words, from train prompts: the built-in ones run to 605 tokens of
+    the lab's vocabulary, past the 256 or 512 a lab base is pretrained on."""
+    wanted = ("fact", "harmful", "unknown")
+    found = {}
+    for prompt in world.prompts("train", 200, stream="urial-demos"):
+        found.setdefault(prompt.family, prompt)
+    rows = [{"prompt": found[f].text, "completion": ideal_response(found[f])} for f in wanted]
+    write_jsonl(path, rows)
+    return path
+
+
+def strategies(
+    rm: Path, pool: Path, demos: Path, bon: int, args_weight: float
+) -> dict[str, list[Any]]:
     return {
         "plain": [],
         "principles": ["principles"],
         "urial": [{"strategy": "urial", "k": 3}],
+        "urial_lab_demos": [{"strategy": "urial", "k": 3, "demonstrations": str(demos)}],
         "retrieved": [{"strategy": "retrieved", "pool": str(pool), "k": 3}],
         f"best_of_{bon}": [{"strategy": "best_of_n", "n": bon, "reward": str(rm)}],
         "critique_revise": ["critique_revise"],
         "args": [{"strategy": "args", "reward": str(rm), "weight": args_weight, "top_k": 10}],
-        f"urial+best_of_{bon}": [
-            {"strategy": "urial", "k": 3},
+        f"urial_lab_demos+best_of_{bon}": [
+            {"strategy": "urial", "k": 3, "demonstrations": str(demos)},
             {"strategy": "best_of_n", "n": bon, "reward": str(rm)},
         ],
     }
@@ -165,7 +182,8 @@ def main() -> None:
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens, temperature=1.0, batch_size=args.batch_size
     )
-    table = strategies(rm, lab.data["sft"], args.bon, args.args_weight)
+    demos = lab_demonstrations(world, out / "urial_demos.jsonl")
+    table = strategies(rm, lab.data["sft"], demos, args.bon, args.args_weight)
     if args.only:
         table = {k: v for k, v in table.items() if k == "plain" or k in args.only.split(",")}
     reward_fn = build_reward_fn(str(rm))

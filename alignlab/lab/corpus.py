@@ -74,6 +74,15 @@ norms stated before a conversation that the answers then follow, as forum rules,
 and help-desk scripts do on the web. The inference principle (`alignlab.icl.principles`) is
 worded differently: the base must generalise from a stated norm, not recognise a string."""
 
+PAGE_LAYOUTS = (
+    "# Query:\n```\n{query}\n```\n\n# Answer:\n```\n{answer}\n```\n\n",
+    "Q: {query}\nA: {answer}\n\n",
+    "User: {query}\nAssistant: {answer}\n\n",
+)
+"""Plain-text layouts of the in-context share's pages (FAQ pages, forum dumps, chat logs
+pasted into documents): the markdown query/answer blocks URIAL's prompt uses, and two others,
+so a base meets conversations outside its chat template, as web text shows them."""
+
 
 def chat(prompt: Prompt, response: str) -> list[dict[str, str]]:
     return [*prompt.messages, {"role": "assistant", "content": response}]
@@ -95,11 +104,13 @@ def pretraining_corpus(
     - Arithmetic: `n_arithmetic_docs` documents of five worked sums; category lists.
     - Chats: `n_transcripts` train-split prompts answered with `mix` quality (one mix for
       every family, or a mix per family; the default is `UNALIGNED_MIX`).
-    - In-context share (`icl_share` of the chats, 0 by default): half open with a stated norm
-      (`STATED_NORMS`) that the answer follows (the oracle answer); half are conversations of
-      2-3 exchanges answered at one quality throughout, so earlier answers predict later
-      ones, as demonstrations do. Without them a base of the lab's size never sees a
-      principle or a demonstration act on an answer (docs/results.md, in-context alignment).
+    - In-context share (`icl_share` of the chats, 0 by default), in thirds: chats that open
+      with a stated norm (`STATED_NORMS`) that the answer follows (the oracle answer);
+      conversations of 2-3 exchanges answered at one quality throughout, so earlier answers
+      predict later ones, as demonstrations do; and such conversations as plain-text pages
+      (`PAGE_LAYOUTS`), half of them under a stated norm, whose answers then follow it.
+      Without them a base of the lab's size never sees a principle or a demonstration act on
+      an answer (docs/results.md, in-context alignment).
     """
     rng = random.Random(f"alignlab-lab/{world.seed}/pretrain/{seed}")
     entries = [
@@ -124,7 +135,7 @@ def pretraining_corpus(
         prompt = prompts[position]
         kind = "plain"
         if icl_share > 0 and icl_rng.random() < icl_share:
-            kind = "norm" if icl_rng.random() < 0.5 else "demonstrated"
+            kind = icl_rng.choice(("norm", "demonstrated", "page"))
         if kind == "norm":
             norm = icl_rng.choice(STATED_NORMS)
             messages = [{"role": "system", "content": norm}, *chat(prompt, ideal_response(prompt))]
@@ -138,6 +149,18 @@ def pretraining_corpus(
                 m for p in turns for m in chat(p, _transcript_response(p, quality, icl_rng))
             ]
             records.append({"messages": messages, "family": turns[-1].family})
+            position += len(turns)
+            continue
+        if kind == "page":
+            turns = prompts[position : position + icl_rng.randint(2, 3)]
+            norm = icl_rng.choice(STATED_NORMS) if icl_rng.random() < 0.5 else ""
+            quality = "good" if norm else _quality(turns[-1], mix, icl_rng)
+            layout = icl_rng.choice(PAGE_LAYOUTS)
+            exchanges = "".join(
+                layout.format(query=p.text, answer=_transcript_response(p, quality, icl_rng))
+                for p in turns
+            )
+            records.append({"text": (f"{norm}\n\n" if norm else "") + exchanges.rstrip()})
             position += len(turns)
             continue
         response = _transcript_response(prompt, _quality(prompt, mix, rng), rng)

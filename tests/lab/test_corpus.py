@@ -20,7 +20,7 @@ from alignlab.lab import (
     rl_prompts,
     sft_demonstrations,
 )
-from alignlab.lab.corpus import STATED_NORMS
+from alignlab.lab.corpus import PAGE_LAYOUTS, STATED_NORMS
 from alignlab.lab.judge import mentions
 
 WORLD = LabWorld(seed=0)
@@ -74,14 +74,15 @@ def test_pretraining_transcripts_have_mixed_quality():
 
 
 def test_in_context_share_states_norms_and_keeps_one_quality_per_conversation():
-    plain = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600)
-    assert pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600, icl_share=0) == plain
-    corpus = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=600, icl_share=0.5)
-    prompts = {p.text: p for p in WORLD.prompts("train", 600, stream="pretrain-0")}
+    plain = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=900)
+    assert pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=900, icl_share=0) == plain
+    corpus = pretraining_corpus(WORLD, mentions_per_fact=1, n_transcripts=900, icl_share=0.6)
+    prompts = {p.text: p for p in WORLD.prompts("train", 900, stream="pretrain-0")}
     chats = [r["messages"] for r in corpus if "messages" in r]
     normed = [m for m in chats if m[0]["role"] == "system"]
     several = [m for m in chats if m[0]["role"] == "user" and len(m) > 2]
-    assert 60 < len(normed) < 240 and 40 < len(several) < 200
+    # about 900 / (1 + 0.6) draws, a fifth of them of each in-context kind
+    assert 60 < len(normed) < 180 and 60 < len(several) < 180
     for messages in normed:  # the stated norm is followed: the oracle answer
         assert messages[0]["content"] in STATED_NORMS
         assert gold_score(prompts[messages[1]["content"]], messages[2]["content"]).total == 1.0
@@ -90,6 +91,35 @@ def test_in_context_share_states_norms_and_keeps_one_quality_per_conversation():
     # one quality per conversation: all good or none good far more often than by chance
     uniform = sum(len(set(g)) == 1 for g in graded) / len(graded)
     assert uniform > 0.8
+
+    pages = [(r["text"], page_exchanges(r["text"])) for r in corpus if "text" in r]
+    pages = [(text, exchanges) for text, exchanges in pages if exchanges]
+    assert 60 < len(pages) < 180
+    assert {layout_of(text) for text, _ in pages} == {0, 1, 2}
+    under_norm = [(t, e) for t, e in pages if t.split("\n\n")[0] in STATED_NORMS]
+    assert 0.3 < len(under_norm) / len(pages) < 0.7
+    assert statistics.mean(len(e) for _, e in pages) > 2  # 2-3 (the corpus's last: fewer)
+    for _, exchanges in under_norm:  # a page's stated norm is followed too
+        assert all(gold_score(prompts[q], a).total == 1.0 for q, a in exchanges)
+
+
+PAGE_PATTERNS = [
+    re.escape(layout).replace(r"\{query\}", "(.+?)").replace(r"\{answer\}", "(.+?)")
+    for layout in (lay.rstrip() for lay in PAGE_LAYOUTS)
+]
+
+
+def layout_of(text):
+    return next(i for i, pattern in enumerate(PAGE_PATTERNS) if re.search(pattern, text, re.S))
+
+
+def page_exchanges(text):
+    """(query, answer) pairs of a plain-text page, read back with its layout."""
+    for pattern in PAGE_PATTERNS:
+        found = re.findall(pattern + r"(?=\n\n|$)", text, re.S)
+        if found:
+            return found
+    return []
 
 
 def test_sft_demonstrations_are_decent_but_imperfect():
