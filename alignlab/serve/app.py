@@ -11,7 +11,9 @@ scheduler `Job` per choice; the scheduler thread calls back with text deltas, wh
 event loop in batches (`Inbox`: one `call_soon_threadsafe`, one wake-up of the loop, for all
 the events of a decode step, not one per token and request). A streamed reply is server-sent
 events, one `data: {chunk}` per delta (the chunks that are ready together go out in one write),
-then `data: [DONE]`; a reply that is not streamed hears only of its jobs' ends. A client that
+then `data: [DONE]`; a reply that is not streamed hears only of its jobs' ends. Log-probs
+(`logprobs`) come with the events from the scheduler, per chunk the tokens it shows
+(`alignlab.serve.logprobs` shapes them). A client that
 goes away cancels its jobs (the stream's `finally`), and their rows leave the batch at the next
 step.
 
@@ -47,6 +49,7 @@ from alignlab.config import UserInputError
 from alignlab.icl.base import Sampling
 from alignlab.serve import strategies
 from alignlab.serve.engine import RequestAborted, ServedModel, choice_seeds
+from alignlab.serve.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 from alignlab.serve.protocol import ApiError, GenerationRequest, parse_chat, parse_completion
 from alignlab.serve.scheduler import (
     FINISH_LENGTH,
@@ -60,6 +63,8 @@ from alignlab.serve.security import check_api_key, read_body
 logger = logging.getLogger(__name__)
 
 FINGERPRINT = "alignlab-serve"
+Event = tuple[Job, str, bool, "list[TokenLogprob] | None"]
+"""A scheduler event: (job, text delta, finished, the log-probs it shows or None)."""
 POLL_S = 0.5
 """How often a waiting non-streamed request looks whether its client is still there."""
 
@@ -199,6 +204,16 @@ def create_app(
             )
         reply = Reply(chat, req, served.name, sum(len(ids) for _, ids in encoded))
         if not strategies.is_empty(spec):
+            if req.top_logprobs is not None:
+                # best-of-n picks, URIAL prompts, a revision rewrites: no single sample of the
+                # model's distribution stands behind the answer, so there are no numbers to give
+                raise ApiError(
+                    400,
+                    "logprobs: not available with a strategy (the answer is not one sample of "
+                    'the model); {"alignlab": {"strategy": null}} turns the server\'s off',
+                    param="logprobs",
+                    code="unsupported_parameter",
+                )
             return await _answer_with_strategy(
                 request, served, req, spec, encoded, budgets, seed, reply
             )
@@ -208,7 +223,7 @@ def create_app(
         seeds = choice_seeds(seed, req.n)
         jobs = [
             Job(ids, budget, req.temperature, req.top_p, seeds[k], req.stop, cancel, deadline,
-                events, deltas=req.stream, index=p * req.n + k)
+                events, deltas=req.stream, index=p * req.n + k, top_logprobs=req.top_logprobs)
             for p, ((_, ids), budget) in enumerate(zip(encoded, budgets))
             for k in range(req.n)
         ]  # fmt: skip
@@ -319,7 +334,7 @@ def create_app(
                 if await request.is_disconnected():
                     raise ApiError(499, "client closed the request", code="client_closed")
                 continue
-            for job, _, finished in listener.take():
+            for job, _, finished, _ in listener.take():
                 if finished:
                     pending -= 1
                     _raise_for(job, settings.timeout_s)
@@ -336,9 +351,9 @@ class Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._items: list[tuple[Listener, tuple[Job, str, bool]]] = []
+        self._items: list[tuple[Listener, Event]] = []
 
-    def put(self, listener: Listener, item: tuple[Job, str, bool]) -> None:
+    def put(self, listener: Listener, item: Event) -> None:
         with self._lock:
             self._items.append((listener, item))
             if len(self._items) > 1:  # a drain is scheduled already
@@ -358,19 +373,22 @@ class Inbox:
 
 
 class Listener:
-    """The `on_event` of one request's jobs: (job, delta, finished) from the scheduler thread,
-    through the loop's `Inbox`, to this request's coroutine (`wait`, then `take`)."""
+    """The `on_event` of one request's jobs: (job, delta, finished, logprobs) from the
+    scheduler thread, through the loop's `Inbox`, to this request's coroutine (`wait`, then
+    `take`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Inbox | None = None) -> None:
         self.loop = loop
         self.inbox = inbox if inbox is not None else Inbox(loop)
-        self.items: deque[tuple[Job, str, bool]] = deque()
+        self.items: deque[Event] = deque()
         self._waiter: asyncio.Future | None = None
 
-    def __call__(self, job: Job, delta: str, finished: bool) -> None:
-        self.inbox.put(self, (job, delta, finished))
+    def __call__(
+        self, job: Job, delta: str, finished: bool, logprobs: list[TokenLogprob] | None
+    ) -> None:
+        self.inbox.put(self, (job, delta, finished, logprobs))
 
-    def deliver(self, item: tuple[Job, str, bool]) -> None:
+    def deliver(self, item: Event) -> None:
         """On the loop: queue `item` and wake the waiting coroutine."""
         self.items.append(item)
         waiter = self._waiter
@@ -391,7 +409,7 @@ class Listener:
             timer.cancel()
         return bool(self.items)
 
-    def take(self) -> list[tuple[Job, str, bool]]:
+    def take(self) -> list[Event]:
         """The events that arrived, oldest first."""
         items = list(self.items)
         self.items.clear()
@@ -411,6 +429,12 @@ class Reply:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self._chunk_head: str | None = None
+
+    def logprobs(self, entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        """A choice's (or one chunk's) `logprobs` in the endpoint's shape; None: not asked."""
+        if entries is None or self.req.top_logprobs is None:
+            return None
+        return chat_logprobs(entries) if self.chat else completion_logprobs(entries)
 
     def _head(self, chunk: bool) -> dict[str, Any]:
         if self.chat:
@@ -444,13 +468,15 @@ class Reply:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
-            choice |= {"logprobs": None, "finish_reason": reason}
+            logprobs = self.logprobs(jobs[index].logprobs) if jobs is not None else None
+            choice |= {"logprobs": logprobs, "finish_reason": reason}
             choices.append(choice)
         return self._head(False) | {"choices": choices, "usage": self.usage(completion_tokens)}
 
     def chunk(
-        self, index: int, text: str | None, reason: str | None = None, role: bool = False
-    ) -> str:
+        self, index: int, text: str | None, reason: str | None = None, role: bool = False,
+        logprobs: dict[str, Any] | None = None,
+    ) -> str:  # fmt: skip
         """One `data: {chunk}` event: the bytes `_sse` would make of the chunk's dict, but
         with the head rendered once per reply (`_chunk_head`) and the choice written directly:
         a stream sends one per token."""
@@ -467,7 +493,8 @@ class Reply:
             choice = f'{{"index": {int(index)}, "delta": {delta}'
         else:
             choice = f'{{"index": {int(index)}, "text": {_ENCODE(text or "")}'
-        tail = f', "logprobs": null, "finish_reason": {finish}}}]}}\n\n'
+        shown = "null" if logprobs is None else _ENCODE(logprobs)
+        tail = f', "logprobs": {shown}, "finish_reason": {finish}}}]}}\n\n'
         return f"data: {self._chunk_head}{choice}{tail}"
 
     def usage_chunk(self, completion_tokens: int) -> str:
@@ -510,16 +537,20 @@ async def _stream_jobs(
                 yield _sse(_timed_out(timeout_s).body())
                 break
             out = []
-            for job, delta, finished in listener.take():
+            for job, delta, finished, entries in listener.take():
                 if job.finish_reason not in (None, FINISH_STOP, FINISH_LENGTH):
                     out.append(_sse(_job_error(job).body()))
                     failed = True
                     break
+                # a chunk's log-probs are those of the tokens its text shows (None: not
+                # asked); the finish chunk carries the rare ones left without text
+                logprobs = reply.logprobs(entries)
                 if delta:
-                    out.append(reply.chunk(job.index, delta))
+                    out.append(reply.chunk(job.index, delta, logprobs=logprobs))
                 if finished:
                     pending -= 1
-                    out.append(reply.chunk(job.index, None, job.finish_reason))
+                    left = logprobs if entries and not delta else None
+                    out.append(reply.chunk(job.index, None, job.finish_reason, logprobs=left))
             if not pending and reply.req.include_usage:
                 out.append(reply.usage_chunk(sum(len(job.tokens) for job in jobs)))
             if out:

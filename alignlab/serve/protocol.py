@@ -4,10 +4,16 @@
 
 Why not pydantic models through FastAPI: its 422 replies list validation internals, where an
 OpenAI client expects a 400 `{"error": {"message", "type", "param", "code"}}` naming the field,
-and it would accept fields we cannot honour (logprobs, tools, penalties) in silence. Here a
-field we do not implement is refused when it asks for something (`logprobs=true`), accepted
-when it holds its default (the official clients send some of them as null), and fields that
-change nothing we compute (`user`, `metadata`, `store`, ...) are ignored, as OpenAI does.
+and it would accept fields we cannot honour (tools, penalties, echo) in silence. Here a field
+we do not implement is refused when it asks for something (`echo=true`), accepted when it
+holds its default (the official clients send some of them as null), and fields that change
+nothing we compute (`user`, `metadata`, `store`, ...) are ignored, as OpenAI does.
+
+Log-probs are implemented in OpenAI's two forms, both read into `top_logprobs` (None: none):
+chat's `logprobs: true` with `top_logprobs` 0-20 (a `top_logprobs` without `logprobs: true`
+is a 400, as OpenAI's), and the legacy completions' `logprobs` 0-5 (the count of most likely
+tokens; `false` and null ask for none). A strategy's answer is not one sample of the model,
+so the app refuses log-probs with one (`app._complete`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ MAX_N = 128
 """Choices per request; more is a batch job, not a request."""
 MAX_STOP = 16
 """Stop strings per request (OpenAI allows 4)."""
+MAX_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS = 20, 5
+"""OpenAI's limits: chat's `top_logprobs`, the legacy completions' `logprobs`."""
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -78,6 +86,9 @@ class GenerationRequest:
     """The request's `alignlab.strategy` spec; None: the server's default."""
     strategy_given: bool = False
     """Whether the request named a strategy (an explicit null or [] turns the default off)."""
+    top_logprobs: int | None = None
+    """None: no log-probs; k: each answer token's log-prob and the k most likely tokens' at
+    its position (chat: `logprobs: true` and `top_logprobs`; completions: `logprobs`)."""
 
 
 def parse_chat(body: Any) -> GenerationRequest:
@@ -85,7 +96,9 @@ def parse_chat(body: Any) -> GenerationRequest:
     messages = _messages(body.get("messages"))
     max_tokens, param = _max_tokens(body, ("max_completion_tokens", "max_tokens"))
     _refuse_unsupported(body, chat=True)
-    return _common(body, [messages], max_tokens, param)
+    request = _common(body, [messages], max_tokens, param)
+    request.top_logprobs = _chat_logprobs(body)
+    return request
 
 
 def parse_completion(body: Any) -> GenerationRequest:
@@ -93,7 +106,9 @@ def parse_completion(body: Any) -> GenerationRequest:
     prompts = _prompts(body.get("prompt"))
     max_tokens, param = _max_tokens(body, ("max_tokens",))
     _refuse_unsupported(body, chat=False)
-    return _common(body, prompts, max_tokens, param)
+    request = _common(body, prompts, max_tokens, param)
+    request.top_logprobs = _completion_logprobs(body)
+    return request
 
 
 # --- fields ---------------------------------------------------------------------------------
@@ -192,6 +207,28 @@ def _boolean(body: dict, name: str, default: bool, prefix: str = "") -> bool:
     return value
 
 
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat: `logprobs` (a boolean) turns them on, `top_logprobs` (0-20) adds alternatives."""
+    wanted = _boolean(body, "logprobs", False)
+    top = _integer(body, "top_logprobs", None, low=0, high=MAX_TOP_LOGPROBS)
+    if top is not None and not wanted:
+        raise bad_request("top_logprobs", "requires logprobs: true", "invalid_value")
+    return (top or 0) if wanted else None
+
+
+def _completion_logprobs(body: dict) -> int | None:
+    """Legacy completions: `logprobs` is the count (0-5) of most likely tokens to report."""
+    if body.get("logprobs") is False:
+        return None
+    if body.get("top_logprobs") is not None:
+        raise bad_request(
+            "top_logprobs",
+            "a chat field; a completion's logprobs is the count of most likely tokens (0-5)",
+            "unsupported_parameter",
+        )
+    return _integer(body, "logprobs", None, low=0, high=MAX_COMPLETION_LOGPROBS)
+
+
 def _max_tokens(body: dict, names: tuple[str, ...]) -> tuple[int | None, str]:
     """The first of `names` given (chat: max_completion_tokens, then the older max_tokens)."""
     for name in names:
@@ -269,8 +306,6 @@ def _prompts(value: Any) -> list[str | list[int]]:
 
 UNSUPPORTED = {
     # name: (values that ask for nothing, what to say)
-    "logprobs": ((None, False, 0), "log-probs are not returned by this server"),
-    "top_logprobs": ((None, 0), "log-probs are not returned by this server"),
     "echo": ((None, False), "echo is not supported"),
     "suffix": ((None, ""), "suffix (insertion) is not supported"),
     "presence_penalty": ((None, 0, 0.0), "penalties would change the sampled distribution"),

@@ -16,7 +16,9 @@ changes between steps: each iteration of `_run`
    and the padding columns are masked out of attention. Each row carries its own position ids
    (its count of real tokens), so a row's rotary positions do not depend on the padding;
 2. samples one token for every row from the logits its last forward left (a newcomer's from
-   its prefill), each row with its own temperature, top_p and random numbers;
+   its prefill), each row with its own temperature, top_p and random numbers; for the rows
+   whose request asked for log-probs, also the log-softmax of those logits at the token and
+   its top k (`_logprobs`: on the device, for those rows only, one copy to the host);
 3. emits the new text of each row (decoded incrementally, a few tokens at a time: `_Row`),
    and finishes rows on a stop token, a stop string, max_tokens, a cancel flag (a client that
    went away), or a deadline; the step's events go out when the next forward reaches the
@@ -68,6 +70,7 @@ from alignlab.models.generation import (
     stop_token_ids,
 )
 from alignlab.models.loading import unwrap_peft
+from alignlab.serve.logprobs import LogprobQueue, TokenLogprob, TokenTable
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +87,11 @@ class QueueFull(Exception):
 class Job:
     """One sequence to sample, and what it produced so far.
 
-    `on_event(job, delta, finished)` is called from the scheduler thread with each new piece
-    of text (never part of a stop string, never half a UTF-8 character) and once with
-    finished=True, after which `done` is set; it must be quick and must not raise. The events
+    `on_event(job, delta, finished, logprobs)` is called from the scheduler thread with each
+    new piece of text (never part of a stop string, never half a UTF-8 character) and once
+    with finished=True, after which `done` is set; it must be quick and must not raise.
+    `logprobs` is None unless the job asked for them (`top_logprobs`), else the TokenLogprobs
+    of the tokens whose text the event shows (at the end: the rest of the answer's). The events
     of a decode step are sent together, while the next forward runs (`Scheduler._step`).
     `cancel` is shared by the jobs of one request, so one flag frees all its rows."""
 
@@ -99,12 +104,15 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None
     """time.monotonic() after which the job finishes with FINISH_TIMEOUT."""
-    on_event: Callable[[Job, str, bool], None] | None = None
+    on_event: Callable[[Job, str, bool, list[TokenLogprob] | None], None] | None = None
     deltas: bool = True
     """Whether `on_event` wants the text deltas; False: only the finished event (a reply that
     is not streamed), so rows without stop strings are not decoded until they finish."""
     index: int = 0
     """The caller's label (the choice index of an OpenAI reply)."""
+    top_logprobs: int | None = None
+    """None: no log-probs. k >= 0: record each answer token's log-prob and the k most likely
+    tokens' at its position (log-softmax of the raw logits: temperature 1, no top-p)."""
 
     tokens: list[int] = field(default_factory=list)
     """Sampled token ids, the stop token included when one ended the job."""
@@ -117,6 +125,12 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     sent: str = ""
     """The text already given to on_event."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """With `top_logprobs`: the log-probs of the answer's tokens shown so far; once finished
+    ("stop" or "length"), of all of them, without the stop token and the tokens a stop string
+    cut off (those that start at or after the cut)."""
+    logprob_queue: LogprobQueue | None = field(default=None, repr=False)
+    """The recorded tokens not in `logprobs` yet (set by the scheduler)."""
 
 
 @dataclass(eq=False)
@@ -151,6 +165,8 @@ class _Row:
 
 
 def _new_row(job: Job) -> _Row:
+    if job.top_logprobs is not None:
+        job.logprob_queue = LogprobQueue(job.logprobs)
     return _Row(
         job,
         row_uniforms(job.seed, job.max_tokens).tolist(),
@@ -191,6 +207,7 @@ class Scheduler:
         self.cache_key = cache_argument(model)
         self.keep_last = "logits_to_keep" in forward_arguments(type(unwrap_peft(model)))
         self._decode_ids = fast_decoder(tokenizer)
+        self._token_table: TokenTable | None = None
         self.tokenizer_lock = threading.Lock()
         """HF fast tokenizers reset their truncation settings on each call, which races across
         threads ("Already borrowed"): every use of `tokenizer` in the server holds this."""
@@ -212,7 +229,7 @@ class Scheduler:
         self._positions: torch.Tensor | None = None  # (B, 1) position of each row's last token
         self._logits: torch.Tensor | None = None  # (B, V) next-token logits of each row
         self._active = 0
-        self._outbox: list[tuple[Job, str, bool]] | None = None
+        self._outbox: list[tuple[Job, str, bool, list[TokenLogprob] | None]] | None = None
         """Events of the running step, sent when the model reaches its output layer."""
         self._hook: Any = None
 
@@ -283,6 +300,14 @@ class Scheduler:
         for job in list(self._waiting):
             self._finish(job, FINISH_ERROR, "the server is shutting down")
         self._waiting.clear()
+
+    @property
+    def token_table(self) -> TokenTable:
+        """Each token id's text and bytes, for log-probs (built on first use; call holding
+        `tokenizer_lock`)."""
+        if self._token_table is None:
+            self._token_table = TokenTable(self.tokenizer, self._decode_ids, self.pad_id)
+        return self._token_table
 
     # --- the scheduler thread -------------------------------------------------------------
 
@@ -403,16 +428,18 @@ class Scheduler:
         if self._outbox is None or threading.current_thread() is not self._thread:
             return  # another thread's forward through a model shared with this scheduler
         events, self._outbox = self._outbox, None
-        for job, delta, finished in events or ():
-            self._call_listener(job, delta, finished)
+        for job, delta, finished, logprobs in events or ():
+            self._call_listener(job, delta, finished, logprobs)
 
     def _decode_step(self) -> None:
         tokens = self._sample()
+        asking = [p for p, row in enumerate(self._rows) if row.job.top_logprobs is not None]
+        sampled, logprobs = self._logprobs(tokens, asking) if asking else (tokens.tolist(), {})
         keep: list[int] = []
         now = time.monotonic()
         with self.tokenizer_lock:
-            for position, (row, token) in enumerate(zip(self._rows, tokens.tolist())):
-                if not self._advance(row, token, now):
+            for position, (row, token) in enumerate(zip(self._rows, sampled)):
+                if not self._advance(row, token, now, logprobs.get(position)):
                     keep.append(position)
         if len(keep) < len(self._rows):
             if not keep:
@@ -447,9 +474,48 @@ class Scheduler:
             )
         return tokens
 
-    def _advance(self, row: _Row, token: int, now: float) -> bool:
-        """Give `token` to `row`'s job; True when the job is finished (or was already).
-        Called holding `tokenizer_lock`."""
+    def _logprobs(
+        self, tokens: torch.Tensor, asking: list[int]
+    ) -> tuple[list[int], dict[int, tuple[float, list[tuple[int, float]]]]]:
+        """The step's tokens on the host, and for the rows at `asking` (their jobs asked for
+        log-probs) the log-prob of the row's token and its job's `top_logprobs` most likely
+        (id, log-prob), most likely first.
+
+        Log-softmax of the raw logits, not of the tempered, top-p-cut distribution the token
+        was drawn from: the model's probabilities, what a judge or an evaluator reads (and
+        what OpenAI reports). Computed on the device for those rows only, the other rows cost
+        nothing; everything the host needs comes over in one copy."""
+        rows = self._rows
+        if len(asking) == len(rows):
+            logits, picked = self._logits, tokens
+        else:
+            index = torch.tensor(asking, device=self._logits.device)
+            logits, picked = self._logits[index], tokens[index]
+        logps = logits.float().log_softmax(-1)  # (m, V)
+        k = min(max(rows[p].job.top_logprobs for p in asking), logps.shape[-1])
+        columns = [logps.gather(1, picked.unsqueeze(1))]  # (m, 1)
+        if k:
+            top = logps.topk(k, dim=-1)  # (m, k) values and ids, most likely first
+            columns += [top.values, top.indices]
+        # float64 holds float32 values and token ids (< 2**53) exactly: one tensor, one copy
+        packed = torch.cat([c.double() for c in columns], 1)  # (m, 1 + 2k)
+        host = torch.cat([tokens.double(), packed.flatten()]).tolist()
+        count, width = len(rows), 1 + 2 * k
+        sampled = [int(t) for t in host[:count]]
+        found = {}
+        for i, position in enumerate(asking):
+            base, wanted = count + i * width, rows[position].job.top_logprobs
+            top_values = host[base + 1 : base + 1 + wanted]
+            top_ids = host[base + 1 + k : base + 1 + k + wanted]
+            found[position] = (host[base], [(int(t), lp) for t, lp in zip(top_ids, top_values)])
+        return sampled, found
+
+    def _advance(
+        self, row: _Row, token: int, now: float,
+        logprob: tuple[float, list[tuple[int, float]]] | None = None,
+    ) -> bool:  # fmt: skip
+        """Give `token` to `row`'s job (and its log-probs, when the job asked: `_logprobs`);
+        True when the job is finished (or was already). Called holding `tokenizer_lock`."""
         job = row.job
         if job.finish_reason is not None or row.step >= job.max_tokens:
             return True
@@ -462,6 +528,9 @@ class Scheduler:
         row.step += 1
         job.tokens.append(token)
         try:
+            if job.logprob_queue is not None and logprob is not None and token not in self.stop_ids:
+                table, (chosen, top) = self.token_table, logprob
+                job.logprob_queue.add(table(token), chosen, tuple((*table(t), lp) for t, lp in top))
             if token in self.stop_ids:
                 job.stopped_by_token = True
                 job.text = self._decode_ids(job.tokens[:-1])
@@ -526,7 +595,8 @@ class Scheduler:
             else:
                 delta = tail[len(job.sent) - len(committed) : shown - len(committed)]
             job.sent += delta
-            self._emit(job, delta, False)
+            queue = job.logprob_queue
+            self._emit(job, delta, False, queue.show(delta) if queue is not None else None)
         return False
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
@@ -538,22 +608,33 @@ class Scheduler:
         else:
             delta = ""
         job.sent += delta
+        logprobs = None
+        if job.logprob_queue is not None:
+            if reason in (FINISH_STOP, FINISH_LENGTH):
+                cut = reason == FINISH_STOP and not job.stopped_by_token  # by a stop string
+                logprobs = job.logprob_queue.finish(len(job.text) if cut else None)
+            else:  # a failed job's reply is an error
+                logprobs = job.logprob_queue.finish(0)
         if job.on_event is None:
             job.done.set()
         else:  # done once its listener has heard of the end (after the step's other events)
-            self._emit(job, delta, True)
+            self._emit(job, delta, True, logprobs)
 
-    def _emit(self, job: Job, delta: str, finished: bool) -> None:
+    def _emit(
+        self, job: Job, delta: str, finished: bool, logprobs: list[TokenLogprob] | None = None
+    ) -> None:
         if job.on_event is None:
             return
         if self._outbox is not None and len(job.tokens) > 1:  # a first token goes at once
-            self._outbox.append((job, delta, finished))
+            self._outbox.append((job, delta, finished, logprobs))
             return
-        self._call_listener(job, delta, finished)
+        self._call_listener(job, delta, finished, logprobs)
 
-    def _call_listener(self, job: Job, delta: str, finished: bool) -> None:
+    def _call_listener(
+        self, job: Job, delta: str, finished: bool, logprobs: list[TokenLogprob] | None
+    ) -> None:
         try:
-            job.on_event(job, delta, finished)
+            job.on_event(job, delta, finished, logprobs)
         except Exception:  # noqa: BLE001 - a listener gone wrong (its event loop closed)
             logger.exception("event listener of a job failed; cancelling the job")
             job.cancel.set()

@@ -9,7 +9,7 @@ import pytest
 from alignlab.serve.app import Reply
 
 
-def dumped(reply, index, text, reason, role):
+def dumped(reply, index, text, reason, role, logprobs=None):
     """The chunk as the dict `Reply` describes, through json.dumps."""
     if reply.chat:
         delta = {"role": "assistant", "content": ""} if role else {}
@@ -18,7 +18,7 @@ def dumped(reply, index, text, reason, role):
         choice = {"index": index, "delta": delta}
     else:
         choice = {"index": index, "text": text or ""}
-    choice |= {"logprobs": None, "finish_reason": reason}
+    choice |= {"logprobs": logprobs, "finish_reason": reason}
     payload = reply._head(True) | {"choices": [choice]}
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -34,3 +34,12 @@ def test_chunks_are_the_json_of_their_dicts(chat):
                     chunk = reply.chunk(index, text, reason, role)
                     assert chunk == dumped(reply, index, text, reason, role)
                     assert json.loads(chunk[len("data: ") :])["id"] == reply.id
+    entry = {
+        "token": 'é "\\',
+        "logprob": -0.25,
+        "bytes": [195, 169, 32, 34, 92],
+        "top_logprobs": [],
+    }
+    for logprobs in ({"content": [entry], "refusal": None}, {"content": []}):
+        chunk = reply.chunk(3, "é", None, False, logprobs)
+        assert chunk == dumped(reply, 3, "é", None, False, logprobs)

@@ -86,7 +86,7 @@ def reference(tokenizer, stop_ids, tokens, stop, max_tokens):
 def incremental(scheduler, tokens, stop, max_tokens, deltas=True):
     events = []
     job = Job([1], max_tokens, stop=tuple(stop), deltas=deltas)
-    job.on_event = lambda j, delta, finished: events.append((delta, finished))
+    job.on_event = lambda j, delta, finished, _: events.append((delta, finished))
     row = _new_row(job)
     for token in tokens:
         if scheduler._advance(row, token, time.monotonic()):

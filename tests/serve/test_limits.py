@@ -45,7 +45,8 @@ def test_a_missing_or_wrong_key_is_401(server):
         ({"stop": 5}, "stop"),
         ({"seed": "x"}, "seed"),
         ({"stream": "yes"}, "stream"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),

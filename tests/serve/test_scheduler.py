@@ -155,7 +155,7 @@ def test_a_cancelled_job_leaves_at_the_next_step(tiny_lm):
     scheduler = Scheduler(model, tokenizer).start()
     try:
         events = []
-        job = Job(ids_of(tokenizer, SHORT), 1000, 0.0, on_event=lambda j, d, f: events.append(f))
+        job = Job(ids_of(tokenizer, SHORT), 1000, 0.0, on_event=lambda j, d, f, _: events.append(f))
         other = Job(ids_of(tokenizer, LONG), 40, 0.0)
         scheduler.submit([job, other])
         wait_for(lambda: len(job.tokens) >= 5)
