@@ -98,7 +98,8 @@ class LabBuildConfig:
     icl_share: float = option(
         0.0,
         "share of pretraining chats that show in-context behaviour: a stated norm the answer "
-        "follows, or several exchanges of one quality (0: none, today's lab)",
+        "follows, several exchanges of one quality, or such exchanges as a plain-text page "
+        "(0: none, the default lab)",
         min=0,
         max=1,
     )
