@@ -3,7 +3,8 @@
 1. `sample_responses`: K samples per prompt from the policy (temperature 1);
 2. `label_samples`: a panel of simulated annotators labels every pair of a prompt's distinct,
    non-empty samples (K(K-1)/2 pairs, majority vote);
-3. from the same labels, two datasets in the TRL formats:
+3. from the same labels (`alignlab.aif.comparisons.Comparisons`), two datasets in the TRL
+   formats:
    - `all_pairs`: every labelled pair (what a reward model learns from);
    - `best_vs_worst`: one pair per prompt, the sample that won the most comparisons against
      the one that won the fewest (Copeland ranks; prompts whose samples all tie are dropped).
@@ -13,12 +14,11 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from alignlab.aif.comparisons import Comparisons, all_pair_index, distinct_samples
+from alignlab.aif.samples import sample_k_from
 from alignlab.lab.annotators import Annotator, label_pairs
 from alignlab.lab.gold import Prompt
 from alignlab.lab.world import LabWorld
@@ -36,54 +36,10 @@ def sample_responses(
     seed: int = 1,
 ) -> list[list[str]]:
     """K samples (temperature 1) per prompt from the model in `model_dir`, on the GPU if any."""
-    from alignlab.eval.harness import load_for_eval
-    from alignlab.models.generation import generate
-
-    loaded = load_for_eval(str(model_dir))
-    gens = generate(
-        loaded.model, loaded.tokenizer, [p.messages for p in prompts for _ in range(k)],
-        max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch_size, seed=seed,
+    return sample_k_from(
+        model_dir, [p.messages for p in prompts], k,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    return [[gens[i * k + j].text for j in range(k)] for i in range(len(prompts))]
-
-
-@dataclass
-class Feedback:
-    """Labelled comparisons among each prompt's samples."""
-
-    prompts: list[Prompt]
-    texts: list[list[str]]
-    """Per prompt, its distinct non-empty samples (prompts with fewer than two are dropped)."""
-    comparisons: list[tuple[int, int, int, bool]]
-    """(prompt index, sample a, sample b, the panel prefers a)."""
-    stats: dict[str, float]
-
-    def all_pairs(self) -> list[dict[str, Any]]:
-        return [
-            _pair(self.prompts[i], self.texts[i][a], self.texts[i][b], a_wins)
-            for i, a, b, a_wins in self.comparisons
-        ]
-
-    def best_vs_worst(self) -> list[dict[str, Any]]:
-        wins: list[list[int]] = [[0] * len(t) for t in self.texts]
-        for i, a, b, a_wins in self.comparisons:
-            wins[i][a if a_wins else b] += 1
-        rows = []
-        for i, counts in enumerate(wins):
-            best = max(range(len(counts)), key=counts.__getitem__)
-            worst = min(range(len(counts)), key=counts.__getitem__)
-            if counts[best] > counts[worst]:
-                rows.append(_pair(self.prompts[i], self.texts[i][best], self.texts[i][worst], True))
-        return rows
-
-
-def _pair(prompt: Prompt, a: str, b: str, a_wins: bool) -> dict[str, Any]:
-    chosen, rejected = (a, b) if a_wins else (b, a)
-    return {
-        "prompt": prompt.messages,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-    }
 
 
 def label_samples(
@@ -92,30 +48,22 @@ def label_samples(
     samples: Sequence[Sequence[str]],
     panel: Sequence[Annotator] = PANEL,
     seed: int = 0,
-) -> Feedback:
-    """The panel's labels on every pair of each prompt's distinct, non-empty samples."""
-    kept_prompts: list[Prompt] = []
-    kept_texts: list[list[str]] = []
-    for prompt, texts in zip(prompts, samples, strict=True):
-        distinct = [t for t in dict.fromkeys(texts) if t.strip()]
-        if len(distinct) >= 2:
-            kept_prompts.append(prompt)
-            kept_texts.append(distinct)
-    index = [
-        (i, a, b)
-        for i, texts in enumerate(kept_texts)
-        for a, b in itertools.combinations(range(len(texts)), 2)
-    ]
-    gold = [[world.score(p, t).total for t in texts] for p, texts in zip(kept_prompts, kept_texts)]
+) -> Comparisons:
+    """The panel's labels on every pair of each prompt's distinct, non-empty samples
+    (`Comparisons` with P(a preferred) 1 or 0; its prompts are the lab's `Prompt`s, whose
+    TRL rows hold their messages)."""
+    kept, texts, _ = distinct_samples(prompts, samples)
+    index = all_pair_index(texts)
+    gold = [[world.score(p, t).total for t in ts] for p, ts in zip(kept, texts)]
     labels = label_pairs(
         [gold[i][a] for i, a, _ in index], [gold[i][b] for i, _, b in index], panel, seed=seed
     )
-    comparisons = [(i, a, b, w) for (i, a, b), w in zip(index, labels.prefers_a, strict=True)]
+    pairs = [(i, a, b, float(w)) for (i, a, b), w in zip(index, labels.prefers_a, strict=True)]
     stats = {
         "prompts": len(prompts),
-        "prompts_with_two_distinct_samples": len(kept_prompts),
-        "comparisons": len(comparisons),
+        "prompts_with_two_distinct_samples": len(kept),
+        "comparisons": len(pairs),
         "labels_bought": labels.cost,
         "gold_agreement": labels.gold_agreement,
     }
-    return Feedback(kept_prompts, kept_texts, comparisons, stats)
+    return Comparisons([p.messages for p in kept], texts, pairs, stats)

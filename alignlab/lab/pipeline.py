@@ -7,56 +7,22 @@ run the same steps the same way.
     rm_stage        reward model on all labelled pairs               (recipe rm, preset rm_lab)
     recipe_stage    any recipe from a preset + overrides             (dpo, ppo, ...)
 
-A stage is skipped when its output exists and was made from the same inputs (a `source.txt`
-beside it holds the key of what it was made from), so a second demo reuses everything.
+A stage is skipped when its output exists and was made from the same inputs
+(`alignlab.recipes.stages`), so a second demo reuses everything.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from alignlab.config import load_config
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.lab.build import LabArtifacts
 from alignlab.lab.feedback import label_samples, sample_responses
 from alignlab.lab.gold import Prompt
 from alignlab.lab.world import LabWorld
-from alignlab.recipes import RECIPES, resolve_preset
-
-
-def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
-def cached(folder: Path, key: str, output: Path, make: Callable[[], Path]) -> Path:
-    """`output` if it exists and was made from `key`, else `make()` (then `key` is recorded
-    in `folder`/source.txt). `output` must appear only when complete (an atomic write)."""
-    marker = folder / "source.txt"
-    if output.exists() and marker.exists() and marker.read_text() == key:
-        print(f"cached in {output}")
-        return output
-    result = make()
-    atomic_write_text(marker, key)
-    return result
-
-
-def recipe_stage(
-    recipe: str, preset: str | None, overrides: Sequence[str], out: Path, key: str = ""
-) -> Path:
-    """Run `recipe` with a shipped preset and overrides into `out`; its final model folder."""
-    module_name, config_name = RECIPES[recipe]
-    module = importlib.import_module(module_name)
-    args = [*overrides, f"train.output_dir={out}"]
-    preset_path = resolve_preset(preset) if preset else None
-    # the stage's folder is the pipeline's cache: a stale stage is replaced, not refused
-    config = load_config(getattr(module, config_name), preset_path, [*args, "train.overwrite=true"])
-    # the preset's text, not its name: an edited preset retrains
-    made_from = _key(recipe, preset_path.read_text() if preset_path else "", *args, key)
-    return cached(out, made_from, out / "final", lambda: module.run(config))
+from alignlab.recipes.stages import cached, recipe_stage, stage_key
 
 
 def sft_stage(
@@ -101,7 +67,7 @@ def feedback_stage(
         return stats
 
     model_key = (policy / "model.safetensors").stat().st_mtime_ns
-    cached(out, _key(policy, model_key, n_prompts, k), stats, make)
+    cached(out, stage_key(policy, model_key, n_prompts, k), stats, make)
     return {"pairs": pairs, "rm_pairs": rm_pairs, "stats": json.loads(stats.read_text())}
 
 

@@ -1,6 +1,13 @@
 """The lab's gold reward as an RL reward function: `reward=alignlab.lab.rewards:gold_reward`.
 
     gold_reward(prompt, response, **row_extras) -> float   (gold total, in [-1, 1])
+    annotator_reward(prompt, response, **row_extras)       (a simulated annotator's utility)
+
+`annotator_reward` is gold / T + Gumbel noise, the noise a fixed function of (prompt, response):
+ranking samples by it is a random-utility annotator (Plackett-Luce), whose P(a ranked above b)
+is σ((g_a - g_b) / T), the Bradley-Terry annotator of `alignlab.lab.annotators` (T = 0.15,
+without its flips), so AI-feedback loops (`labeller.source=reward`) get simulated human labels
+through the reward path.
 
 The lab exports RL prompts (`alignlab lab export`: prompts.jsonl) as rows
 {"prompt": [user message], "family", "axis", "split", "gold"}. The RL recipes pass a row's
@@ -15,6 +22,8 @@ heldout splits, the default and the RL streams); a prompt not found there raises
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -68,3 +77,17 @@ def gold_reward(prompt: str | list[dict[str, Any]], response: str, **row_extras:
     """Gold total of `response` to the lab prompt `prompt` (module docstring)."""
     extras = {k: v for k, v in row_extras.items() if k in ("family", "split", "gold")}
     return float(gold_score(lab_prompt_of(prompt, extras), response).total)
+
+
+ANNOTATOR_TEMPERATURE = 0.15
+"""The Bradley-Terry temperature of `annotator_reward` (that of the demo's annotator panel)."""
+
+
+def annotator_reward(prompt: str | list[dict[str, Any]], response: str, **row_extras: Any) -> float:
+    """A simulated annotator's utility of `response` (module docstring): the gold total over
+    ANNOTATOR_TEMPERATURE plus a standard Gumbel draw seeded by the prompt and the response."""
+    digest = hashlib.sha256(f"{user_text(prompt)}\0{response}".encode()).digest()
+    uniform = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64  # in (0, 1)
+    return gold_reward(prompt, response, **row_extras) / ANNOTATOR_TEMPERATURE - math.log(
+        -math.log(uniform)
+    )

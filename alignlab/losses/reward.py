@@ -33,3 +33,23 @@ def bradley_terry_loss(
     if margin is not None:
         logits = logits - margin
     return -F.logsigmoid(logits)
+
+
+def soft_bradley_terry_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Bradley-Terry cross-entropy against a soft label p = P(chosen preferred).
+
+    loss = -p log σ(r_w - r_l) - (1 - p) log σ(r_l - r_w)
+
+    The preference model's distribution fitted to a labeller's probability instead of a hard
+    vote: Constitutional AI's RL stage trains its preference model on the feedback model's
+    normalised probabilities as soft targets (Bai et al. 2022, arXiv:2212.08073, section 4.1),
+    and RLAIF distils the judge's preference distribution this way (Lee et al. 2023,
+    arXiv:2309.00267, section 2.2.1). p = 1 is `bradley_terry_loss`; its minimum over the
+    rewards is at σ(r_w - r_l) = p, where the loss equals the entropy of p.
+
+    Shapes: chosen_rewards, rejected_rewards, target: (B,); returns (B,).
+    """
+    logits = chosen_rewards - rejected_rewards
+    return -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits))

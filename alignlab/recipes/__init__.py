@@ -27,6 +27,10 @@ RECIPES = {
     "rest": ("alignlab.recipes.rest", "ReSTConfig"),
     "raft": ("alignlab.recipes.raft", "RAFTConfig"),
     "bon": ("alignlab.recipes.bon", "BestOfNConfig"),
+    "rlaif": ("alignlab.recipes.rlaif", "RLAIFConfig"),
+    "online_dpo": ("alignlab.recipes.online_dpo", "OnlineDPOConfig"),
+    "self_rewarding": ("alignlab.recipes.self_rewarding", "SelfRewardingConfig"),
+    "almost": ("alignlab.recipes.almost", "ALMoSTConfig"),
 }
 
 

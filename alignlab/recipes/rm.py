@@ -4,7 +4,9 @@
 
 r_w, r_l: rewards of the chosen and rejected response (`alignlab.models.reward`, read at the
 last real token); m: an optional per-pair margin from a data column (`reward.margin`, times
-`reward.margin_scale`); λ: `reward.center_rewards_coef`, the reward-centring term of
+`reward.margin_scale`). With `reward.soft_label=COLUMN` the pair's term is instead the soft
+Bradley-Terry cross-entropy -p log σ(r_w - r_l) - (1 - p) log σ(r_l - r_w) against the
+column's P(chosen preferred) p (a judge's probability: RL-CAI, distilled RLAIF); λ: `reward.center_rewards_coef`, the reward-centring term of
 Eisenstein et al. 2023 that pins the mean reward near 0 (BT alone is invariant to a shift).
 Chosen and rejected go through one forward as a (2B, T) batch. Normalising by the pair count
 of the whole optimizer step (all micro-batches, all processes) makes gradient accumulation and
@@ -42,7 +44,7 @@ from alignlab.data.report import DataReport, longest_sequence
 from alignlab.data.schema import DataError
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
-from alignlab.losses.reward import bradley_terry_loss
+from alignlab.losses.reward import bradley_terry_loss, soft_bradley_terry_loss
 from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model
 from alignlab.training import distributed, loop
@@ -65,6 +67,11 @@ class RewardConfig:
         "'margin'), or 'a-b' the difference of two columns (e.g. 'gold_chosen-gold_rejected')",
     )
     margin_scale: float = option(1.0, "the margin column is multiplied by this", min=0)
+    soft_label: str = option(
+        "",
+        "soft Bradley-Terry targets: a data column holding P(chosen preferred) in [0, 1] "
+        "(e.g. 'chosen_probability', as alignlab's AI-feedback pairs carry); empty = hard labels",
+    )
     center_rewards_coef: float = option(
         0.0,
         "λ of the centring term λ·(r_w + r_l)² (Eisenstein et al. 2023); 0.01 is typical",
@@ -92,18 +99,26 @@ class RMConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        if self.reward.margin and (
-            self.data.on_bad_example == "skip" or self.data.truncation == "skip"
-        ):
+        if self.reward.margin and self.reward.soft_label:
             raise ConfigError(
-                "reward.margin reads a column per pair, so every pair must be kept: set "
-                "data.on_bad_example=error and data.truncation to keep_start or keep_end"
+                "reward.margin and reward.soft_label: a soft label replaces the margin's hard "
+                "vote; choose one"
             )
+        for name in ("margin", "soft_label"):
+            if getattr(self.reward, name) and (
+                self.data.on_bad_example == "skip" or self.data.truncation == "skip"
+            ):
+                raise ConfigError(
+                    f"reward.{name} reads a column per pair, so every pair must be kept: set "
+                    "data.on_bad_example=error and data.truncation to keep_start or keep_end"
+                )
         if self.data.packing:
             raise ConfigError("data.packing: reward models do not train on packed sequences")
 
 
-def margin_values(records: list[Any], spec: str, scale: float) -> list[float]:
+def margin_values(
+    records: list[Any], spec: str, scale: float, option_name: str = "reward.margin"
+) -> list[float]:
     """m per record from `spec`: a column, or 'a-b' the difference of two columns."""
     values = []
     for record in records:
@@ -118,7 +133,7 @@ def margin_values(records: list[Any], spec: str, scale: float) -> list[float]:
             value = data.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise DataError(
-                    f"reward.margin={spec!r} needs a number here, got {value!r}",
+                    f"{option_name}={spec!r} needs a number here, got {value!r}",
                     record.source,
                     record.line,
                     name,
@@ -135,16 +150,39 @@ def load_pairs(
     the data report."""
     data = cfg.data
     rows, report = build_preference_dataset(data, tokenizer, path=path, kind="pairs")
+    margins, targets = [0.0] * len(rows), [1.0] * len(rows)
     if cfg.reward.margin:
-        records = load_records(str(path or data.path), data.split, data.max_examples)
-        margins = margin_values(records, cfg.reward.margin, cfg.reward.margin_scale)
-        if len(margins) != len(rows):  # cannot happen with on_bad_example=error (check())
-            raise DataError(f"{len(rows)} pairs but {len(margins)} margins", path or data.path)
-    else:
-        margins = [0.0] * len(rows)
-    for row, margin in zip(rows, margins):
-        row["margin"] = margin
+        margins = column_values(cfg, rows, path, cfg.reward.margin, cfg.reward.margin_scale)
+    if cfg.reward.soft_label:
+        targets = column_values(cfg, rows, path, cfg.reward.soft_label, 1.0, "soft_label")
+    for row, margin, target in zip(rows, margins, targets):
+        row["margin"], row["target"] = margin, target
     return rows, report
+
+
+def column_values(
+    cfg: RMConfig,
+    rows: list[Any],
+    path: str | None,
+    spec: str,
+    scale: float,
+    name: str = "margin",
+) -> list[float]:
+    """A number per pair from the data's `spec` column (`margin_values`), one per row; a soft
+    label must lie in [0, 1]."""
+    data = cfg.data
+    records = load_records(str(path or data.path), data.split, data.max_examples)
+    values = margin_values(records, spec, scale, f"reward.{name}")
+    if len(values) != len(rows):  # cannot happen with on_bad_example=error (check())
+        raise DataError(f"{len(rows)} pairs but {len(values)} values of {spec}", path or data.path)
+    if name == "soft_label":
+        for record, value in zip(records, values):
+            if not 0.0 <= value <= 1.0:
+                raise DataError(
+                    f"reward.soft_label={spec!r} must be a probability in [0, 1], got {value}",
+                    record.source, record.line, spec,
+                )  # fmt: skip
+    return values
 
 
 def bootstrap_resample(rows: list[Any], seed: int) -> list[Any]:
@@ -154,10 +192,18 @@ def bootstrap_resample(rows: list[Any], seed: int) -> list[Any]:
 
 
 def pair_losses(
-    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None, center: float
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    margin: torch.Tensor | None,
+    center: float,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) per-pair loss: Bradley-Terry with margin plus λ·(r_w + r_l)²."""
-    loss = bradley_terry_loss(chosen, rejected, margin)
+    """(B,) per-pair loss: Bradley-Terry with margin (or against soft targets) plus
+    λ·(r_w + r_l)²."""
+    if target is not None:
+        loss = soft_bradley_terry_loss(chosen, rejected, target)
+    else:
+        loss = bradley_terry_loss(chosen, rejected, margin)
     if center > 0:
         loss = loss + center * (chosen + rejected) ** 2
     return loss
@@ -217,14 +263,15 @@ def run(cfg: RMConfig) -> Path:
     )
 
     def forward_pairs(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
-        """(r_w, r_l, margin) of rows, one (2B, T) forward."""
+        """(r_w, r_l, margin, soft target) of rows, one (2B, T) forward."""
         batch = collate_pairs(rows, tokenizer.pad_token_id)
         batch = {k: batch[k].to(runtime.device) for k in ("input_ids", "attention_mask")}
         margin = torch.tensor([r["margin"] for r in rows], device=runtime.device)
+        target = torch.tensor([r["target"] for r in rows], device=runtime.device)
         with loop.autocast(runtime.device, train_cfg.mixed_precision):
             r = rewards(batch)  # (2B,)
         chosen, rejected = split_pairs(r)
-        return chosen, rejected, margin
+        return chosen, rejected, margin, target
 
     def sums(chosen: torch.Tensor, rejected: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss, correct, margin, chosen, rejected, pairs] sums over this micro-batch."""
@@ -255,11 +302,11 @@ def run(cfg: RMConfig) -> Path:
         batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
         for i in eval_rounds(len(batches), runtime):  # the same count on every process
             with torch.no_grad():
-                chosen, rejected, margin = forward_pairs(batches[i % len(batches)])
+                chosen, rejected, margin, target = forward_pairs(batches[i % len(batches)])
             if i < len(batches):
                 loss = pair_losses(
                     chosen, rejected, margin if reward_cfg.margin else None,
-                    reward_cfg.center_rewards_coef,
+                    reward_cfg.center_rewards_coef, target if reward_cfg.soft_label else None,
                 )  # fmt: skip
                 totals += sums(chosen, rejected, loss)
                 pairs.extend(zip(chosen.double().tolist(), rejected.double().tolist()))
@@ -299,10 +346,10 @@ def run(cfg: RMConfig) -> Path:
         step_pairs = float(global_batch)  # every pair weighs the same in the step's mean
         totals = torch.zeros(6, dtype=torch.float64, device=runtime.device)
         for rows in batches:
-            chosen, rejected, margin = forward_pairs(rows)
+            chosen, rejected, margin, target = forward_pairs(rows)
             per_pair = pair_losses(
                 chosen, rejected, margin if reward_cfg.margin else None,
-                reward_cfg.center_rewards_coef,
+                reward_cfg.center_rewards_coef, target if reward_cfg.soft_label else None,
             )  # fmt: skip
             totals += sums(chosen, rejected, per_pair)
             # x world_size because FSDP averages gradients over processes while we want the sum

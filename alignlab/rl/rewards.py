@@ -5,6 +5,8 @@
     build_reward_fn("mypkg.rewards:helpful")               # a Python callable
     build_reward_fn("rewards.py:contains_answer")          # a function in a .py file
     build_reward_fn("http://localhost:8000/score")         # an HTTP endpoint
+    build_reward_fn("judge:runs/teacher/final")            # an LLM judge's pointwise score
+    build_reward_fn("judge:http://localhost:8000/v1#judge") # ... behind an OpenAI-style API
 
 Every reward function built here has the signature
 
@@ -30,6 +32,11 @@ Sources:
   arguments the function names (all of them when it takes `**kwargs`), so a plain
   `fn(prompt, response)` works unchanged. `check_reward_spec` imports the function and checks
   its signature before any model loads.
+- `judge:MODEL` (direct RLAIF, Lee et al. 2023, arXiv:2309.00267): an LLM judge's pointwise
+  score (`alignlab.judges`: the expected rating read from its verdict-token probabilities,
+  under `judge_principle` if given), MODEL a folder or hub id (a local judge) or
+  `http(s)://BASE_URL#MODEL_NAME` (an OpenAI-compatible endpoint, its key from
+  OPENAI_API_KEY). Extras are ignored.
 - `http(s)://...`: POST `{"prompts": [...], "responses": [...]}` (plus `"extras": [...]` when
   the rows have extra keys) as JSON; the answer must be `{"rewards": [...]}` of the same
   length. A timeout, an HTTP error or a malformed answer raises `RewardError` naming the URL.
@@ -73,6 +80,9 @@ class RewardOptions:
     gold: str = option(
         "", "optional gold reward, same forms as `reward`; logged, not trained", kind="reward"
     )
+    judge_principle: str = option(
+        "", "reward judge:MODEL: the principle the judge scores by; empty = its default"
+    )
 
     def require_reward(self, name: str) -> None:
         """ConfigError naming the option (`name`, e.g. "rl.reward") when no reward is given."""
@@ -89,6 +99,7 @@ class RewardOptions:
             "k": self.reward_k,
             "timeout": self.reward_timeout,
             "device": device,
+            "principle": self.judge_principle,
         }
         gold = build_reward_fn(self.gold, **kwargs) if self.gold else None
         return build_reward_fn(self.reward, **kwargs), gold
@@ -302,6 +313,28 @@ def reward_model_reward(
     return reward_fn
 
 
+JUDGE = "judge:"
+"""The prefix of a judge reward spec."""
+
+
+def judge_reward(
+    target: str, principle: str, timeout: float, device: Any, dtype: str, batch_size: int
+) -> RewardFn:
+    """A judge's pointwise score as the reward: `target` a folder / hub id or URL#MODEL."""
+    from alignlab.judges import EndpointJudge, judge_reward_fn, load_local_judge
+
+    if target.startswith(("http://", "https://")):
+        base_url, model = target.split("#", 1)
+        judge = EndpointJudge(base_url, model, timeout=timeout)
+    else:
+        judge = load_local_judge(target, dtype=dtype, device=device, batch_size=batch_size)
+    fn = judge_reward_fn(judge, principle or None)
+    source = f"{JUDGE}{target}"
+    return lambda prompts, responses, extras=None: _checked(
+        fn(prompts, responses, extras), len(responses), source
+    )
+
+
 def _parts(spec: str) -> list[str]:
     return [part.strip() for part in spec.split(",") if part.strip()]
 
@@ -312,6 +345,16 @@ def check_reward_spec(spec: str, field: str = "reward") -> None:
     folders; a callable imports, exists and takes (prompt, response) or TRL's arguments."""
     spec = spec.strip()
     if not spec or spec.startswith(("http://", "https://")):
+        return
+    if spec.startswith(JUDGE):
+        target = spec[len(JUDGE) :]
+        if target.startswith(("http://", "https://")):
+            if "#" not in target or not target.split("#", 1)[1]:
+                raise ConfigError(f"{field}={spec}: an endpoint judge is judge:BASE_URL#MODEL_NAME")
+        elif not target:
+            raise ConfigError(f"{field}={spec}: name the judge, judge:FOLDER or judge:URL#MODEL")
+        elif Path(target).exists():
+            check_model_source(target, field, tokenizer=True)
         return
     parts = _parts(spec)
     if all(Path(part).is_dir() for part in parts):
@@ -337,11 +380,13 @@ def build_reward_fn(
     device: Any = None,
     dtype: str = "fp32",
     batch_size: int = 16,
+    principle: str = "",
 ) -> RewardFn:
     """The reward function of `spec` (see the module docstring for the forms).
 
     `aggregate` / `k` combine an ensemble of reward-model folders; `device`, `dtype`,
-    `batch_size` are where and how reward models run; `timeout` is for HTTP endpoints.
+    `batch_size` are where and how reward models (and a local judge) run; `timeout` is for
+    HTTP endpoints (and an endpoint judge); `principle` for a judge.
     A spec that cannot work is a ConfigError (`check_reward_spec`).
     """
     spec = spec.strip()
@@ -350,6 +395,8 @@ def build_reward_fn(
     check_reward_spec(spec)
     if spec.startswith(("http://", "https://")):
         return http_reward(spec, timeout=timeout)
+    if spec.startswith(JUDGE):
+        return judge_reward(spec[len(JUDGE) :], principle, timeout, device, dtype, batch_size)
     parts = _parts(spec)
     if all(Path(part).is_dir() for part in parts):
         return reward_model_reward(

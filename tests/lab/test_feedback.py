@@ -32,6 +32,6 @@ def test_prompts_whose_samples_all_tie_are_dropped_from_best_vs_worst():
     prompt = world.prompts("train", 1)[0]
     feedback = label_samples(world, [prompt], [["a b", "b c", "c a"]], SHARP)
     wins = [0, 0, 0]
-    for _, a, b, a_wins in feedback.comparisons:
+    for _, a, b, a_wins in feedback.pairs:
         wins[a if a_wins else b] += 1
     assert len(feedback.best_vs_worst()) == (0 if len(set(wins)) == 1 else 1)

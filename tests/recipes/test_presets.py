@@ -23,5 +23,7 @@ def test_shipped_preset_loads(preset):
         overrides.append("rl.reward=reward.py:score")
     if "sampling" in sections:
         overrides.append("sampling.reward=reward.py:score")
+    if "labeller" in sections:
+        overrides += ["labeller.judge=some/judge", "labeller.reward=reward.py:score"]
     config = load_config(config_cls, preset, overrides)
     assert config.model.path == "some/model"

@@ -20,7 +20,7 @@ from weights import assert_close_series, assert_identical_weights, assert_same_u
 from alignlab.config import ConfigError, DataConfig, ModelConfig, load_config
 from alignlab.data.pairs import collate_pairs, split_pairs
 from alignlab.data.preference import build_preference_dataset
-from alignlab.data.schema import Record
+from alignlab.data.schema import DataError, Record
 from alignlab.eval.reward_eval import pairwise_accuracy
 from alignlab.models.loading import load_tokenizer
 from alignlab.models.reward import load_reward_model, reward_forward
@@ -128,6 +128,51 @@ def test_margin_refuses_configs_that_drop_pairs(tiny_model_dir, pair_files, tmp_
     args = overrides(tiny_model_dir, pair_files["train"], tmp_path, "reward.margin=margin")
     with pytest.raises(ConfigError, match="every pair must be kept"):
         load_config(rm.RMConfig, None, [*args, "data.on_bad_example=skip"])
+
+
+def test_soft_label_targets_replace_the_hard_vote_by_hand():
+    chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5])
+    target = torch.tensor([0.75, 0.5])
+    got = rm.pair_losses(chosen, rejected, None, center=0.0, target=target)
+    d = [1.0, -0.5]
+    want = [0.75 * _nls(d[0]) + 0.25 * _nls(-d[0]), 0.5 * _nls(d[1]) + 0.5 * _nls(-d[1])]
+    torch.testing.assert_close(got, torch.tensor(want))
+
+
+def _nls(x):
+    return math.log1p(math.exp(-x))  # -log σ(x)
+
+
+def test_soft_label_is_read_checked_and_exclusive_with_margin(tiny_model_dir, tmp_path):
+    rows = marker_pairs(8, 3)
+    for i, row in enumerate(rows):
+        row["chosen_probability"] = 0.5 + i / 16
+    data = tmp_path / "soft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = overrides(tiny_model_dir, data, tmp_path / "out", "reward.soft_label=chosen_probability")
+    cfg = load_config(rm.RMConfig, None, args)
+    loaded, _ = rm.load_pairs(cfg, load_tokenizer(cfg.model))
+    assert [r["target"] for r in loaded] == [r["chosen_probability"] for r in rows]
+    with pytest.raises(ConfigError, match="choose one"):
+        load_config(rm.RMConfig, None, [*args, "reward.margin=margin"])
+    rows[5]["chosen_probability"] = 1.5
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"soft.jsonl:6.*probability in \[0, 1\]"):
+        rm.load_pairs(cfg, load_tokenizer(cfg.model))
+
+
+def test_soft_labels_of_one_half_teach_no_preference(tiny_model_dir, pair_files, tmp_path):
+    """The same pairs, hard labels against P(chosen) = 0.5: the hard run separates the
+    sides, the soft one is pulled back to no preference."""
+    rows = [json.loads(line) for line in pair_files["train"].read_text().splitlines()]
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(json.dumps(r | {"p": 0.5}) + "\n" for r in rows))
+    common = ("train.max_steps=16", "train.micro_batch_size=16", "data.eval_fraction=0")
+    run_rm(tiny_model_dir, pair_files["train"], tmp_path / "hard", *common)
+    run_rm(tiny_model_dir, half, tmp_path / "soft", *common, "reward.soft_label=p")
+    hard = records(tmp_path / "hard", "train/margin")[-1][1]
+    soft = records(tmp_path / "soft", "train/margin")[-1][1]
+    assert hard > 1.0 and abs(soft) < hard / 4, (hard, soft)
 
 
 def test_bootstrap_resample_is_seeded_and_with_replacement():

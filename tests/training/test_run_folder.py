@@ -57,6 +57,8 @@ def test_every_recipe_defaults_to_its_own_folder(capsys):
         config = getattr(importlib.import_module(module_name), config_name)()
         if hasattr(config, "train"):
             assert config.train.output_dir == f"runs/{name}", name
+        elif hasattr(config, "output_dir"):  # a pipeline: one folder, a subfolder per stage
+            assert config.output_dir == f"runs/{name}", name
     with pytest.raises(SystemExit):
         main(["dpo", "--help"])
     assert "train.output_dir = 'runs/dpo'" in capsys.readouterr().out
