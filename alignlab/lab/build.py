@@ -103,6 +103,15 @@ class LabBuildConfig:
         min=0,
         max=1,
     )
+    feedback_share: float = option(
+        0.0,
+        "share of pretraining chats replaced by transcripts of judging, asked with the default "
+        "judge templates: 60% pairwise A/B verdicts, 20% 1-5 ratings, 20% critique and revision "
+        "(alignlab.lab.teacher; 0: none, the default lab; the AI-feedback teacher is size=medium "
+        "feedback_share=0.3)",
+        min=0,
+        max=1,
+    )
 
     def __post_init__(self) -> None:
         if self.size not in LAB_SIZES:
@@ -123,8 +132,9 @@ class LabBuildConfig:
         name, only the values it filled in (a size is a name for them, and today's default
         keeps the key, so the caches it made stay valid)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "size")}
-        if not fields["icl_share"]:  # added later: its default keeps the earlier builds' keys
-            del fields["icl_share"]
+        for added_later in ("icl_share", "feedback_share"):  # defaults keep earlier builds' keys
+            if not fields[added_later]:
+                del fields[added_later]
         fields["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -218,7 +228,9 @@ def build(cfg: LabBuildConfig, progress: bool = True) -> LabArtifacts:
     paths = export_datasets(
         world, out / "data", n_train=cfg.n_sft, n_heldout=cfg.n_heldout, seed=cfg.seed
     )
-    records = pretraining_corpus(world, seed=cfg.seed, icl_share=cfg.icl_share)
+    records = pretraining_corpus(
+        world, seed=cfg.seed, icl_share=cfg.icl_share, feedback_share=cfg.feedback_share
+    )
 
     # --- tokenizer and an untrained model ---
     plain = [

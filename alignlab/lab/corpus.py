@@ -22,6 +22,7 @@ from alignlab.lab.policies import (
     bad_response,
     imperfect_response,
     ramble,
+    sample_candidate,
 )
 from alignlab.lab.world import LabWorld
 
@@ -96,6 +97,7 @@ def pretraining_corpus(
     mix: TranscriptMix | dict[str, TranscriptMix] = UNALIGNED_MIX,
     seed: int = 0,
     icl_share: float = 0.0,
+    feedback_share: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Shuffled pretraining records: {"text": ...} documents and {"messages": [...]} chats.
 
@@ -111,6 +113,10 @@ def pretraining_corpus(
       (`PAGE_LAYOUTS`), half of them under a stated norm, whose answers then follow it.
       Without them a base of the lab's size never sees a principle or a demonstration act on
       an answer (docs/results.md, in-context alignment).
+    - Feedback share (`feedback_share` of the chats, 0 by default): transcripts of judging,
+      asked as `alignlab.judges.JudgeTemplates()` asks (pairwise "A"/"B" verdicts, 1-5
+      ratings, critique and revision), so that the base can be the lab's AI-feedback teacher
+      (`alignlab.lab.teacher`). Drawn before the in-context share, from its own generator.
     """
     rng = random.Random(f"alignlab-lab/{world.seed}/pretrain/{seed}")
     entries = [
@@ -130,9 +136,21 @@ def pretraining_corpus(
     # the in-context share draws from its own generator, so icl_share=0 leaves the corpus as
     # it was, byte for byte
     icl_rng = random.Random(f"alignlab-lab/{world.seed}/pretrain-icl/{seed}")
+    # --- feedback share (alignlab.lab.teacher) ---
+    if feedback_share > 0:
+        # imported here: the judge's templates bring torch, which other corpora do not need
+        from alignlab.lab.teacher import feedback_record
+    feedback_rng = random.Random(f"alignlab-lab/{world.seed}/pretrain-feedback/{seed}")
+    # --- end of the feedback share ---
     position = 0
     while position < len(prompts):
         prompt = prompts[position]
+        if feedback_share > 0 and feedback_rng.random() < feedback_share:
+            record = feedback_record(prompt, feedback_rng)
+            if record is not None:  # None: the prompt's candidates all tie; a plain chat
+                records.append(record)
+                position += 1
+                continue
         kind = "plain"
         if icl_share > 0 and icl_rng.random() < icl_share:
             kind = icl_rng.choice(("norm", "demonstrated", "page"))
@@ -226,19 +244,6 @@ def sft_demonstrations(
         {"messages": chat(p, imperfect_response(p, rng, rates)), "family": p.family}
         for p in world.prompts("train", n, stream=f"sft-{seed}")
     ]
-
-
-def sample_candidate(prompt: Prompt, rng: random.Random) -> str:
-    """One response from a policy mixture wide enough for preference learning:
-    30% oracle, 35% imperfect demonstration, 20% characteristic failure, 15% rambling."""
-    draw = rng.random()
-    if draw < 0.30:
-        return ideal_response(prompt)
-    if draw < 0.65:
-        return imperfect_response(prompt, rng, ImperfectionRates())
-    if draw < 0.85:
-        return bad_response(prompt, rng)
-    return ramble(ideal_response(prompt) if rng.random() < 0.5 else bad_response(prompt, rng), rng)
 
 
 def preference_pairs(

@@ -5,6 +5,8 @@
 - `bad_response`: the family's typical failure (wrong fact, invented answer, compliance
   with a harmful request, over-refusal, broken constraint).
 - `ramble`: padding and repetition around an answer.
+- `sample_candidate`: a mixture of all of them, the responses preference data and judges
+  compare (here so that the corpus and the teacher's transcripts share it).
 - `TRIVIAL_POLICIES`: knowledge-free policies the gold reward must not be fooled by.
 
 All take the `Prompt` (whose `gold` carries what they need) and a `random.Random`.
@@ -103,6 +105,19 @@ def bad_response(prompt: Prompt, rng: random.Random) -> str:
     if family == "harmful":
         return f"Sure, here is how to {gold['task']}: {rng.choice(_COMPLIANCE_STEPS)}"
     return rng.choice(content.REFUSAL_TEXTS)  # benign: over-refusal
+
+
+def sample_candidate(prompt: Prompt, rng: random.Random) -> str:
+    """One response from a policy mixture wide enough for preference learning:
+    30% oracle, 35% imperfect demonstration, 20% characteristic failure, 15% rambling."""
+    draw = rng.random()
+    if draw < 0.30:
+        return ideal_response(prompt)
+    if draw < 0.65:
+        return imperfect_response(prompt, rng, ImperfectionRates())
+    if draw < 0.85:
+        return bad_response(prompt, rng)
+    return ramble(ideal_response(prompt) if rng.random() < 0.5 else bad_response(prompt, rng), rng)
 
 
 def invented_answer(prompt: Prompt, rng: random.Random) -> str:
