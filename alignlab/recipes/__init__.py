@@ -31,6 +31,7 @@ RECIPES = {
     "online_dpo": ("alignlab.recipes.online_dpo", "OnlineDPOConfig"),
     "self_rewarding": ("alignlab.recipes.self_rewarding", "SelfRewardingConfig"),
     "almost": ("alignlab.recipes.almost", "ALMoSTConfig"),
+    "cai": ("alignlab.recipes.cai", "CAIConfig"),
 }
 
 
