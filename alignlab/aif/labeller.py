@@ -21,6 +21,7 @@ from typing import Any
 from alignlab.aif.comparisons import Comparisons, Prompt, judge_comparisons, reward_comparisons
 from alignlab.config import ConfigError, option
 from alignlab.judges import EndpointJudge, Judge, load_local_judge, load_templates
+from alignlab.models.folders import check_model_source
 from alignlab.rl.rewards import RewardOptions
 
 SOURCES = ("reward", "judge")
@@ -46,6 +47,8 @@ class LabellerConfig(RewardOptions):
                 raise ConfigError("judge is required with source=judge: a model folder or URL")
             if is_url(self.judge) and not self.judge_model:
                 raise ConfigError(f"judge_model is required with the endpoint judge {self.judge}")
+            if not is_url(self.judge):  # a typo found now, not after the sampling stage
+                check_model_source(self.judge, "judge", tokenizer=True)
         elif not self.reward:
             raise ConfigError("reward is required with source=reward (or set source=judge)")
 

@@ -98,3 +98,15 @@ def test_a_missing_judge_is_one_config_line(assets, tmp_path, capsys):
     code = main(["rlaif", f"model.path={policy}", f"data.path={prompts}", f"output_dir={tmp_path}"])
     assert code == 2
     assert "judge is required" in capsys.readouterr().err
+
+
+def test_a_judge_folder_that_does_not_exist_stops_before_sampling(assets, tmp_path, capsys):
+    policy, _, prompts, _ = assets
+    out = tmp_path / "out"
+    code = main([
+        "rlaif", f"model.path={policy}", f"data.path={prompts}",
+        f"labeller.judge={tmp_path / 'no-judge'}", f"output_dir={out}",
+    ])  # fmt: skip
+    assert code == 2
+    assert "no-judge: no such folder" in capsys.readouterr().err
+    assert not (out / "samples").exists()

@@ -23,7 +23,9 @@ def test_shipped_preset_loads(preset):
         overrides.append("rl.reward=reward.py:score")
     if "sampling" in sections:
         overrides.append("sampling.reward=reward.py:score")
+    for name in {"labeller", "feedback"} & sections:  # a judge the test need not build
+        overrides += [f"{name}.judge=http://127.0.0.1:9/v1", f"{name}.judge_model=m"]
     if "labeller" in sections:
-        overrides += ["labeller.judge=some/judge", "labeller.reward=reward.py:score"]
+        overrides.append("labeller.reward=reward.py:score")
     config = load_config(config_cls, preset, overrides)
     assert config.model.path == "some/model"
