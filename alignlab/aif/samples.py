@@ -46,6 +46,17 @@ def sample_k_from(
     return sample_k(loaded.model, loaded.tokenizer, prompts, k, **kw)
 
 
+def write_samples(path: Path, rows: Sequence[Any], samples: Sequence[Sequence[str]]) -> None:
+    """A samples file: one JSONL row {**row.extras, prompt, responses} per prompt row
+    (`alignlab.rl.prompts.PromptRow`), written atomically; `read_samples` reads it back."""
+    from alignlab.fileio import write_jsonl
+
+    write_jsonl(
+        path,
+        [{**r.extras, "prompt": r.prompt, "responses": list(s)} for r, s in zip(rows, samples)],
+    )
+
+
 def read_samples(path: Path) -> tuple[list, list[list[str]], list[dict]]:
     """(prompts, responses per prompt, the other keys of each row) of a samples file: JSONL
     rows {prompt, responses, **extras}, as the AI-feedback recipes write them."""

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from alignlab.aif.comparisons import Comparisons, label_agreement
 from alignlab.aif.labeller import LabellerConfig, build_labeller, is_url
-from alignlab.aif.samples import read_samples, sample_k
+from alignlab.aif.samples import read_samples, sample_k, write_samples
 from alignlab.config import ConfigError, ModelConfig, option, section
 from alignlab.fileio import atomic_write_text, write_jsonl
 from alignlab.recipes.stages import cached, input_stamp, publish_final, recipe_stage, stage_key
@@ -138,10 +138,7 @@ def samples_stage(cfg: RLAIFConfig, out: Path) -> Path:
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             batch_size=cfg.batch_size, seed=cfg.seed,
         )  # fmt: skip
-        write_jsonl(
-            output,
-            [{**r.extras, "prompt": r.prompt, "responses": s} for r, s in zip(rows, samples)],
-        )
+        write_samples(output, rows, samples)
         print(f"samples: {len(rows)} prompts x {cfg.samples_per_prompt} -> {output}")
         return output
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.aif.comparisons import Comparisons, Prompt, label_agreement
-from alignlab.aif.samples import read_samples, sample_k
+from alignlab.aif.samples import read_samples, sample_k, write_samples
 from alignlab.config import ConfigError, ModelConfig, load_config, option, section
 from alignlab.data.schema import DataError
 from alignlab.eval.harness import load_for_eval
@@ -193,10 +193,7 @@ def samples_stage(cfg: RoundOptions, policy: str, r: int, out: Path) -> Path:
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             batch_size=cfg.batch_size, seed=cfg.seed + r - 1,
         )  # fmt: skip
-        write_jsonl(
-            output,
-            [{**row.extras, "prompt": row.prompt, "responses": s} for row, s in zip(rows, samples)],
-        )
+        write_samples(output, rows, samples)
         print(f"round {r} samples: {len(rows)} prompts x {cfg.k} from {policy} -> {output}")
         return output
 
