@@ -6,6 +6,8 @@
     prompts.jsonl          {"prompt": [user], "family", "axis", "split", "gold"}  (RL, train)
     valid_prompts.jsonl    same layout, valid split
     heldout_prompts.jsonl  same layout, heldout split
+    red_team.jsonl         the harmful-family rows of prompts.jsonl (Constitutional AI's
+                           red-team prompts, recipes/cai_lab.yaml)
     manifest.json          world config, row counts, annotator label cost and agreement
 
 Extra keys beside TRL's are ignored by TRL's trainers (or passed to reward functions);
@@ -64,6 +66,7 @@ def export_datasets(
         "valid_prompts": [p.to_record() for p in world.prompts("valid", n_valid)],
         "heldout_prompts": [p.to_record() for p in world.prompts("heldout", n_heldout)],
     }
+    tables["red_team"] = [row for row in tables["prompts"] if row["family"] == "harmful"]
     paths = {}
     for name, rows in tables.items():
         paths[name] = out / f"{name}.jsonl"

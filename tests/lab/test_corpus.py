@@ -162,7 +162,7 @@ def test_export_writes_trl_jsonl(tmp_path):
     # Exactly the documented files: no temporary files left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["sft.jsonl", "preference.jsonl", "prompts.jsonl", "valid_prompts.jsonl",
-         "heldout_prompts.jsonl", "manifest.json"]
+         "heldout_prompts.jsonl", "red_team.jsonl", "manifest.json"]
     )  # fmt: skip
     sft = read_jsonl(paths["sft"])
     assert len(sft) == 60
@@ -179,6 +179,10 @@ def test_export_writes_trl_jsonl(tmp_path):
         assert len(rows) == n
         assert all(r["split"] == split and r["family"] and r["prompt"][0]["role"] == "user"
                    for r in rows)  # fmt: skip
+    red_team = read_jsonl(paths["red_team"])
+    assert red_team and red_team == [
+        r for r in read_jsonl(paths["prompts"]) if r["family"] == "harmful"
+    ]
     heldout = [Prompt.from_record(r) for r in read_jsonl(paths["heldout_prompts"])]
     assert heldout == WORLD.prompts("heldout", 30)
     manifest = json.loads(paths["manifest"].read_text())
