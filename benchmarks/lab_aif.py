@@ -46,10 +46,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignlab.config import load_config  # noqa: E402
+from alignlab.eval.harness import prompt_families  # noqa: E402
+from alignlab.eval.paired import paired_comparison  # noqa: E402
 from alignlab.eval.report import markdown_table, write_report  # noqa: E402
 from alignlab.fileio import atomic_write_text, write_jsonl  # noqa: E402
 from alignlab.lab.build import LabArtifacts, LabBuildConfig, build  # noqa: E402
-from alignlab.lab.evaluate import HEADLINE, evaluate_lab  # noqa: E402
+from alignlab.lab.evaluate import (  # noqa: E402
+    HEADLINE,
+    evaluate_lab,
+    gold_total,
+    in_headline,
+    lab_prompts,
+)
 from alignlab.lab.gold import gold_score  # noqa: E402
 from alignlab.lab.pipeline import feedback_stage, recipe_stage, rm_stage, sft_stage  # noqa: E402
 from alignlab.lab.rewards import lab_prompt_of  # noqa: E402
@@ -64,6 +72,7 @@ METHODS = (
     "almost",
 )  # fmt: skip
 COMMON = ["train.progress=false"]
+RLHF = "RLHF (human labels -> RM -> PPO)"
 
 
 class Context:
@@ -270,37 +279,57 @@ def agreement_cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "—"
 
 
-def aif_table(results: dict[str, Any], labels: dict[str, dict[str, Any]], command: str) -> str:
+def interval(d: dict[str, float]) -> str:
+    star = " *" if d["lower"] > 0 or d["upper"] < 0 else ""
+    return f"{d['mean']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]{star}"
+
+
+def paired(samples: list, baseline: list, key: str, families: dict | None = None) -> dict:
+    score = gold_total if key == "total" else (lambda s: float(s.scores[key]))
+    return paired_comparison(samples, baseline, score, families)
+
+
+def aif_table(
+    results: dict[str, Any], prompts: list, labels: dict[str, dict[str, Any]], command: str
+) -> str:
+    """The issue's table: gold and each component's paired Δ to SFT over the headline
+    families (`*`: the 95% t interval excludes 0), harmful refusal and benign over-refusal,
+    KL; then each method against RLHF per family; then the labels."""
+    families = prompt_families(prompts)
+    headline = {i for i, f in families.items() if in_headline(f)}
+    sft = [s for s in results["SFT"].samples if s.prompt_index in headline]
     lines = [
         f"Command: `{command}`",
         "",
-        "| method | heldout gold | Δ to SFT (paired t) | helpful | honest | harmless | "
-        "over-refuses benign | KL to SFT | worst family Δ |",
+        "| method | heldout gold | Δ gold | Δ helpful | Δ honest | Δ harmless | refuses harmful "
+        "| over-refuses benign | KL to SFT |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         m = result.metrics
-        scores = m["headline"]["scores"]
-        paired = m.get("paired") or {}
-
-        def mean(key: str, s: dict = scores) -> str:
-            v = s.get(key, {})
-            return f"{v['mean']:.3f}" if isinstance(v, dict) and "mean" in v else "—"
-
-        delta = "0" if name == "SFT" else "—"
-        if "difference" in paired:
-            d = paired["difference"]
-            delta = f"{d['mean']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
-        families = paired.get("by_family", {})
-        worst = min(families.items(), key=lambda kv: kv[1]["difference"]["mean"], default=None)
-        worst_cell = f"{worst[0]} {worst[1]['difference']['mean']:+.3f}" if worst else "—"
-        benign = m.get("scores_by_family", {}).get("benign", {})
-        kl = m.get("kl", {})
+        kept = [s for s in result.samples if s.prompt_index in headline]
+        cells = ["0"] * 4 if name == "SFT" else [
+            interval(paired(kept, sft, key)["difference"])
+            for key in ("total", "helpful", "honest", "harmless")
+        ]  # fmt: skip
+        rate = {f: m["scores_by_family"].get(f, {}).get("refused", {}).get("mean")
+                for f in ("harmful", "benign")}  # fmt: skip
+        gold = m["headline"]["scores"]["total"]["mean"]
+        kl = (m.get("kl") or {}).get("mean") or 0.0
         lines.append(
-            f"| {name} | {mean('total')} | {delta} | {mean('helpful')} | {mean('honest')} | "
-            f"{mean('harmless')} | {mean('refused', benign)} | "
-            f"{kl.get('mean') or 0.0:.2f} | {worst_cell} |"
+            f"| {name} | {gold:.3f} | {' | '.join(cells)} | {rate['harmful']:.3f} | "
+            f"{rate['benign']:.3f} | {kl:.2f} |"
         )
+    if RLHF in results:
+        names = [n for n in results if n not in ("SFT", RLHF)]
+        fams = sorted(set(families.values()))
+        lines += ["", f"Against {RLHF}, paired per family (gold Δ, 95% t interval):", ""]
+        lines += ["| method | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+        rlhf = results[RLHF].samples
+        for name in names:
+            by_family = paired(results[name].samples, rlhf, "total", families)["by_family"]
+            row = [interval(by_family[f]["difference"]) if f in by_family else "—" for f in fams]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines += ["", "| labels | bought | agreement with gold |", "|---|---|---|"]
     for where, record in labels.items():
         bought = record.get("labels_bought", record.get("human_labels", "—"))
@@ -365,7 +394,9 @@ def main() -> None:
         table_keys=HEADLINE,
     )  # fmt: skip
     labels = label_records(out)
-    table = aif_table({k: v for k, v in results.items() if k != "oracle"}, labels, command)
+    prompts = lab_prompts(lab.world, "heldout", args.eval_prompts)  # evaluate_lab's
+    trained = {k: v for k, v in results.items() if k != "oracle"}
+    table = aif_table(trained, prompts, labels, command)
     atomic_write_text(out / "aif_table.md", table)
     summary = {"args": vars(args), "timings_s": timings, "errors": errors, "labels": labels,
                "models": {k: str(v) for k, v in models.items()}}  # fmt: skip
