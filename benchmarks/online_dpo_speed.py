@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sft_speed import make_assets, run_worker  # noqa: E402 - benchmarks/ is not a package
+from rl_speed import prompt_assets  # noqa: E402 - benchmarks/ is not a package
+from sft_speed import run_worker  # noqa: E402
 
 SHAPES = {
     "tiny": {"vocab": 300, "seq": 17, "new": 48},  # seq = prompt words + 1
@@ -43,20 +44,11 @@ def hash_reward(prompt: object, response: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assets(shape: dict, folder: Path, n: int) -> tuple[Path, Path]:
-    model_dir, data = make_assets(shape, folder, n)
-    prompts = folder / "prompts.jsonl"
-    with prompts.open("w") as handle:
-        for line in data.read_text().splitlines():
-            handle.write(json.dumps({"prompt": json.loads(line)["text"]}) + "\n")
-    return model_dir, prompts
-
-
 def worker_alignlab(shape: dict, n: int, folder: Path) -> dict:
     from alignlab.config import load_config
     from alignlab.recipes import online_dpo
 
-    model_dir, prompts = assets(shape, folder, n)
+    model_dir, prompts = prompt_assets(shape, folder, n)
     dpo = [
         "loss=dpo", f"beta={BETA}", "nll_weight=0", f"train.micro_batch_size={BATCH}",
         f"train.lr={LR}", "train.epochs=1", "train.mixed_precision=no", "model.dtype=fp32",
@@ -87,7 +79,7 @@ def worker_trl(shape: dict, n: int, folder: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    model_dir, prompts = assets(shape, folder, n)
+    model_dir, prompts = prompt_assets(shape, folder, n)
 
     def reward(prompts, completions, **kwargs):  # noqa: ANN001, ANN202
         return [hash_reward(p, c) for p, c in zip(prompts, completions)]

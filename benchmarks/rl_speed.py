@@ -59,8 +59,9 @@ def length_reward(prompt: object, response: str) -> float:
     return sum(w == "w1" for w in words) / max(len(words), 1)
 
 
-def assets(shape: dict, folder: Path, steps: int) -> tuple[Path, Path]:
-    model_dir, data = make_assets(shape, folder, PROMPTS * steps)
+def prompt_assets(shape: dict, folder: Path, n: int) -> tuple[Path, Path]:
+    """`make_assets`' model and `n` of its texts as a prompts file ({"prompt": text})."""
+    model_dir, data = make_assets(shape, folder, n)
     prompts = folder / "prompts.jsonl"
     with prompts.open("w") as handle:
         for line in data.read_text().splitlines():
@@ -89,7 +90,7 @@ def worker_alignlab(shape: dict, steps: int, folder: Path, algo: str) -> dict:
     from alignlab.config import load_config
     from alignlab.recipes import dapo, grpo, ppo
 
-    model_dir, prompts = assets(shape, folder, steps)
+    model_dir, prompts = prompt_assets(shape, folder, PROMPTS * steps)
     extra = []
     if algo == "ppo":
         recipe, config = ppo, ppo.PPOConfig
@@ -161,7 +162,7 @@ def worker_trl_ppo(shape: dict, steps: int, folder: Path) -> dict:
             f"TRL {trl.__version__} has no PPOTrainer (not in trl, nor trl.experimental): "
             "no TRL PPO to compare against"
         )
-    model_dir, prompts = assets(shape, folder, steps * SAMPLES)
+    model_dir, prompts = prompt_assets(shape, folder, PROMPTS * steps * SAMPLES)
     rm_dir = reward_model(model_dir, folder)
     clock, stamps = trl_clock()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -219,7 +220,7 @@ def worker_trl(shape: dict, steps: int, folder: Path, algo: str = "grpo") -> dic
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    model_dir, prompts = assets(shape, folder, steps)
+    model_dir, prompts = prompt_assets(shape, folder, PROMPTS * steps)
     clock, stamps = trl_clock()
     generation: list[float] = []
 
