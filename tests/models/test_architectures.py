@@ -173,3 +173,33 @@ def test_sequences_longer_than_gpt2_positions_are_refused_before_training(tmp_pa
     err = capsys.readouterr().err
     assert "data.max_length=1024" in err and "n_positions" in err and "16" in err, err
     assert not out.exists()
+
+
+def test_local_judge_reads_each_verdict_as_one_unpadded_forward_would(arch_dir):
+    # verdict probabilities of a batch of different lengths (left padding, positions counted
+    # from each row's first token) against each conversation alone, unpadded, through the
+    # real template: the same softmax over the verdict logits
+    from alignlab.judges import load_local_judge
+    from alignlab.judges.templates import PAIR_VERDICTS, JudgeTemplates
+
+    arch, folder = arch_dir
+    # a short question: GPT-2's 256 positions hold it in these tiny tokenizers' many tokens
+    short = JudgeTemplates(pairwise="{prompt}\nA: {response_a}\nB: {response_b}\nA or B?")
+    judge = load_local_judge(str(folder), batch_size=8, templates=short)
+    prompt = [{"role": "user", "content": "What is two plus two?"}]
+    answers = ["Four.", "Blue, and then some more words.", "It is four, as two plus two is four."]
+    conversations = [judge.templates.pairwise_messages(prompt, a, b)
+                     for a in answers for b in answers if a != b]  # fmt: skip
+    batched = torch.tensor(judge.verdict_probs(conversations, PAIR_VERDICTS), dtype=torch.float64)
+    assert judge.forward_passes == 1 and batched.shape == (len(conversations), 2)
+    alone = []
+    for conversation in conversations:
+        ids, verdict_ids = judge.encode(judge.judge_text(conversation), PAIR_VERDICTS)
+        with torch.no_grad():
+            logits = judge.model(input_ids=torch.tensor([ids])).logits[0, -1, verdict_ids]
+        alone.append(logits.double().softmax(-1))
+    # fp32 logits whose summation order differs with the padding: a few ulps of the logits
+    tolerance = 64 * torch.finfo(torch.float32).eps * max(1.0, float(logits.abs().max()))
+    torch.testing.assert_close(batched, torch.stack(alone), rtol=0, atol=tolerance)
+    probs = judge.compare([prompt] * 2, answers[:2], answers[1:])
+    assert all(0 < p < 1 for p in probs)
