@@ -41,16 +41,25 @@ class LabellerConfig(RewardOptions):
     judge_batch_size: int = option(16, "local judge: conversations per forward pass", min=1)
     principle: str = option("", "the judge's principle; empty = its default question")
 
-    def check(self) -> None:
+    def check(self, section: str = "labeller") -> None:
+        """`section`: the config section's name, which the errors name (cai's is feedback)."""
         if self.source == "judge":
             if not self.judge:
-                raise ConfigError("judge is required with source=judge: a model folder or URL")
+                raise ConfigError(
+                    f"{section}.judge is required with {section}.source=judge: a model folder "
+                    "or URL"
+                )
             if is_url(self.judge) and not self.judge_model:
-                raise ConfigError(f"judge_model is required with the endpoint judge {self.judge}")
+                raise ConfigError(
+                    f"{section}.judge_model is required with the endpoint judge {self.judge}"
+                )
             if not is_url(self.judge):  # a typo found now, not after the sampling stage
-                check_model_source(self.judge, "judge", tokenizer=True)
+                check_model_source(self.judge, f"{section}.judge", tokenizer=True)
         elif not self.reward:
-            raise ConfigError("reward is required with source=reward (or set source=judge)")
+            raise ConfigError(
+                f"{section}.reward is required with {section}.source=reward (or set "
+                f"{section}.source=judge)"
+            )
 
 
 def is_url(spec: str) -> bool:

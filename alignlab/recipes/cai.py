@@ -80,10 +80,10 @@ class GenerationConfig:
 class FeedbackConfig(LabellerConfig):
     """The feedback model of RL-CAI: a judge (empty judge = the SL-CAI model) or a reward."""
 
-    def check(self) -> None:
+    def check(self, section: str = "feedback") -> None:
         if self.source == "judge" and not self.judge:
             return  # the SL-CAI model judges, once it exists
-        super().check()
+        super().check(section)
 
 
 @dataclasses.dataclass
