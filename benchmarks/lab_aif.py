@@ -182,7 +182,8 @@ def run_self_rewarding(ctx: Context) -> dict[str, Path]:
         f"model.path={ctx.sft}", f"data.path={ctx.prompts}", "rounds=2",
         f"prompts_per_round={ctx.args.round_prompts}",
         f"seed_judge_data={judge_seed_data(ctx, ctx.args.eft, out / 'eft')}",
-        "sft_preset=sft_lab", f"sft_overrides={json.dumps(COMMON)}",
+        # a rating conversation is up to ~300 tokens, past sft_lab's 256
+        "sft_preset=sft_lab", f"sft_overrides={json.dumps([*COMMON, 'data.max_length=512'])}",
         f"judge_templates={templates}", f"output_dir={out}",
         f"dpo_overrides={json.dumps(COMMON)}",
     ])  # fmt: skip

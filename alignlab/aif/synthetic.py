@@ -199,6 +199,8 @@ def drop_reason(chosen: str, rejected: str, filt: SyntheticFilter) -> str | None
         and distinct_trigram_fraction(chosen) < filt.min_distinct_trigrams
     ):
         return "chosen_repetitive"
+    if not rejected:  # an empty turn is not a training row (alignlab.data.schema refuses it)
+        return "rejected_empty"
     if filt.drop_shorter_chosen and words < len(rejected.split()):
         return "chosen_shorter"
     return None

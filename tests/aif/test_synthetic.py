@@ -91,6 +91,7 @@ def test_drop_reason_and_trigram_fraction():
     assert distinct_trigram_fraction("one two") == 1.0
     assert drop_reason("Hello world", "hello   world", SyntheticFilter()) == "identical"
     assert drop_reason("fine answer", "x", SyntheticFilter()) is None
+    assert drop_reason("fine answer", "", SyntheticFilter()) == "rejected_empty"
 
 
 def test_conversational_prompts_give_conversational_rows():
