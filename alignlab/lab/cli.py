@@ -90,6 +90,14 @@ def main(argv: list[str]) -> None:
     export_cmd.add_argument("--seed", type=int, default=0)
     export_cmd.add_argument("--n-train", type=int, default=2000)
     export_cmd.add_argument("--n-heldout", type=int, default=500)
+    export_cmd.add_argument(
+        "--world", choices=("text", "shapes"), default="text",
+        help="text: the HHH world; shapes: images + questions in TRL's vision formats "
+        "(docs/shapes.md)",
+    )  # fmt: skip
+    export_cmd.add_argument(
+        "--image-size", type=int, default=None, help="--world shapes: image side, 64-224 px (96)"
+    )
     demo_cmd = sub.add_parser(
         "demo", help="the main job: build, SFT, feedback, RM, DPO, evaluate, report"
     )
@@ -112,8 +120,28 @@ def main(argv: list[str]) -> None:
         config = load_config(LabBuildConfig, None, [*size, *args.overrides])
         check_inputs(config)
 
+    if args.command == "export" and args.world == "shapes":
+        from alignlab.lab.shapes.render import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+        image_size = DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size
+        if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+            parser.error(
+                f"--image-size {image_size}: must be {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels"
+            )
+    elif args.command == "export" and args.image_size is not None:
+        parser.error("--image-size applies to --world shapes only")
+
     if args.command == "build":
         build(config)
+    elif args.command == "export" and args.world == "shapes":
+        from alignlab.lab.shapes.export import export_shapes
+
+        paths = export_shapes(
+            args.out, seed=args.seed, n_train=args.n_train, n_heldout=args.n_heldout,
+            image_size=image_size,
+        )  # fmt: skip
+        for name, path in paths.items():
+            print(f"{name:16s} {path}")
     elif args.command == "export":
         from alignlab.lab.export import export_datasets
         from alignlab.lab.world import LabWorld
