@@ -165,7 +165,7 @@ def chat_segments(
     full = render_messages(tokenizer, messages)
     if train_all:
         return [(full, True)]
-    markers = _special_token_pattern(tokenizer)
+    markers = special_token_pattern(tokenizer)
     segments: list[tuple[str, bool]] = []
     cursor = 0
     for i, message in enumerate(messages):
@@ -173,7 +173,7 @@ def chat_segments(
             continue
         before = render_messages(tokenizer, messages[:i], add_generation_prompt=True)
         after = render_messages(tokenizer, messages[: i + 1])
-        start, end = _locate_turn(full, before, after, message["content"], cursor, i, markers)
+        start, end = locate_turn(full, before, after, message["content"], cursor, i, markers)
         segments.append((full[cursor:start], False))
         segments.append((full[start:end], True))
         cursor = end
@@ -181,7 +181,7 @@ def chat_segments(
     return [(text, trained) for text, trained in segments if text]
 
 
-def _special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+def special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     """A regex matching the tokenizer's special tokens (longest first), None when it has none.
 
     Special only: some tokenizers add plain text (Gemma's runs of newlines) as non-special
@@ -193,7 +193,7 @@ def _special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
-def _locate_turn(
+def locate_turn(
     full: str,
     before: str,
     after: str,

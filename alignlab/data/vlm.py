@@ -1,0 +1,280 @@
+"""Vision-language SFT data: TRL's image-conversation rows, read, checked and collated.
+
+A row (TRL's VLM format):
+    {"images": ["images/train_00000.png"],
+     "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "..."}]}]}
+Image paths are relative to the JSONL file's folder (or absolute); the k-th {"type": "image"}
+part, in message order, is the k-th image. A content may also be a plain string.
+
+`collate_vlm` renders each conversation with the processor's chat template, runs the
+processor (which expands each image token into the model's count of image tokens and makes
+the pixel values) and trains, as the LLaVA paper does (Liu et al., 2023, arXiv:2304.08485),
+only the assistant turns: labels are -100 on every other token, on image tokens and on
+padding. The assistant spans are found as for text chats (`alignlab.data.templates`).
+
+Truncation keeps the start and never cuts image tokens: a row longer than `max_length` loses
+its end, and one whose kept part cannot hold all its image tokens plus one trained token is
+a DataError with the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from alignlab.data.schema import ROLES, DataError, Record
+from alignlab.data.sources import load_records
+from alignlab.data.templates import locate_turn, special_token_pattern
+from alignlab.data.tokenize import adds_bos
+from alignlab.ops import IGNORE_INDEX
+
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+"""Processor outputs per token; every other output (pixel_values, image_sizes) is per image."""
+
+
+@dataclass(frozen=True)
+class VlmRow:
+    """One checked row: its messages and its images' resolved paths, in order."""
+
+    messages: list[dict[str, Any]]
+    images: list[Path]
+    record: Record
+
+
+# --- reading ---
+
+
+def read_vlm_rows(path: str | Path, max_records: int = 0) -> list[VlmRow]:
+    """The rows of a TRL-format VLM JSONL (or JSON / parquet) file, each checked
+    (`check_vlm_row`): a bad one is a DataError naming the file, the line and the field."""
+    return [check_vlm_row(record) for record in load_records(str(path), max_records=max_records)]
+
+
+def check_vlm_row(record: Record) -> VlmRow:
+    data = record.data
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError("needs a non-empty list of messages", field="messages").at(record)
+    parts = 0
+    for i, message in enumerate(messages):
+        parts += _check_message(message, f"messages[{i}]", record)
+    images = data.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
+        raise DataError("must be a list of image paths", field="images").at(record)
+    if parts != len(images):
+        raise DataError(
+            f"{len(images)} images for {parts} image parts ({{'type': 'image'}}) in the "
+            "messages; each image part needs one image",
+            field="images",
+            reason="image count mismatch",
+        ).at(record)
+    folder = Path(record.source).expanduser().parent
+    resolved = []
+    for k, name in enumerate(images):
+        file = Path(name).expanduser()
+        file = file if file.is_absolute() else folder / file
+        if not file.is_file():
+            raise DataError(f"no such image file: {file}", field=f"images[{k}]").at(record)
+        resolved.append(file)
+    return VlmRow(messages=messages, images=resolved, record=record)
+
+
+def _check_message(message: Any, field: str, record: Record) -> int:
+    """Check one message; return how many image parts it has."""
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise DataError(f"needs a 'role', one of {', '.join(ROLES)}", field=field).at(record)
+    content = message.get("content")
+    if isinstance(content, str):
+        return 0
+    if not isinstance(content, list):
+        raise DataError("must be a string or a list of parts", field=f"{field}.content").at(record)
+    images = 0
+    for j, part in enumerate(content):
+        where = f"{field}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        if kind != "image":
+            raise DataError(
+                "a part must be {'type': 'image'} or {'type': 'text', 'text': str}", field=where
+            ).at(record)
+        if message["role"] == "assistant":
+            raise DataError("images in assistant turns are not supported", field=where).at(record)
+        images += 1
+    return images
+
+
+def load_images(row: VlmRow) -> list[Image.Image]:
+    """The row's images as RGB PIL images; one PIL cannot read is a DataError on its field."""
+    images = []
+    for k, file in enumerate(row.images):
+        try:
+            with Image.open(file) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(
+                f"cannot read the image {file}: {err}", field=f"images[{k}]", reason="bad image"
+            ).at(row.record) from err
+    return images
+
+
+# --- encoding ---
+
+
+def _render(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    try:
+        text = processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as err:  # jinja errors, raise_exception() in templates, ...
+        raise DataError(
+            f"the chat template failed: {type(err).__name__}: {err}",
+            field="messages",
+            reason="chat template error",
+        ) from err
+    return text if isinstance(text, str) else text[0]
+
+
+def _content_text(message: dict[str, Any]) -> str:
+    """The text an assistant turn's span is found by: its last text part (templates may put
+    separators between parts, so the parts joined need not appear in the rendering)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    texts = [part["text"] for part in content if part.get("type") == "text"]
+    return texts[-1] if texts else ""
+
+
+def vlm_segments(
+    processor: Any, messages: list[dict[str, Any]], completion_only: bool = True
+) -> list[tuple[str, bool]]:
+    """The rendered conversation as [(text, trained?)]: assistant turns from the end of their
+    generation prompt through their end-of-turn marker, as `templates.chat_segments` does
+    for text chats (the whole text when not `completion_only`)."""
+    full = _render(processor, messages, False)
+    if not completion_only:
+        return [(full, True)]
+    markers = special_token_pattern(processor.tokenizer)
+    segments: list[tuple[str, bool]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(processor, messages[:i], True) if i else ""
+        after = _render(processor, messages[: i + 1], False)
+        start, end = locate_turn(full, before, after, _content_text(message), cursor, i, markers)
+        segments += [(full[cursor:start], False), (full[start:end], True)]
+        cursor = end
+    segments.append((full[cursor:], False))
+    return [(text, trained) for text, trained in segments if text]
+
+
+def image_token_id(processor: Any) -> int:
+    found = getattr(processor, "image_token_id", None)
+    if found is None:
+        found = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return int(found)
+
+
+def encode_vlm_row(
+    row: VlmRow, processor: Any, max_length: int, completion_only: bool = True
+) -> dict[str, Any]:
+    """{"input_ids", "labels": list[int], "vision": {key: tensor}} of one row, truncated to
+    `max_length` (see the module docstring). Each segment is tokenized on its own (as text
+    SFT does), through the processor where it holds image tokens."""
+    try:
+        segments = vlm_segments(processor, row.messages, completion_only)
+    except DataError as err:
+        raise err.at(row.record) from None
+    images = load_images(row)
+    tokenizer = processor.tokenizer
+    image_token = processor.image_token
+    ids: list[int] = []
+    labels: list[int] = []
+    vision: dict[str, list[torch.Tensor]] = {}
+    if adds_bos(tokenizer) and not segments[0][0].startswith(tokenizer.bos_token):
+        ids.append(tokenizer.bos_token_id)
+        labels.append(IGNORE_INDEX)
+    used = 0
+    for text, trained in segments:
+        count = text.count(image_token)
+        if count:
+            out = processor(
+                text=[text],
+                images=images[used : used + count],
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+            used += count
+            piece = out["input_ids"][0].tolist()
+            for key, value in out.items():
+                if key not in TEXT_KEYS:
+                    vision.setdefault(key, []).append(value)
+        else:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    image_id = image_token_id(processor)
+    labels = [IGNORE_INDEX if t == image_id else label for t, label in zip(ids, labels)]
+    ids, labels = _truncate(ids, labels, image_id, max_length, row.record)
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "vision": {key: torch.cat(values) for key, values in vision.items()},
+    }
+
+
+def _truncate(
+    ids: list[int], labels: list[int], image_id: int, max_length: int, record: Record
+) -> tuple[list[int], list[int]]:
+    """Keep the first `max_length` tokens, if those hold every image token and at least one
+    trained token."""
+    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not trained:
+        raise DataError(
+            "no token to train: the row has no assistant turn (or only empty ones)",
+            field="messages",
+            reason="nothing to train",
+        ).at(record)
+    if len(ids) <= max_length:
+        return ids, labels
+    image_end = max((i + 1 for i, t in enumerate(ids) if t == image_id), default=0)
+    if image_end > max_length or trained[0] >= max_length:
+        raise DataError(
+            f"{len(ids)} tokens, max_length={max_length}: the kept start cannot hold its "
+            f"image tokens (they end at token {image_end}) plus one trained token (the first "
+            f"is token {trained[0] + 1}); raise max_length or shorten the prompt",
+            field="messages",
+            reason="too long for its image tokens",
+        ).at(record)
+    return ids[:max_length], labels[:max_length]
+
+
+def collate_vlm(
+    rows: list[VlmRow], processor: Any, max_length: int, completion_only: bool = True
+) -> dict[str, torch.Tensor]:
+    """A padded batch: input_ids, attention_mask, labels (B, T), padded on the tokenizer's
+    padding side, and the processor's per-image outputs (pixel_values (n_images, C, H, W),
+    ...) of all rows' images in order, when there are any."""
+    tokenizer = processor.tokenizer
+    encoded = [encode_vlm_row(row, processor, max_length, completion_only) for row in rows]
+    width = max(len(e["input_ids"]) for e in encoded)
+    left = tokenizer.padding_side == "left"
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for e in encoded:
+        n = width - len(e["input_ids"])
+        for key, values, fill in (
+            ("input_ids", e["input_ids"], tokenizer.pad_token_id),
+            ("attention_mask", [1] * len(e["input_ids"]), 0),
+            ("labels", e["labels"], IGNORE_INDEX),
+        ):
+            batch[key].append([fill] * n + values if left else values + [fill] * n)
+    out = {key: torch.tensor(values, dtype=torch.long) for key, values in batch.items()}
+    for key in {key for e in encoded for key in e["vision"]}:
+        out[key] = torch.cat([e["vision"][key] for e in encoded if key in e["vision"]])
+    return out

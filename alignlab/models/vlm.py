@@ -1,0 +1,192 @@
+"""Load any HF image-text-to-text model (LLaVA-style: vision tower + projector + LLM) and
+choose which of its three parts train.
+
+LLaVA (Liu et al., 2023, "Visual Instruction Tuning", arXiv:2304.08485) encodes an image
+with a vision tower (CLIP ViT), maps its patch features into the LLM's embedding space with a
+small projector, and puts those embeddings where the prompt has image tokens. Its stage 1
+trains the projector alone, stage 2 the projector and the LLM; `set_trainable` sets either.
+
+Hub ids and local folders take the same `from_pretrained` path (AutoModelForImageTextToText,
+AutoProcessor), so the tests that load from a local folder exercise the code a hub id would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from alignlab.config import ConfigError, ModelConfig, UserInputError
+from alignlab.data.templates import CHATML_END_OF_TURN, _is_added_token
+from alignlab.models.folders import load_error
+from alignlab.models.loading import DTYPES, disable_dropout, from_pretrained
+
+IMAGE_TOKEN = "<image>"
+"""The image placeholder of LLaVA-family processors (`processor.image_token`)."""
+
+
+def vlm_chat_template(end_of_turn: str) -> str:
+    """ChatML whose content may be a string or a list of parts: an {"type": "image"} part
+    renders as the processor's image token, a {"type": "text"} part as its text (the way
+    llava-hf templates render parts; Qwen2-VL's ChatML does the same with its own tokens).
+    `end_of_turn` is a jinja expression closing every message."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ image_token }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ " + end_of_turn + " + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def default_vlm_chat_template(tokenizer: Any, image_token: str = IMAGE_TOKEN) -> str:
+    """`vlm_chat_template` for `tokenizer`, with `image_token` written in: turns end with
+    `<|im_end|>` where the tokenizer has it as a token of its own, else with its EOS (as the
+    text fallback, `alignlab.data.templates.fallback_chat_template`)."""
+    if _is_added_token(tokenizer, CHATML_END_OF_TURN):
+        end = f"'{CHATML_END_OF_TURN}'"
+    elif getattr(tokenizer, "eos_token", None):
+        end = "eos_token"
+    else:
+        raise UserInputError(
+            "the processor has no chat template and its tokenizer has neither <|im_end|> nor "
+            "an EOS token to end a turn with; give the model folder a chat_template.jinja"
+        )
+    template = vlm_chat_template(end)
+    return "{% set image_token = '" + image_token + "' %}" + template
+
+
+PROBE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
+
+
+def ensure_vlm_chat_template(processor: Any, source: str) -> None:
+    """Give `processor` `default_vlm_chat_template` when it has no chat template, and refuse
+    a template that does not render an {"type": "image"} part as the image token (a text-only
+    template would drop the image and the model would never see it)."""
+    tokenizer = processor.tokenizer
+    image_token = getattr(processor, "image_token", None) or IMAGE_TOKEN
+    if not getattr(processor, "chat_template", None):
+        processor.chat_template = default_vlm_chat_template(tokenizer, image_token)
+    if not getattr(tokenizer, "chat_template", None):  # tools that see the tokenizer alone
+        tokenizer.chat_template = processor.chat_template
+    text = processor.apply_chat_template(PROBE, tokenize=False)
+    if not isinstance(text, str):
+        text = text[0]
+    if image_token not in text:
+        raise UserInputError(
+            f"the chat template of {source} does not render an image part as the image token "
+            f"{image_token!r} (it rendered {text!r}); give the folder a chat_template.jinja "
+            "that does"
+        )
+
+
+def load_vlm(cfg: ModelConfig, device: torch.device | None = None) -> tuple[nn.Module, Any]:
+    """(model, processor) of the image-text-to-text model at `cfg.path`: dtype, revision,
+    attention kernel and dropout as `load_model`; a chat template that renders image parts
+    (`ensure_vlm_chat_template`) and a pad token guaranteed."""
+    if cfg.lora.enabled or cfg.gradient_checkpointing:
+        raise ConfigError(
+            "model.lora.enabled / model.gradient_checkpointing are not supported for "
+            "vision-language models yet; set them to false"
+        )
+    source = cfg.path
+    revision = {"revision": cfg.revision} if cfg.revision else {}
+    try:
+        processor = AutoProcessor.from_pretrained(
+            cfg.tokenizer or source, trust_remote_code=cfg.trust_remote_code, **revision
+        )
+    except (OSError, ValueError) as err:  # ValueError: a folder with no processor in it
+        raise load_error(cfg.tokenizer or source, "processor", err) from err
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise UserInputError(f"the processor of {source} has no tokenizer")
+    ensure_vlm_chat_template(processor, source)
+    if tokenizer.pad_token is None:  # as load_tokenizer: reuse EOS, the mask tells padding apart
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[cfg.dtype],
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = from_pretrained(AutoModelForImageTextToText, source, **kwargs, **revision)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    text_config = model.config.get_text_config()
+    text_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if device is not None:
+        model = model.to(device)
+    return model, processor
+
+
+# --- freezing ---
+
+PARTS: dict[str, tuple[str, ...]] = {
+    # transformers >= 4.52 nests them under `model` (LlavaModel); older versions (and some
+    # remote-code models) keep them on the top module
+    "tower": ("model.vision_tower", "vision_tower"),
+    "projector": ("model.multi_modal_projector", "multi_modal_projector"),
+    "llm": ("model.language_model", "language_model"),
+}
+
+
+def find_part(model: nn.Module, part: str) -> nn.Module:
+    """The submodule of `part` ("tower", "projector" or "llm"); a UserInputError naming the
+    model class and the paths looked at when it has none."""
+    for path in PARTS[part]:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise UserInputError(
+        f"{type(model).__name__} has no {part} (looked for {' / '.join(PARTS[part])}); "
+        "set_trainable knows LLaVA-family models"
+    )
+
+
+def _part_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameters of each part, each once (tied weights count in one part). The LLM
+    includes the output head, which sits outside `language_model` when that is the decoder
+    alone (transformers >= 4.52). "other": whatever is in no part (LLaVA-NeXT's
+    image_newline)."""
+    seen: set[int] = set()
+    parts: dict[str, list[nn.Parameter]] = {}
+    for part in PARTS:
+        modules = [find_part(model, part)]
+        head = model.get_output_embeddings() if part == "llm" else None
+        if head is not None:
+            modules.append(head)
+        parts[part] = [p for m in modules for p in m.parameters() if _first(p, seen)]
+    parts["other"] = [p for p in model.parameters() if _first(p, seen)]
+    return parts
+
+
+def _first(param: nn.Parameter, seen: set[int]) -> bool:
+    if id(param) in seen:
+        return False
+    seen.add(id(param))
+    return True
+
+
+def set_trainable(model: nn.Module, tower: bool, projector: bool, llm: bool) -> dict[str, int]:
+    """Set `requires_grad` of the vision tower, the projector and the LLM (with its output
+    head); return the trainable parameter count of each part and of "other" (parameters in no
+    part, left as they are). LLaVA stage 1: (False, True, False); stage 2: (False, True, True).
+    """
+    parts = _part_parameters(model)
+    for part, flag in (("tower", tower), ("projector", projector), ("llm", llm)):
+        for param in parts[part]:
+            param.requires_grad_(flag)
+    return {part: sum(p.numel() for p in ps if p.requires_grad) for part, ps in parts.items()}
