@@ -12,6 +12,7 @@ from alignlab.config import ConfigError
 RECIPE_DIR = Path(__file__).parent
 RECIPES = {
     "sft": ("alignlab.recipes.sft", "SFTConfig"),
+    "vlm_sft": ("alignlab.recipes.vlm_sft", "VlmSFTConfig"),
     "rm": ("alignlab.recipes.rm", "RMConfig"),
     "dpo": ("alignlab.recipes.dpo", "DPOConfig"),
     "kto": ("alignlab.recipes.kto", "KTOConfig"),

@@ -1,0 +1,141 @@
+"""The vlm_sft recipe on a tiny LLaVA and a tiny shapes export: what each LLaVA stage trains,
+a loadable final folder that fits its data, resume after a kill, bad input as one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from alignlab.cli import main
+from alignlab.data.vlm import collate_vlm, read_vlm_rows
+from alignlab.models.vlm_tiny import build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(tiny LLaVA folder, shapes export folder with captions.jsonl and sft.jsonl)."""
+    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("vlm_sft")
+    model = build_tiny_llava(root / "tiny-llava", image_size=32)
+    export_shapes(root / "shapes", n_train=8, n_valid=0, n_heldout=0, image_size=64)
+    return model, root / "shapes"
+
+
+def args(preset, model, data, out, *extra):
+    return [
+        "vlm_sft",
+        "--config",
+        preset,
+        f"model.path={model}",
+        f"data.path={data}",
+        f"train.output_dir={out}",
+        "train.max_steps=3",
+        "train.micro_batch_size=4",
+        "train.lr=1e-2",
+        "train.warmup_ratio=0",
+        "train.log_every=1",
+        "train.progress=false",
+        "train.tensorboard=false",
+        *extra,
+    ]
+
+
+def part(name):
+    if "vision_tower" in name:
+        return "tower"
+    if "multi_modal_projector" in name:
+        return "projector"
+    return "llm"
+
+
+def changed_parts(start, final):
+    """{part: whether any of its tensors differs} between two model folders."""
+    a = AutoModelForImageTextToText.from_pretrained(start).state_dict()
+    b = AutoModelForImageTextToText.from_pretrained(final).state_dict()
+    assert a.keys() == b.keys()
+    changed = {"tower": False, "projector": False, "llm": False}
+    for name, tensor in a.items():
+        changed[part(name)] |= not torch.equal(tensor, b[name])
+    return changed
+
+
+def losses(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def test_stage1_trains_only_the_projector(world, tmp_path):
+    model, shapes = world
+    out = tmp_path / "stage1"
+    assert main(args("vlm_sft_stage1", model, shapes / "captions.jsonl", out)) == 0
+    assert changed_parts(model, out / "final") == {"tower": False, "projector": True, "llm": False}
+    assert [s for s, _ in losses(out)] == [1, 2, 3]
+
+
+def batch_loss(folder, rows):
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    batch = collate_vlm(rows, processor, max_length=512)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_stage2_trains_projector_and_llm_and_fits_its_batch(world, tmp_path):
+    # every step sees the same 8 rows (global batch = the data): the final folder, reloaded
+    # with the Auto classes, must fit them better than the start did
+    model, shapes = world
+    out = tmp_path / "stage2"
+    extra = ("train.max_steps=8", "train.micro_batch_size=8", "data.eval_fraction=0")
+    assert main(args("vlm_sft_stage2", model, shapes / "sft.jsonl", out, *extra)) == 0
+    assert changed_parts(model, out / "final") == {"tower": False, "projector": True, "llm": True}
+    rows = read_vlm_rows(shapes / "sft.jsonl")
+    start, final = batch_loss(model, rows), batch_loss(out / "final", rows)
+    assert final < 0.9 * start, (start, final)
+    trajectory = [loss for _, loss in losses(out)]
+    assert trajectory[-1] < trajectory[0]
+
+
+def test_killed_run_resumes_to_the_same_result(world, tmp_path, capsys):
+    model, shapes = world
+    data = shapes / "captions.jsonl"
+    common = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5")
+    ref = tmp_path / "ref"
+    assert main(args("vlm_sft_stage1", model, data, ref, *common)) == 0
+    out = tmp_path / "run"
+    env = {**os.environ, "ALIGNLAB_CRASH": "step:3", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "alignlab.cli", *args("vlm_sft_stage1", model, data, out)]
+    command += common
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    checkpoint = out / "checkpoints" / "step-00000002"
+    AutoModelForImageTextToText.from_pretrained(checkpoint)  # a plain HF folder ...
+    AutoProcessor.from_pretrained(checkpoint)  # ... with its processor
+    capsys.readouterr()
+    resumed = args("vlm_sft_stage1", model, data, out, *common, "train.resume=true")
+    assert main(resumed) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert losses(out) == losses(ref)
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
+    a = AutoModelForImageTextToText.from_pretrained(out / "final").state_dict()
+    b = AutoModelForImageTextToText.from_pretrained(ref / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_is_one_line(world, tmp_path, capsys):
+    model, shapes = world
+    missing = tmp_path / "missing.jsonl"
+    assert main(args("vlm_sft_stage1", model, missing, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "data.path" in err and "missing.jsonl" in err
+    assert "Traceback" not in err
+    frozen = ("trainable.projector=false",)
+    assert main(args("vlm_sft_stage1", model, shapes / "captions.jsonl", tmp_path / "o", *frozen))
+    assert "trainable" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written
