@@ -15,6 +15,7 @@ same prompts and sampling seeds (Δ: paired difference of gold, 95% t interval):
     almost          synthetic comparisons by model size and shots -> RM -> best-of-4
                     demonstrations -> SFT of the base -> PPO; no human label, no demonstration
                     beyond the 3 shown as examples
+    almost_size     the same with the size prior alone (both bases asked with no example)
 
 The teacher is the `size=medium feedback_share=0.3` lab build (alignlab/lab/teacher.py,
 `benchmarks/lab_teacher.py` measures its agreement); ALMoST's larger model is the plain
@@ -69,7 +70,7 @@ GOLD = "alignlab.lab.rewards:gold_reward"
 ANNOTATOR = "alignlab.lab.rewards:annotator_reward"
 METHODS = (
     "rlhf", "rlaif", "rlaif_direct", "cai", "self_rewarding", "online_dpo", "online_dpo_ai",
-    "almost",
+    "almost", "almost_size",
 )  # fmt: skip
 COMMON = ["train.progress=false"]
 RLHF = "RLHF (human labels -> RM -> PPO)"
@@ -211,25 +212,33 @@ def run_online_dpo_ai(ctx: Context) -> dict[str, Path]:
     return {"online DPO (teacher labels, 2 rounds)": _online_dpo(ctx, "online_dpo_ai", labeller)}
 
 
-def run_almost(ctx: Context) -> dict[str, Path]:
-    medium = ctx.build(ctx.args.medium, "size=medium").base
-    base = ctx.lab.base
+def _almost(ctx: Context, folder: str, shots: Sequence[tuple[str, int]]) -> Path:
+    """ALMoST with generators (size, shots), the prior ranking them by size, then shots."""
+    paths = {"medium": ctx.build(ctx.args.medium, "size=medium").base, "small": ctx.lab.base}
     generators = [
-        {"name": "medium-3shot", "path": str(medium), "shots": 3},
-        {"name": "small-3shot", "path": str(base), "shots": 3},
-        {"name": "small-1shot", "path": str(base), "shots": 1},
-        {"name": "small-0shot", "path": str(base), "shots": 0},
+        {"name": f"{size}-{n}shot", "path": str(paths[size]), "shots": n} for size, n in shots
     ]
-    out = ctx.out / "almost"
-    final = ctx.pipeline("almost", "almost_lab", [
-        f"model.path={base}", f"data.path={ctx.prompts}", f"demos={ctx.lab.data['sft']}",
-        f"generators={json.dumps(generators)}", f"output_dir={out}",
+    return ctx.pipeline("almost", "almost_lab", [
+        f"model.path={ctx.lab.base}", f"data.path={ctx.prompts}", f"demos={ctx.lab.data['sft']}",
+        f"generators={json.dumps(generators)}", f"output_dir={ctx.out / folder}",
         f"comparison_prompts={ctx.args.label_prompts}", f"rmsp_prompts={ctx.args.label_prompts}",
         f"ppo_overrides={json.dumps(ctx.ppo)}", f"rm_overrides={json.dumps(COMMON)}",
         f"sft_overrides={json.dumps(COMMON)}",
     ])  # fmt: skip
-    return {"ALMoST-SFT (synthetic, from the base)": out / "sft" / "final",
+
+
+def run_almost(ctx: Context) -> dict[str, Path]:
+    shots = [("medium", 3), ("small", 3), ("small", 1), ("small", 0)]  # the preset's prior
+    final = _almost(ctx, "almost", shots)
+    return {"ALMoST-SFT (synthetic, from the base)": ctx.out / "almost" / "sft" / "final",
             "ALMoST-PPO": final}  # fmt: skip
+
+
+def run_almost_size(ctx: Context) -> dict[str, Path]:
+    """The size prior alone: both models asked with no demonstration."""
+    final = _almost(ctx, "almost_size", [("medium", 0), ("small", 0)])
+    return {"ALMoST-SFT, size prior only (0 shots)": ctx.out / "almost_size" / "sft" / "final",
+            "ALMoST-PPO, size prior only (0 shots)": final}  # fmt: skip
 
 
 RUNS: dict[str, Callable[[Context], dict[str, Path]]] = {
@@ -247,7 +256,7 @@ def label_records(out: Path) -> dict[str, Any]:
         keys = ("gold_agreement", "labels_bought", "human_labels", "comparisons", "pairs")
         kept = {k: row[k] for k in keys if k in row}
         where = str(path.relative_to(out).parent)
-        if where == "almost/comparisons":
+        if where in ("almost/comparisons", "almost_size/comparisons"):
             kept["gold_agreement"] = pair_file_agreement(path.parent / "pairs.jsonl")
         if "gold_agreement" in kept or "labels_bought" in kept:
             found[where] = kept
