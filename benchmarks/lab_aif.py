@@ -188,7 +188,9 @@ def run_self_rewarding(ctx: Context) -> dict[str, Path]:
         f"judge_templates={templates}", f"output_dir={out}",
         f"dpo_overrides={json.dumps(COMMON)}",
     ])  # fmt: skip
-    return {"self-rewarding (2 rounds)": final}
+    # M1 beside M3: what the seed stage (EFT + IFT from SFT) did before any self-reward
+    return {"self-rewarding M1 (seed: EFT + IFT)": out / "seed_sft" / "final",
+            "self-rewarding (2 rounds)": final}  # fmt: skip
 
 
 def _online_dpo(ctx: Context, folder: str, labeller: list[str]) -> Path:
