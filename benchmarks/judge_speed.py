@@ -2,10 +2,11 @@
 
 A verdict is read from one forward pass's last-position logits (`logits_to_keep=1`, so the
 output projection runs for one position, not the whole prompt), conversations batched by
-length. Against it, on the same conversations and model: the same judge one conversation at
-a time (batch 1), and what a user of plain transformers writes, `generate(max_new_tokens=1,
+length, at each of `--batch-sizes`; batch 1 is the naive one-conversation-at-a-time loop.
+Against them, on the same conversations and model: what a user of plain transformers writes, `generate(max_new_tokens=1,
 output_scores=True)` per batch, then the verdict tokens' probabilities from the scores.
-Every way gives the same verdict probabilities (checked, to a tolerance from the dtype);
+Each way's time is the median of 3 runs after an untimed one. Every way gives the same verdict
+probabilities (checked, to a tolerance from the dtype);
 only the time differs. Each pair is judged in both orders (2 conversations per verdict).
 
 Shapes: the lab body (4 layers, hidden 256) with a 32,000-token vocabulary, and a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -74,10 +76,19 @@ def generate_probs(judge: LocalJudge, convs: list[Any], batch_size: int) -> list
     return probs
 
 
+REPEATS = 3
+
+
 def timed(fn: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
+    """fn()'s result and its median seconds over REPEATS runs after one untimed run (CPU
+    kernels are set up per input shape on first use)."""
     result = fn()
-    return result, time.perf_counter() - start
+    seconds = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return result, statistics.median(seconds)
 
 
 def run_shape(name: str, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,20 +100,20 @@ def run_shape(name: str, tokenizer: Any, args: argparse.Namespace) -> dict[str, 
     model = LlamaForCausalLM(config).eval()
     judge = LocalJudge(model, tokenizer, batch_size=args.batch_size)
     convs = conversations(judge, args.pairs, args.seed)
-    judge.verdict_probs(convs[: args.batch_size], PAIR_VERDICTS)  # warm-up
     rows: dict[str, Any] = {}
-    batched, seconds = timed(lambda: judge.verdict_probs(convs, PAIR_VERDICTS))
-    rows[f"LocalJudge, batch {args.batch_size}"] = seconds
-    one = LocalJudge(model, tokenizer, batch_size=1)
-    single, seconds = timed(lambda: one.verdict_probs(convs, PAIR_VERDICTS))
-    rows["LocalJudge, batch 1"] = seconds
+    probs = {}
+    for size in args.batch_sizes:  # batch 1 is the one-at-a-time loop
+        sized = LocalJudge(model, tokenizer, batch_size=size)
+        probs[size], seconds = timed(lambda j=sized: j.verdict_probs(convs, PAIR_VERDICTS))
+        rows[f"LocalJudge, batch {size}"] = seconds
     generated, seconds = timed(lambda: generate_probs(judge, convs, args.batch_size))
     rows[f"generate(max_new_tokens=1), batch {args.batch_size}"] = seconds
+    batched, *others = [*probs.values(), generated]
     # fp32 logits of identical inputs: padding and batch shapes change the summation order
     # only, so probabilities agree to a few fp32 ulps of the logits' magnitude
     worst = max(
         abs(x - y)
-        for other in (single, generated)
+        for other in others
         for p, q in zip(batched, other, strict=True)
         for x, y in zip(p, q, strict=True)
     )
@@ -127,7 +138,13 @@ def main() -> None:
     )
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--pairs", type=int, default=64, help="pairs judged (both orders)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="warm-up and generate()'s")
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[1, 8, 32],
+        help="LocalJudge batch sizes timed (1: one conversation at a time)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/judge_speed.json")
     args = parser.parse_args()
