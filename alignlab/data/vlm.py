@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from alignlab.data.schema import ROLES, DataError, Record
 from alignlab.data.sources import load_records
-from alignlab.data.templates import locate_turn, special_token_pattern
+from alignlab.data.templates import locate_turn, render_messages, special_token_pattern
 from alignlab.data.tokenize import adds_bos
 from alignlab.ops import IGNORE_INDEX
 
@@ -126,20 +126,6 @@ def load_images(row: VlmRow) -> list[Image.Image]:
 # --- encoding ---
 
 
-def _render(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-    try:
-        text = processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
-    except Exception as err:  # jinja errors, raise_exception() in templates, ...
-        raise DataError(
-            f"the chat template failed: {type(err).__name__}: {err}",
-            field="messages",
-            reason="chat template error",
-        ) from err
-    return text if isinstance(text, str) else text[0]
-
-
 def _content_text(message: dict[str, Any]) -> str:
     """The text an assistant turn's span is found by: its last text part (templates may put
     separators between parts, so the parts joined need not appear in the rendering)."""
@@ -156,7 +142,7 @@ def vlm_segments(
     """The rendered conversation as [(text, trained?)]: assistant turns from the end of their
     generation prompt through their end-of-turn marker, as `templates.chat_segments` does
     for text chats (the whole text when not `completion_only`)."""
-    full = _render(processor, messages, False)
+    full = render_messages(processor, messages)
     if not completion_only:
         return [(full, True)]
     markers = special_token_pattern(processor.tokenizer)
@@ -165,8 +151,8 @@ def vlm_segments(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _render(processor, messages[:i], True) if i else ""
-        after = _render(processor, messages[: i + 1], False)
+        before = render_messages(processor, messages[:i], True) if i else ""
+        after = render_messages(processor, messages[: i + 1])
         start, end = locate_turn(full, before, after, _content_text(message), cursor, i, markers)
         segments += [(full[cursor:start], False), (full[start:end], True)]
         cursor = end
