@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,9 @@ def check_output_folder(path: str, field: str) -> None:
         raise ConfigError(f"{field}={path}: {existing} is a file, so the folder cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{field}={path}: {existing} is not writable")
+    try:  # root passes os.access everywhere, and /proc or a read-only mount still refuse
+        os.rmdir(tempfile.mkdtemp(prefix=".alignlab-probe-", dir=existing))
+    except OSError as err:
+        raise ConfigError(
+            f"{field}={path}: a folder cannot be made in {existing} ({err.strerror})"
+        ) from None

@@ -2,6 +2,7 @@
 in any recipe's config, and names it by its full dotted key."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,8 @@ def test_output_folder(tmp_path):
         check_output_folder(str(tmp_path / "file"), "train.output_dir")
     with pytest.raises(ConfigError, match=r"file is a file, so the folder cannot be made"):
         check_output_folder(str(tmp_path / "file" / "run"), "train.output_dir")
+    # a folder where nothing can be made, whatever os.access says (root passes it everywhere)
+    if Path("/proc").is_dir():
+        with pytest.raises(ConfigError, match="a folder cannot be made in /proc"):
+            check_output_folder("/proc/alignlab-run", "train.output_dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe left nothing
