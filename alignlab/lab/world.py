@@ -72,6 +72,18 @@ def partition(items: Sequence[Any], rng: random.Random) -> dict[str, tuple]:
     }
 
 
+def interleaved_schedule(names: Sequence[str], weights: Mapping[str, float], n: int) -> list[str]:
+    """`n` of `names` in an interleaved order whose every prefix matches `weights` closely
+    (each next one the most behind its share; ties go to the earlier name)."""
+    counts = dict.fromkeys(names, 0)
+    schedule = []
+    for i in range(n):
+        name = max(names, key=lambda k: weights[k] * (i + 1) - counts[k])
+        counts[name] += 1
+        schedule.append(name)
+    return schedule
+
+
 class LabWorld:
     """A fictional world: knowledge base, prompt families per split, gold reward, oracle.
 
@@ -144,7 +156,7 @@ class LabWorld:
         rng = random.Random(f"alignlab-lab/{self.seed}/prompts/{split}/{stream}")
         seen: set[str] = set()
         drawn = []
-        for family in self._family_schedule(n):
+        for family in interleaved_schedule(FAMILIES, self.family_weights, n):
             for _ in range(20):  # retry a few times for a text not drawn yet
                 prompt = self._make_prompt(family, split, rng)
                 if prompt.text not in seen:
@@ -162,16 +174,6 @@ class LabWorld:
         return ideal_response(prompt)
 
     # --- prompt construction -------------------------------------------------------------
-
-    def _family_schedule(self, n: int) -> list[str]:
-        """Families in an interleaved order whose every prefix matches the weights closely."""
-        counts = dict.fromkeys(FAMILIES, 0)
-        schedule = []
-        for i in range(n):
-            family = max(FAMILIES, key=lambda f: self.family_weights[f] * (i + 1) - counts[f])
-            counts[family] += 1
-            schedule.append(family)
-        return schedule
 
     def _make_prompt(self, family: str, split: str, rng: random.Random) -> Prompt:
         pools = self.pools[split]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -75,6 +76,15 @@ def tiny_llama_config(
     )
 
 
+def set_chat_stop_tokens(model: Any, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Generation stops at EOS or at the end of a ChatML turn (`<|im_end|>`), pads with pad."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+
+
 def build_tiny_model(
     out_dir: str | Path,
     tokenizer: PreTrainedTokenizerFast,
@@ -89,11 +99,7 @@ def build_tiny_model(
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [
-        tokenizer.eos_token_id,
-        tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    ]
+    set_chat_stop_tokens(model, tokenizer)
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -28,7 +28,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from alignlab.fileio import atomic_folder
-from alignlab.models.tiny import tiny_llama_config, train_tokenizer
+from alignlab.models.tiny import set_chat_stop_tokens, tiny_llama_config, train_tokenizer
 from alignlab.models.vlm import IMAGE_TOKEN, default_vlm_chat_template
 
 TEXTS = [
@@ -92,11 +92,7 @@ def tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [
-        tokenizer.eos_token_id,
-        tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    ]
+    set_chat_stop_tokens(model, tokenizer)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},

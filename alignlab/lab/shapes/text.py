@@ -42,7 +42,7 @@ from alignlab.lab.shapes.spec import (
     sample_scene,
     split_triples,
 )
-from alignlab.lab.world import SPLITS
+from alignlab.lab.world import SPLITS, interleaved_schedule
 
 QUESTION_TYPES = ("count", "colour", "position", "relation", "exists", "instruction", "caption")
 DESCRIPTIVE_TYPES = ("caption", "instruction")  # gold: the reference caption
@@ -177,13 +177,7 @@ class ShapesWorld:
 
     def type_schedule(self, n: int) -> list[str]:
         """Types in an interleaved order whose every prefix matches the weights closely."""
-        counts = dict.fromkeys(QUESTION_TYPES, 0)
-        schedule = []
-        for i in range(n):
-            kind = max(QUESTION_TYPES, key=lambda t: self.type_weights[t] * (i + 1) - counts[t])
-            counts[kind] += 1
-            schedule.append(kind)
-        return schedule
+        return interleaved_schedule(QUESTION_TYPES, self.type_weights, n)
 
     def ask(self, scene: Scene, question_type: str, split: str, rng: random.Random) -> ShapesPrompt:
         """A `question_type` question about `scene`. A position question needs a shape with
