@@ -161,12 +161,41 @@ def lookup_takes_projection_grad(
         handle.remove()
 
 
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+"""Processor outputs an image-text-to-text model takes beside the tokens (LLaVA, LLaVA-NeXT,
+Qwen2-VL, Idefics); a batch passes on those it has."""
+
+TOKEN_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "token_type_ids",
+    "mm_token_type_ids",
+)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of `batch` the model's forward takes (not labels, not a recipe's extras)."""
+    return {k: batch[k] for k in TOKEN_INPUTS + IMAGE_INPUTS if batch.get(k) is not None}
+
+
+def body_of(hf_model: nn.Module) -> nn.Module:
+    """The module that gives the last hidden states the output head reads: the decoder of a
+    causal LM; for an image-text-to-text model, its base model (`model.model`), which projects
+    the image features into the token embeddings before running the decoder."""
+    if getattr(hf_model.config, "vision_config", None) is not None:
+        return hf_model.model
+    return hf_model.get_decoder()
+
+
 class TokenLogProbs(nn.Module):
     """forward(batch) -> (B, T) log p(next token) at positions whose next label is trained.
 
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) where labels[t+1] != IGNORE_INDEX,
     and 0 elsewhere; `mask(batch)` returns where. Packed batches pass no attention_mask and
-    restart position_ids at each example (the HF mask builder then isolates examples).
+    restart position_ids at each example (the HF mask builder then isolates examples). A batch
+    of an image-text-to-text model carries its images (`IMAGE_INPUTS`, made by
+    `alignlab.data.vlm.collate_vlm`): the same module serves text and vision-language recipes.
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
@@ -187,11 +216,7 @@ class TokenLogProbs(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hf_model = self.hf_model
         targets = shift_labels(batch["labels"])  # (B, T)
-        inputs = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch.get("attention_mask"),
-            "position_ids": batch.get("position_ids"),
-        }
+        inputs = model_inputs(batch)
         if needs_full_logits(hf_model):
             logits = self.model(**inputs, use_cache=False).logits  # (B, T, V)
             return gather_log_probs(logits, targets)
@@ -202,7 +227,7 @@ class TokenLogProbs(nn.Module):
         embedding = tied_embedding(hf_model) if selected.any() else None
         sink = None if embedding is None else []
         with lookup_takes_projection_grad(embedding, sink):
-            hidden = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
+            hidden = body_of(hf_model)(**inputs, use_cache=False).last_hidden_state  # (B,T,H)
         weight = hf_model.get_output_embeddings().weight  # (V, H)
         if embedding is not None:
             weight = weight.detach()

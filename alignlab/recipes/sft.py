@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from alignlab.config import DataConfig, ModelConfig, TrainConfig, check_all, option, section
 from alignlab.data.collate import collate
@@ -51,15 +54,23 @@ def stage(model: ModelConfig, data: DataConfig, train: TrainConfig, parent: RunF
     return run(cfg, parent)
 
 
+@dataclasses.dataclass
+class SFTData:
+    """What the SFT loop needs of its data, text or vision: the rows the batch schedule
+    indexes (each with its `input_ids`, for lengths), the eval rows, and `collate`, which
+    makes one model batch (on the CPU) of a list of rows. The image path of vision-language
+    SFT lives in its `collate` (alignlab/recipes/vlm_sft.py), not in a second loop."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
 def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
     """Train; return the folder of the final model (a plain HF folder). `parent`: the run this
     SFT is a stage of (Chain of Hindsight, ReST, RAFT), which owns its output folder."""
-    # --- setup ---
     runtime = distributed.init_runtime()
-    train_cfg = cfg.train
-    output_dir = Path(train_cfg.output_dir)
     folder = loop.start_run(cfg, runtime, parent)
-    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -73,10 +84,31 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         print(report.summary())
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-    schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
+    data = SFTData(train_set, eval_set, lambda rows: collate(rows, tokenizer.pad_token_id))
 
     # --- model ---
-    model = load_model(cfg.model, tokenizer, weights_from=resume_from, device=runtime.device)
+    model = load_model(cfg.model, tokenizer, weights_from=folder.resume_from, device=runtime.device)
+    return train(cfg, runtime, folder, model, tokenizer, data)
+
+
+def train(
+    cfg: Any,
+    runtime: distributed.Runtime,
+    folder: RunFolder,
+    model: nn.Module,
+    tokenizer: Any,
+    data: SFTData,
+    name: str = "sft",
+) -> Path:
+    """The SFT loop over `data` for a loaded `model` (resumed weights already in it, when
+    `folder.resume_from`): optimizer, schedule, resume, metrics, eval, checkpoints (with
+    `tokenizer`, a tokenizer or a processor, beside the model) and the final folder. `cfg`
+    has the `model`, `train` and `final_dir` of `SFTConfig`."""
+    train_cfg = cfg.train
+    output_dir = Path(train_cfg.output_dir)
+    resume_from = folder.resume_from
+    train_set, eval_set = data.train, data.eval
+    schedule, total_steps, _ = loop.training_schedule(train_set, train_cfg, runtime)
     policy = TokenLogProbs(model, chunk_size=train_cfg.loss_chunk_size)
     if runtime.distributed:
         distributed.shard_model(policy, model, runtime)
@@ -91,8 +123,8 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     metrics = loop.open_metrics(folder, train_cfg, start_step)
 
-    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(runtime.device) for k, v in batch.items()}
+    def batch_of(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {k: v.to(runtime.device) for k, v in data.collate(rows).items()}
 
     def evaluate() -> dict[str, float]:
         """Mean token NLL over the eval set, each process taking every world_size-th batch."""
@@ -101,7 +133,7 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         size = train_cfg.micro_batch_size
         batches = [eval_set[i : i + size] for i in range(0, len(eval_set), size)]
         for i in eval_rounds(len(batches), runtime):  # the same count on every process
-            batch = to_device(collate(batches[i % len(batches)], tokenizer.pad_token_id))
+            batch = batch_of(batches[i % len(batches)])
             with torch.no_grad(), loop.autocast(runtime.device, train_cfg.mixed_precision):
                 token_logps = policy(batch)
             if i < len(batches):
@@ -122,12 +154,12 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
     # --- loop ---
     policy.train()
     progress = loop.progress_bar(
-        total_steps, start_step, "sft", enabled=runtime.is_main and train_cfg.progress
+        total_steps, start_step, name, enabled=runtime.is_main and train_cfg.progress
     )
     window_start, window_tokens = time.perf_counter(), 0
     for step in range(start_step, total_steps):
         batches = [
-            to_device(collate([train_set[i] for i in ids], tokenizer.pad_token_id))
+            batch_of([train_set[i] for i in ids])
             for ids in micro_batches(
                 schedule.step_indices(step),
                 runtime,

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from weights import assert_close_series, assert_same_updates
+import torch
+from weights import assert_close_series, assert_same_updates, weights
 
 pytestmark = pytest.mark.distributed
 
@@ -69,6 +70,36 @@ def test_two_processes_match_one_process_with_double_batch(tiny_model_dir, sft_f
     # the sharded model saved as one plain HF folder, moved as one process moved it
     assert_same_updates(tmp_path / "one" / "final", tmp_path / "two" / "final", tiny_model_dir)
     assert (tmp_path / "two" / "checkpoints" / "step-00000002" / "model.safetensors").exists()
+
+
+def test_vlm_sft_two_processes_match_one_process(tmp_path):
+    """A LLaVA under FSDP2 (decoder and tower layers sharded, the frozen tower inside the
+    shards): the same losses and updates as one process with the double batch, and the tower
+    left untouched."""
+    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
+    from alignlab.models.vlm_tiny import build_tiny_llava
+
+    model_dir = build_tiny_llava(tmp_path / "llava", image_size=32)
+    export_shapes(tmp_path / "shapes", n_train=16, n_valid=0, n_heldout=0, image_size=64)
+    common = [
+        "--config", "vlm_sft_stage2", f"model.path={model_dir}",
+        f"data.path={tmp_path / 'shapes' / 'sft.jsonl'}", "train.max_steps=3",
+        "train.optimizer=sgd", "train.lr=0.5", "train.max_grad_norm=0", "train.log_every=1",
+        "train.progress=false", "train.tensorboard=false",
+    ]  # fmt: skip
+    launch(
+        1, "vlm_sft", *common, f"train.output_dir={tmp_path / 'one'}", "train.micro_batch_size=8"
+    )
+    result = launch(
+        2, "vlm_sft", *common, f"train.output_dir={tmp_path / 'two'}", "train.micro_batch_size=4"
+    )
+    assert result.stdout.count("final model:") == 1
+    assert_close_series(losses(tmp_path / "one"), losses(tmp_path / "two"), what="train/loss")
+    assert_same_updates(tmp_path / "one" / "final", tmp_path / "two" / "final", model_dir)
+    start, final = weights(model_dir), weights(tmp_path / "two" / "final")
+    tower = [k for k in start if "vision_tower" in k]
+    assert tower and all(torch.equal(start[k], final[k]) for k in tower)
+    assert (tmp_path / "two" / "final" / "processor_config.json").exists()
 
 
 def test_ppo_two_processes_smoke(tmp_path):
