@@ -56,14 +56,30 @@ def read_vlm_rows(path: str | Path, max_records: int = 0) -> list[VlmRow]:
 
 
 def check_vlm_row(record: Record) -> VlmRow:
-    data = record.data
-    messages = data.get("messages")
+    messages = check_messages(record, "messages")
+    parts = sum(image_parts(m) for m in messages)
+    return VlmRow(messages=messages, images=resolve_images(record, parts), record=record)
+
+
+def check_messages(record: Record, field: str) -> list[dict[str, Any]]:
+    """`record.data[field]`, checked to be a non-empty list of well-formed messages."""
+    messages = record.data.get(field)
     if not isinstance(messages, list) or not messages:
-        raise DataError("needs a non-empty list of messages", field="messages").at(record)
-    parts = 0
+        raise DataError("needs a non-empty list of messages", field=field).at(record)
     for i, message in enumerate(messages):
-        parts += _check_message(message, f"messages[{i}]", record)
-    images = data.get("images", [])
+        _check_message(message, f"{field}[{i}]", record)
+    return messages
+
+
+def image_parts(message: dict[str, Any]) -> int:
+    content = message["content"]
+    return 0 if isinstance(content, str) else sum(p["type"] == "image" for p in content)
+
+
+def resolve_images(record: Record, parts: int) -> list[Path]:
+    """The record's `images`, one per image part, resolved against its file's folder; a
+    missing file or a count that does not match is a DataError on `images`."""
+    images = record.data.get("images", [])
     if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
         raise DataError("must be a list of image paths", field="images").at(record)
     if parts != len(images):
@@ -81,19 +97,17 @@ def check_vlm_row(record: Record) -> VlmRow:
         if not file.is_file():
             raise DataError(f"no such image file: {file}", field=f"images[{k}]").at(record)
         resolved.append(file)
-    return VlmRow(messages=messages, images=resolved, record=record)
+    return resolved
 
 
-def _check_message(message: Any, field: str, record: Record) -> int:
-    """Check one message; return how many image parts it has."""
+def _check_message(message: Any, field: str, record: Record) -> None:
     if not isinstance(message, dict) or message.get("role") not in ROLES:
         raise DataError(f"needs a 'role', one of {', '.join(ROLES)}", field=field).at(record)
     content = message.get("content")
     if isinstance(content, str):
-        return 0
+        return
     if not isinstance(content, list):
         raise DataError("must be a string or a list of parts", field=f"{field}.content").at(record)
-    images = 0
     for j, part in enumerate(content):
         where = f"{field}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -105,8 +119,6 @@ def _check_message(message: Any, field: str, record: Record) -> int:
             ).at(record)
         if message["role"] == "assistant":
             raise DataError("images in assistant turns are not supported", field=where).at(record)
-        images += 1
-    return images
 
 
 def load_images(row: VlmRow) -> list[Image.Image]:

@@ -87,15 +87,9 @@ def ensure_vlm_chat_template(processor: Any, source: str) -> None:
         )
 
 
-def load_vlm(cfg: ModelConfig, device: torch.device | None = None) -> tuple[nn.Module, Any]:
-    """(model, processor) of the image-text-to-text model at `cfg.path`: dtype, revision,
-    attention kernel and dropout as `load_model`; a chat template that renders image parts
-    (`ensure_vlm_chat_template`) and a pad token guaranteed."""
-    if cfg.lora.enabled or cfg.gradient_checkpointing:
-        raise ConfigError(
-            "model.lora.enabled / model.gradient_checkpointing are not supported for "
-            "vision-language models yet; set them to false"
-        )
+def load_vlm_processor(cfg: ModelConfig) -> Any:
+    """The processor of the image-text-to-text model at `cfg.path` (or `cfg.tokenizer`), with
+    a chat template that renders image parts (`ensure_vlm_chat_template`) and a pad token."""
     source = cfg.path
     revision = {"revision": cfg.revision} if cfg.revision else {}
     try:
@@ -113,6 +107,24 @@ def load_vlm(cfg: ModelConfig, device: torch.device | None = None) -> tuple[nn.M
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return processor
+
+
+def load_vlm(
+    cfg: ModelConfig, device: torch.device | None = None, processor: Any = None
+) -> tuple[nn.Module, Any]:
+    """(model, processor) of the image-text-to-text model at `cfg.path`: dtype, revision,
+    attention kernel and dropout as `load_model`; the processor from `load_vlm_processor`
+    unless given."""
+    if cfg.lora.enabled or cfg.gradient_checkpointing:
+        raise ConfigError(
+            "model.lora.enabled / model.gradient_checkpointing are not supported for "
+            "vision-language models yet; set them to false"
+        )
+    source = cfg.path
+    revision = {"revision": cfg.revision} if cfg.revision else {}
+    processor = processor if processor is not None else load_vlm_processor(cfg)
+    tokenizer = processor.tokenizer
     kwargs: dict[str, Any] = {
         "dtype": DTYPES[cfg.dtype],
         "trust_remote_code": cfg.trust_remote_code,

@@ -15,6 +15,7 @@ RECIPES = {
     "vlm_sft": ("alignlab.recipes.vlm_sft", "VlmSFTConfig"),
     "rm": ("alignlab.recipes.rm", "RMConfig"),
     "dpo": ("alignlab.recipes.dpo", "DPOConfig"),
+    "vlm_dpo": ("alignlab.recipes.vlm_dpo", "VlmDPOConfig"),
     "kto": ("alignlab.recipes.kto", "KTOConfig"),
     "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
     "coh": ("alignlab.recipes.coh", "CoHConfig"),

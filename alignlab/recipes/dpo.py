@@ -26,8 +26,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from alignlab.config import (
     ConfigError,
@@ -51,7 +53,7 @@ from alignlab.losses.preference import (
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import eval_rounds, micro_batches
+from alignlab.training.batches import TrainData, eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -64,6 +66,7 @@ from alignlab.training.preference_step import (
     sequence_stats,
 )
 from alignlab.training.reference import ReferenceConfig, ReferenceLogProbs, check_reference
+from alignlab.training.run_folder import RunFolder
 
 LOSSES = ("dpo", "ipo", "slic", "orpo", "simpo")
 REFERENCE_FREE = ("slic", "orpo", "simpo")
@@ -148,12 +151,15 @@ def pair_losses(
     return simpo_loss(means_w, means_l, cfg.beta, cfg.simpo_gamma)
 
 
-def pair_items(rows: list[dict], split: str) -> list[tuple[tuple, dict[str, list[int]]]]:
-    """(key, sequence) of every chosen and rejected sequence, for the reference pass."""
+def pair_items(rows: list[dict], split: str) -> list[tuple[tuple, dict[str, Any]]]:
+    """(key, sequence) of every chosen and rejected sequence, for the reference pass; an image
+    pair's sequence also carries its `VlmRow` ("row"), which the image collate reads."""
     items = []
     for i, row in enumerate(rows):
         for side in ("chosen", "rejected"):
             sequence = {"input_ids": row[f"{side}_input_ids"], "labels": row[f"{side}_labels"]}
+            if f"{side}_row" in row:
+                sequence["row"] = row[f"{side}_row"]
             items.append(((split, i, side), sequence))
     return items
 
@@ -163,14 +169,34 @@ def pair_keys(split: str, indices: list[int]) -> list[tuple]:
     return [(split, i, "chosen") for i in indices] + [(split, i, "rejected") for i in indices]
 
 
+def prepare_reference(
+    cfg: DPOConfig,
+    runtime: distributed.Runtime,
+    folder: RunFolder,
+    tokenizer: Any,
+    data: TrainData,
+    **loading: Any,
+) -> ReferenceLogProbs | None:
+    """The reference of a reference-based loss, prepared over every pair of `data` (before
+    the policy loads: a precomputed reference is freed first); None for the others.
+    `loading`: `load` and `collate_fn` of a vision-language recipe (`ReferenceLogProbs`)."""
+    if not cfg.uses_reference:
+        return None
+    train_cfg = cfg.train
+    reference = ReferenceLogProbs(
+        cfg.reference, cfg.model, tokenizer, runtime,
+        chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
+        batch_size=2 * train_cfg.micro_batch_size, cache_dir=Path(train_cfg.output_dir),
+        claim_folder=folder.claim, **loading,
+    )  # fmt: skip
+    reference.prepare(pair_items(data.train, "train") + pair_items(data.eval, "eval"))
+    return reference
+
+
 def run(cfg: DPOConfig) -> Path:
     """Train; return the folder of the final model (a plain HF folder)."""
-    # --- setup ---
     runtime = distributed.init_runtime()
-    train_cfg = cfg.train
-    output_dir = Path(train_cfg.output_dir)
     folder = loop.start_run(cfg, runtime)
-    resume_from = folder.resume_from
     distributed.barrier(runtime)
 
     # --- data ---
@@ -186,21 +212,32 @@ def run(cfg: DPOConfig) -> Path:
         print(report.summary())
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
+    data = TrainData(train_set, eval_set, lambda rows: collate_pairs(rows, pad_id))
+
+    # --- reference, then the policy ---
+    reference = prepare_reference(cfg, runtime, folder, tokenizer, data)
+    model = load_model(cfg.model, tokenizer, weights_from=folder.resume_from, device=runtime.device)
+    return train(cfg, runtime, folder, model, tokenizer, data, reference)
+
+
+def train(
+    cfg: DPOConfig,
+    runtime: distributed.Runtime,
+    folder: RunFolder,
+    model: nn.Module,
+    tokenizer: Any,
+    data: TrainData,
+    reference: ReferenceLogProbs | None,
+) -> Path:
+    """The pair loop over `data` (rows of chosen/rejected token ids; `data.collate` makes the
+    (2B, T) batch, chosen rows first) for a loaded `model` (resumed weights already in it):
+    optimizer, resume, metrics, eval, checkpoints (`tokenizer`, a tokenizer or a processor,
+    saved beside the model) and the final folder."""
+    train_cfg = cfg.train
+    output_dir = Path(train_cfg.output_dir)
+    resume_from = folder.resume_from
+    train_set, eval_set = data.train, data.eval
     schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
-
-    # --- reference (before the policy: a precomputed reference is freed before it loads) ---
-    reference = None
-    if cfg.uses_reference:
-        reference = ReferenceLogProbs(
-            cfg.reference, cfg.model, tokenizer, runtime,
-            chunk_size=train_cfg.loss_chunk_size, mixed_precision=train_cfg.mixed_precision,
-            batch_size=2 * train_cfg.micro_batch_size, cache_dir=output_dir,
-            claim_folder=folder.claim,
-        )  # fmt: skip
-        reference.prepare(pair_items(train_set, "train") + pair_items(eval_set, "eval"))
-
-    # --- model ---
-    model = load_model(cfg.model, tokenizer, weights_from=resume_from, device=runtime.device)
     policy = TokenLogProbs(model, chunk_size=train_cfg.loss_chunk_size)
     if runtime.distributed:
         distributed.shard_model(policy, model, runtime)
@@ -218,8 +255,8 @@ def run(cfg: DPOConfig) -> Path:
     metrics = loop.open_metrics(folder, train_cfg, start_step)
     nll_coef = cfg.nll_coef
 
-    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(runtime.device) for k, v in batch.items()}
+    def batch_of(rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: v.to(runtime.device) for k, v in data.collate(rows).items()}
 
     def evaluate() -> dict[str, float]:
         """Mean pair loss, reward accuracy and margin over the eval pairs (every process takes
@@ -231,7 +268,7 @@ def run(cfg: DPOConfig) -> Path:
         for k in eval_rounds(len(starts), runtime):
             indices = list(range(starts[k % len(starts)], starts[k % len(starts)] + size))
             indices = [i for i in indices if i < len(eval_set)]
-            batch = to_device(collate_pairs([eval_set[i] for i in indices], pad_id))
+            batch = batch_of([eval_set[i] for i in indices])
             ref_sums = reference(batch, pair_keys("eval", indices)) if reference else None
             with torch.no_grad(), loop.autocast(runtime.device, train_cfg.mixed_precision):
                 stats = sequence_stats(policy(batch), batch)
@@ -264,7 +301,7 @@ def run(cfg: DPOConfig) -> Path:
         groups = micro_batches(
             schedule.step_indices(step), runtime, train_cfg.micro_batch_size, train_cfg.grad_accum
         )
-        batches = [to_device(collate_pairs([train_set[i] for i in g], pad_id)) for g in groups]
+        batches = [batch_of([train_set[i] for i in g]) for g in groups]
         local_chosen = sum(int(split_pairs(policy.mask(b))[0].sum()) for b in batches)
         step_chosen_tokens = global_sum(local_chosen, runtime)
         step_tokens = global_sum(sum(int(policy.mask(b).sum()) for b in batches), runtime)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from alignlab.data.tokenize import build_sft_dataset
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import check_positions, load_model, load_tokenizer
 from alignlab.training import distributed, loop
-from alignlab.training.batches import eval_rounds, micro_batches
+from alignlab.training.batches import TrainData, eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
@@ -54,18 +53,6 @@ def stage(model: ModelConfig, data: DataConfig, train: TrainConfig, parent: RunF
     return run(cfg, parent)
 
 
-@dataclasses.dataclass
-class SFTData:
-    """What the SFT loop needs of its data, text or vision: the rows the batch schedule
-    indexes (each with its `input_ids`, for lengths), the eval rows, and `collate`, which
-    makes one model batch (on the CPU) of a list of rows. The image path of vision-language
-    SFT lives in its `collate` (alignlab/recipes/vlm_sft.py), not in a second loop."""
-
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
-    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
-
-
 def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
     """Train; return the folder of the final model (a plain HF folder). `parent`: the run this
     SFT is a stage of (Chain of Hindsight, ReST, RAFT), which owns its output folder."""
@@ -84,7 +71,7 @@ def run(cfg: SFTConfig, parent: RunFolder | None = None) -> Path:
         print(report.summary())
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-    data = SFTData(train_set, eval_set, lambda rows: collate(rows, tokenizer.pad_token_id))
+    data = TrainData(train_set, eval_set, lambda rows: collate(rows, tokenizer.pad_token_id))
 
     # --- model ---
     model = load_model(cfg.model, tokenizer, weights_from=folder.resume_from, device=runtime.device)
@@ -97,7 +84,7 @@ def train(
     folder: RunFolder,
     model: nn.Module,
     tokenizer: Any,
-    data: SFTData,
+    data: TrainData,
     name: str = "sft",
 ) -> Path:
     """The SFT loop over `data` for a loaded `model` (resumed weights already in it, when

@@ -32,8 +32,9 @@ from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm, encode_vlm_row, read_vlm_rows
 from alignlab.models.loading import check_positions
 from alignlab.models.vlm import load_vlm, set_trainable
-from alignlab.recipes.sft import SFTData, train
+from alignlab.recipes.sft import train
 from alignlab.training import distributed, loop
+from alignlab.training.batches import TrainData
 
 
 @dataclasses.dataclass
@@ -126,5 +127,5 @@ def run(cfg: VlmSFTConfig) -> Path:
             cfg.data.completion_only_loss,
         )  # fmt: skip
 
-    data = SFTData(train_set, eval_set, collate)
+    data = TrainData(train_set, eval_set, collate)
     return train(cfg, runtime, folder, model, processor, data, name="vlm_sft")

@@ -13,12 +13,28 @@ order is still a function of (seed, epoch) alone, so resuming needs nothing new.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from alignlab.training.distributed import Runtime
+
+
+@dataclasses.dataclass
+class TrainData:
+    """What a training loop needs of its data, text or vision: the rows the schedule indexes
+    (each with its `*input_ids`, for lengths), the eval rows, and `collate`, which makes one
+    model batch (on the CPU) of a list of rows. A vision-language recipe differs from its text
+    recipe only here: its `collate` runs the processor on the rows' images
+    (`alignlab.data.vlm`), and the loop is the text recipe's."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
 
 GROUP_BATCHES = 50
 """Global batches sorted together by group_by_length (HF's LengthGroupedSampler: 50)."""

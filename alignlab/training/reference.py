@@ -85,13 +85,16 @@ def _autocast(device: torch.device, mixed_precision: str) -> contextlib.Abstract
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def fingerprint(items: list[tuple[Hashable, dict[str, list[int]]]], settings: dict) -> str:
-    """sha256 of the sequences (keys, ids, labels) and the reference settings."""
+def fingerprint(items: list[tuple[Hashable, dict[str, Any]]], settings: dict) -> str:
+    """sha256 of the sequences (keys, ids, labels, and for image rows the image files' bytes)
+    and the reference settings."""
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
     for key, row in items:
         digest.update(repr(key).encode())
         digest.update(repr(row["input_ids"]).encode())
         digest.update(repr(row["labels"]).encode())
+        for image in getattr(row.get("row"), "images", ()):
+            digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -116,6 +119,8 @@ class ReferenceLogProbs:
         batch_size: int = 8,
         cache_dir: str | Path | None = None,
         claim_folder: Callable[[], None] | None = None,
+        load: Callable[[ModelConfig, torch.device], nn.Module] | None = None,
+        collate_fn: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
@@ -126,6 +131,10 @@ class ReferenceLogProbs:
         self.batch_size = cfg.batch_size or batch_size
         self.cache_path = Path(cache_dir) / CACHE_NAME if cache_dir else None
         self.claim_folder = claim_folder  # called before the cache is written (RunFolder.claim)
+        # how to load the reference and batch the precompute pass's rows: a causal LM and
+        # token rows by default; a vision-language recipe passes its loader and image collate
+        self.load = load or (lambda cfg, device: load_model(cfg, tokenizer, device=device))
+        self.collate = collate_fn or (lambda rows: collate(rows, tokenizer.pad_token_id))
         # the reference is the plain base model: no adapters, no checkpointing, no resume weights
         self.model_cfg = dataclasses.replace(
             model_cfg,
@@ -150,7 +159,7 @@ class ReferenceLogProbs:
 
     def load_module(self) -> TokenLogProbs:
         """The frozen reference model wrapped in TokenLogProbs (sharded under torchrun)."""
-        model = load_model(self.model_cfg, self.tokenizer, device=self.runtime.device)
+        model = self.load(self.model_cfg, self.runtime.device)
         model.requires_grad_(False)
         module = TokenLogProbs(model, chunk_size=self.chunk_size)
         module.eval()
@@ -160,7 +169,8 @@ class ReferenceLogProbs:
 
     def prepare(self, items: Iterable[tuple[Hashable, dict[str, list[int]]]] = ()) -> None:
         """model: load the reference; precomputed: compute (or reuse) the cached log-probs of
-        `items` [(key, {"input_ids", "labels"})] then free the model; adapter: nothing."""
+        `items` [(key, {"input_ids", "labels"} and what `collate_fn` needs)] then free the
+        model; adapter: nothing."""
         if self.mode == "model":
             self.module = self.load_module()
         elif self.mode == "precomputed":
@@ -191,7 +201,7 @@ class ReferenceLogProbs:
         # every process runs the same number of forwards: FSDP2 forwards are collective
         for i in eval_rounds(len(batches), self.runtime):
             chunk = batches[i % len(batches)]
-            batch = self._to_device(collate([row for _, row in chunk], self.tokenizer.pad_token_id))
+            batch = self._to_device(self.collate([row for _, row in chunk]))
             values = self._forward(module, batch)
             if i < len(batches):
                 mine.extend(zip([key for key, _ in chunk], values.tolist()))

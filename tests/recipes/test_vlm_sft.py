@@ -1,7 +1,6 @@
 """The vlm_sft recipe on a tiny LLaVA and a tiny shapes export: what each LLaVA stage trains,
 a loadable final folder that fits its data, resume after a kill, bad input as one line."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import sys
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from vlm_runs import changed_parts, metric_rows, same_weights
 
 from alignlab.cli import main
 from alignlab.data.vlm import collate_vlm, read_vlm_rows
@@ -46,28 +46,8 @@ def args(preset, model, data, out, *extra):
     ]
 
 
-def part(name):
-    if "vision_tower" in name:
-        return "tower"
-    if "multi_modal_projector" in name:
-        return "projector"
-    return "llm"
-
-
-def changed_parts(start, final):
-    """{part: whether any of its tensors differs} between two model folders."""
-    a = AutoModelForImageTextToText.from_pretrained(start).state_dict()
-    b = AutoModelForImageTextToText.from_pretrained(final).state_dict()
-    assert a.keys() == b.keys()
-    changed = {"tower": False, "projector": False, "llm": False}
-    for name, tensor in a.items():
-        changed[part(name)] |= not torch.equal(tensor, b[name])
-    return changed
-
-
 def losses(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    return [(r["step"], r["train/loss"]) for r in metric_rows(out)]
 
 
 def test_stage1_trains_only_the_projector(world, tmp_path):
@@ -123,9 +103,7 @@ def test_killed_run_resumes_to_the_same_result(world, tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out
     assert losses(out) == losses(ref)
     assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
-    a = AutoModelForImageTextToText.from_pretrained(out / "final").state_dict()
-    b = AutoModelForImageTextToText.from_pretrained(ref / "final").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(out / "final", ref / "final")
 
 
 def test_bad_input_is_one_line(world, tmp_path, capsys):
