@@ -185,14 +185,14 @@ def _device(device: str | torch.device | None) -> str | torch.device:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
+def same_folder(a: str | Path, b: str | Path) -> bool:
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     if pa.exists() and pb.exists():
         return pa.resolve() == pb.resolve()
     return str(a) == str(b)
 
 
-def _check_same_vocab(policy: LoadedModel, ref: LoadedModel) -> None:
+def check_same_vocab(policy: LoadedModel, ref: LoadedModel) -> None:
     if policy.tokenizer.get_vocab() != ref.tokenizer.get_vocab():
         raise ConfigError(
             f"the reference {ref.name or '(ref)'} has a different tokenizer vocabulary from "
@@ -438,7 +438,7 @@ def evaluate_model(
     if options.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {options.num_samples}")
     if ref is not None:
-        _check_same_vocab(policy, ref)
+        check_same_vocab(policy, ref)
     seed = options.seed
     num_samples, confidence = options.num_samples, options.confidence
     temperature, top_p, batch_size = options.temperature, options.top_p, options.batch_size
@@ -610,7 +610,7 @@ def evaluate_many(
     results: dict[str, EvalResult] = {}
     for name, path in models.items():
         logger.info("evaluating %s (%s)", name, path)
-        if ref is not None and ref_dir is not None and _same_folder(path, ref_dir):
+        if ref is not None and ref_dir is not None and same_folder(path, ref_dir):
             policy = LoadedModel(ref.model, ref.tokenizer, str(path))
         else:
             policy = load_for_eval(path, device, dtype)

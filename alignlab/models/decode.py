@@ -17,7 +17,7 @@ them); finished rows are pruned with `Cache.batch_select_indices` when the cache
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from functools import cache as memoize
 
 import torch
@@ -93,6 +93,8 @@ def decode(
     stop_ids: Collection[int],
     uniforms: torch.Tensor | None = None,
     sampler_logps: list[list[float]] | None = None,
+    prompt_inputs: Mapping[str, torch.Tensor] | None = None,
+    banned_ids: Collection[int] = (),
 ) -> tuple[list[list[int]], list[bool]]:
     """Sample up to `max_new_tokens` tokens after each left-padded prompt row.
 
@@ -103,7 +105,12 @@ def decode(
     None: the global torch RNG. `sampler_logps`, when a list, receives one list per row: the
     log-prob of each new token under the untempered logits of this forward (what an inference
     engine reports as the sampler's log-probs; truncated importance sampling compares them
-    with the trainer's).
+    with the trainer's). `prompt_inputs`: further keywords of the prompt's forward only (a
+    vision-language model's pixel_values: the images enter the KV cache with the prompt, and
+    the steps after it feed tokens alone). `banned_ids`: tokens never sampled, their logits -inf
+    for the draw only (`sampler_logps` stay those of the untouched logits): a VLM's image
+    placeholder, which a response cannot hold, since a sequence fed back with its images needs
+    an image for every placeholder.
     """
     rows = input_ids.shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -118,15 +125,20 @@ def decode(
         position_ids=positions,
         use_cache=True,
         **({"logits_to_keep": 1} if keep_last else {}),
+        **(prompt_inputs or {}),
     )
     cache = returned_cache(output)
     prunable = hasattr(cache, "batch_select_indices")
     positions = positions[:, -1:]
     if uniforms is not None:
         uniforms = uniforms.to(input_ids.device)
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=input_ids.device)
     for step in range(max_new_tokens):
         draws = uniforms[:, step] if uniforms is not None else None
-        tokens = sample_next_tokens(output.logits[:, -1, :], temperature, top_p, draws)
+        allowed = output.logits[:, -1, :]
+        if len(banned):
+            allowed = allowed.index_fill(1, banned, float("-inf"))
+        tokens = sample_next_tokens(allowed, temperature, top_p, draws)
         if sampler_logps is not None:
             logits = output.logits[:, -1, :].float()
             picked = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
