@@ -123,15 +123,20 @@ def _check_message(message: Any, field: str, record: Record) -> None:
 
 def load_images(row: VlmRow) -> list[Image.Image]:
     """The row's images as RGB PIL images; one PIL cannot read is a DataError on its field."""
+    return load_image_files(row.images, row.record)
+
+
+def load_image_files(files: list[Path], record: Record) -> list[Image.Image]:
+    """`files` (the `images` of `record`) as RGB PIL images; a DataError on `images[k]`."""
     images = []
-    for k, file in enumerate(row.images):
+    for k, file in enumerate(files):
         try:
             with Image.open(file) as image:
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(
                 f"cannot read the image {file}: {err}", field=f"images[{k}]", reason="bad image"
-            ).at(row.record) from err
+            ).at(record) from err
     return images
 
 

@@ -20,6 +20,7 @@ RECIPES = {
     "rrhf": ("alignlab.recipes.rrhf", "RRHFConfig"),
     "coh": ("alignlab.recipes.coh", "CoHConfig"),
     "grpo": ("alignlab.recipes.grpo", "GRPOConfig"),
+    "vlm_grpo": ("alignlab.recipes.vlm_grpo", "VlmGRPOConfig"),
     "dapo": ("alignlab.recipes.dapo", "DAPOConfig"),
     "gspo": ("alignlab.recipes.gspo", "GSPOConfig"),
     "cispo": ("alignlab.recipes.cispo", "CISPOConfig"),

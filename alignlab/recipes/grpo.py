@@ -56,10 +56,11 @@ class GRPOConfig:
         check_rl(self.rl, self.reference, self.model, self.train, grouped=True)
 
 
-def run(cfg: GRPOConfig) -> Path:
-    """Train; return the folder of the final model (a plain HF folder)."""
+def run(cfg: GRPOConfig, vision: bool = False) -> Path:
+    """Train; return the folder of the final model (a plain HF folder). `vision`: an
+    image-text-to-text policy on prompts with images (`alignlab.recipes.vlm_grpo`)."""
     # --- setup: prompts, policy, reference, optimizer, resume, reward functions ---
-    job = RLRun(cfg, "grpo")
+    job = RLRun(cfg, "vlm_grpo" if vision else "grpo", vision)
     rl = cfg.rl
 
     for step in job.steps():

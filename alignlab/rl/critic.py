@@ -127,9 +127,7 @@ class Critic:
 
     def values(self, roll: Rollout, batch_size: int) -> torch.Tensor:
         """(N, T) float32 CPU values V_old at the response positions (eval mode, no grad)."""
-        keys = ("input_ids", "attention_mask", "labels", "position_ids")
-        batch = {key: getattr(roll, key) for key in keys}
-        return token_logps(self.module, batch, batch_size, self.mixed_precision)
+        return token_logps(self.module, roll, batch_size, self.mixed_precision)
 
     def update(
         self,

@@ -159,6 +159,9 @@ class Collector:
     mixed_precision: str
     seed: Callable[[int], int]
     """step -> generation seed of this process."""
+    vision: bool = False
+    """A vision-language policy: `tokenizer` is its processor and each prompt's images
+    (`PromptRow.images`) are sampled with."""
 
     def __call__(self, step: int, score_old_logps: bool = True, draw: int = 0) -> Experience:
         """The step's experience; `score_old_logps=False` leaves log π_old to the update's
@@ -195,6 +198,7 @@ class Collector:
             generation_model=self.generation_model,
             score=score_old_logps,
             sampler_logps=True,  # cheap, and the sampler-trainer mismatch is logged every step
+            images=[row.load_images() for row in rows] if self.vision else None,
         )
         generated = time.perf_counter()
         extras = [row.extras for row in rows for _ in range(rl.samples_per_prompt)]
@@ -263,6 +267,9 @@ def select_groups(parts: list[Experience], picks: list[tuple[int, int]]) -> Expe
         scored=all(part.rollout.scored for part in parts),
         sampler_logps=stack(lambda e: e.rollout.sampler_logps)
         if all(part.rollout.sampler_logps is not None for part in parts)
+        else None,
+        vision=[parts[part].rollout.vision[group] for part, group in picks]
+        if all(part.rollout.vision is not None for part in parts)
         else None,
     )
     with_gold = all(part.gold is not None for part in parts)

@@ -1,17 +1,27 @@
 """Prompt rows for the RL and sampling recipes: a `prompt` (string or message list) per record,
 the record's other keys passed to reward functions as extras, and a check, before any
-sampling, that prompts plus the response budget fit the model's positions."""
+sampling, that prompts plus the response budget fit the model's positions.
+
+A record with `images` (TRL's vision prompt rows: image paths, relative to the data file or
+absolute, one per {"type": "image"} part of the prompt) keeps them resolved in
+`PromptRow.images`, and its extras' `images` become the absolute paths, so a reward function
+(a vision reward model, a gold that reads the image) can open them."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from alignlab.config import ModelConfig
 from alignlab.data.report import DataReport
-from alignlab.data.schema import DataError
+from alignlab.data.schema import DataError, Record
 from alignlab.data.sources import load_records
 from alignlab.data.templates import render_prompt
+from alignlab.data.vlm import check_messages, image_parts, load_image_files, resolve_images
 from alignlab.models.generation import prompt_token_ids
 from alignlab.models.loading import check_positions
 from alignlab.rl.config import PromptDataConfig
@@ -21,16 +31,31 @@ from alignlab.rl.config import PromptDataConfig
 class PromptRow:
     prompt: str | list[dict[str, Any]]
     extras: dict[str, Any]
+    images: list[Path] = dataclasses.field(default_factory=list)
+    record: Record | None = None
+
+    def load_images(self) -> list[Image.Image]:
+        """The prompt's images (RGB); a file PIL cannot read is a DataError on its field."""
+        return load_image_files(self.images, self.record) if self.images else []
 
 
 def check_generation_fits(
-    model_cfg: ModelConfig, tokenizer: Any, rows: list[PromptRow], setting: str, new_tokens: int
+    model_cfg: ModelConfig,
+    tokenizer: Any,
+    rows: list[PromptRow],
+    setting: str,
+    new_tokens: int,
+    prompt_length: Callable[[PromptRow], int] | None = None,
 ) -> None:
-    """Refuse, before any sampling, prompts + `new_tokens` longer than the model's positions."""
-    longest_prompt = max(
-        (len(prompt_token_ids(tokenizer, render_prompt(tokenizer, r.prompt))) for r in rows),
-        default=0,
-    )
+    """Refuse, before any sampling, prompts + `new_tokens` longer than the model's positions.
+    `prompt_length(row)`: the prompt's tokens (default: its rendering by `tokenizer`; a
+    vision-language run counts the image tokens its processor expands)."""
+    if prompt_length is None:
+
+        def prompt_length(row: PromptRow) -> int:
+            return len(prompt_token_ids(tokenizer, render_prompt(tokenizer, row.prompt)))
+
+    longest_prompt = max((prompt_length(r) for r in rows), default=0)
     check_positions(
         model_cfg, longest_prompt + new_tokens,
         f"{setting}={new_tokens} after prompts of up to {longest_prompt} tokens",
@@ -71,7 +96,14 @@ def load_prompt_rows(
                 report.skip("prompt too long", record.where())
                 continue
         extras = {k: v for k, v in record.data.items() if k != "prompt"}
-        rows.append(PromptRow(prompt, extras))
+        images: list[Path] = []
+        if "images" in record.data:
+            parts = 0
+            if isinstance(prompt, list):  # image parts well formed, or an error on their field
+                parts = sum(image_parts(m) for m in check_messages(record, "prompt"))
+            images = resolve_images(record, parts)
+            extras["images"] = [str(path.resolve()) for path in images]
+        rows.append(PromptRow(prompt, extras, images, record))
     if not rows:
         raise DataError("no usable prompts", cfg.path)
     return rows

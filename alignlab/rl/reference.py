@@ -4,9 +4,11 @@ torchrun), or the LoRA policy itself with its adapters disabled (no second copy)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from alignlab.config import LoraConfig, ModelConfig
 from alignlab.models.lm import TokenLogProbs
@@ -27,7 +29,10 @@ class RLReference:
         runtime: distributed.Runtime,
         chunk_size: int,
         mixed_precision: str,
+        load: Callable[[ModelConfig, torch.device], nn.Module] | None = None,
     ) -> None:
+        """`load`: how to load the frozen copy (default `load_model`; a vision-language run
+        passes its VLM loader)."""
         self.mode = cfg.mode
         self.mixed_precision = mixed_precision
         self.module: TokenLogProbs | None = None
@@ -38,7 +43,10 @@ class RLReference:
                 gradient_checkpointing=False,
                 lora=LoraConfig(enabled=False),
             )
-            model = load_model(ref_cfg, tokenizer, device=runtime.device)
+            if load is None:
+                model = load_model(ref_cfg, tokenizer, device=runtime.device)
+            else:
+                model = load(ref_cfg, runtime.device)
             model.requires_grad_(False)
             self.module = TokenLogProbs(model, chunk_size=chunk_size).eval()
             if runtime.distributed:
@@ -52,9 +60,7 @@ class RLReference:
 
     def __call__(self, roll: Rollout, batch_size: int) -> torch.Tensor:
         """(N, T) float32 CPU reference log-probs of the rollout's response tokens."""
-        batch = {k: getattr(roll, k) for k in ("input_ids", "attention_mask", "labels")}
-        batch["position_ids"] = roll.position_ids
         if self.mode == "adapter":
             with self.module.model.disable_adapter():
-                return token_logps(self.module, batch, batch_size, self.mixed_precision)
-        return token_logps(self.module, batch, batch_size, self.mixed_precision)
+                return token_logps(self.module, roll, batch_size, self.mixed_precision)
+        return token_logps(self.module, roll, batch_size, self.mixed_precision)

@@ -16,6 +16,11 @@ so at the first PPO iteration the ratio π_θ / π_old is 1 up to float summatio
 the log-probs of the untempered policy (temperature 1): with temperature != 1 the samples come
 from softmax(logits / T) while the ratio, KL and entropy estimates use softmax(logits).
 
+A vision-language policy (`images` given, `tokenizer` its processor) samples with
+`alignlab.models.vlm_generation.generate_vlm`; the rollout keeps each prompt's processed images
+(`vision`, one entry per prompt, shared by its K samples) and `Rollout.batch` adds them to every
+forward's inputs, so the log-prob, reference and training passes are the text ones.
+
 Stop strings are applied after sampling (`apply_stop_strings`): the text is cut before the
 first stop string and the tokens after the one that completes it, and the response counts as
 finished. Sampling itself still runs to a stop token or max_new_tokens (the time spent on
@@ -29,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from alignlab.data.collate import collate
@@ -43,6 +49,7 @@ from alignlab.models.generation import (
 )
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.logprobs import response_rows
+from alignlab.models.vlm_generation import encode_vlm_prompt, generate_vlm
 from alignlab.training import distributed
 from alignlab.training.loop import autocast
 
@@ -76,6 +83,9 @@ class Rollout:
     sampler_logps: torch.Tensor | None = None
     """(N, T) float32 log-probs of the response tokens as the sampler computed them while
     sampling (`rollout(sampler_logps=True)`), 0 elsewhere; None when not recorded."""
+    vision: list[dict[str, torch.Tensor]] | None = None
+    """Per prompt (index `group_ids`), the processor's image tensors (pixel_values, ...) of a
+    vision-language rollout, on the CPU; None for text."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -91,13 +101,20 @@ class Rollout:
         return int(self.input_ids.shape[0])
 
     def batch(self, rows: Sequence[int] | torch.Tensor, device: torch.device) -> dict:
-        """The model inputs of `rows`, trimmed to their longest sequence, on `device`."""
+        """The model inputs of `rows`, trimmed to their longest sequence, on `device`, with
+        their prompts' images (in row order) for a vision-language rollout."""
         index = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[index].sum(1).max())
-        return {
+        batch = {
             key: getattr(self, key)[index, :width].to(device)
             for key in ("input_ids", "attention_mask", "labels", "position_ids")
         }
+        if self.vision is not None:
+            per_row = [self.vision[group] for group in self.group_ids[index].tolist()]
+            for key in {key for inputs in per_row for key in inputs}:
+                parts = [inputs[key] for inputs in per_row if key in inputs]
+                batch[key] = torch.cat(parts).to(device)
+        return batch
 
 
 def apply_stop_strings(
@@ -130,23 +147,23 @@ def apply_stop_strings(
 
 def token_logps(
     scorer: nn.Module,
-    batch: dict[str, torch.Tensor],
+    roll: Rollout,
     batch_size: int,
     mixed_precision: str = "no",
 ) -> torch.Tensor:
-    """(N, T) float32 CPU log-probs of the labelled tokens of `batch` under `scorer` (a
-    `TokenLogProbs`), teacher-forced in chunks of `batch_size` rows, eval mode, no grad.
+    """(N, T) float32 CPU per-token outputs of `scorer` (a `TokenLogProbs`: log-probs of the
+    response tokens; a critic: values) on the rollout, teacher-forced in chunks of
+    `batch_size` rows (`Rollout.batch`), eval mode, no grad.
 
     Under FSDP2 this is a collective: every rank must call it with the same number of chunks.
     """
     device = model_device(scorer)
-    rows = batch["input_ids"].shape[0]
-    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    rows = len(roll)
+    out = torch.zeros(roll.input_ids.shape, dtype=torch.float32)
     with inference_mode(scorer):
         for start in range(0, rows, batch_size):
-            part = {k: v[start : start + batch_size] for k, v in batch.items()}
-            width = int(part["attention_mask"].sum(1).max())
-            part = {k: v[:, :width].to(device) for k, v in part.items()}
+            part = roll.batch(range(start, min(start + batch_size, rows)), device)
+            width = part["input_ids"].shape[1]
             with autocast(device, mixed_precision):
                 values = scorer(part)
             out[start : start + batch_size, :width] = values.float().cpu()
@@ -171,6 +188,7 @@ def rollout(
     generation_model: nn.Module | None = None,
     score: bool = True,
     sampler_logps: bool = False,
+    images: Sequence[Sequence[Image.Image]] | None = None,
 ) -> Rollout:
     """Sample `samples_per_prompt` responses per prompt and score them (module docstring).
 
@@ -190,43 +208,39 @@ def rollout(
             weights may pass False and fill them from that forward (zeros until then).
         sampler_logps: also keep the sampler's own log-probs of the sampled tokens (the
             generation forward's, for truncated importance sampling and the mismatch metrics).
+        images: a vision-language policy's images, one list per prompt (in the order of its
+            image parts); `tokenizer` is then its processor.
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     sampler = generation_model if generation_model is not None else policy_model
-    generations = generate(
-        sampler,
-        tokenizer,
-        repeated,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-        seed=seed,
-        sampler_logps=sampler_logps,
-    )
+    settings = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        batch_size=batch_size, seed=seed, sampler_logps=sampler_logps,
+    )  # fmt: skip
+    vision = None
+    if images is None:
+        generations = generate(sampler, tokenizer, repeated, **settings)
+    else:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} image lists for {len(prompts)} prompts")
+        each = [prompt_images for prompt_images in images for _ in range(samples_per_prompt)]
+        generations = generate_vlm(sampler, tokenizer, repeated, each, **settings)
+        vision = [encode_vlm_prompt(tokenizer, p, i, k).vision for k, (p, i) in enumerate(
+            zip(prompts, images)
+        )]  # fmt: skip
+        tokenizer = tokenizer.tokenizer
     if stop_strings:
         generations = [apply_stop_strings(g, tokenizer, stop_strings) for g in generations]
     pad_id = pad_token_id(tokenizer, stop_token_ids(policy_model, tokenizer))
     batch = collate(response_rows(generations), pad_id)
-    if score:
-        scorer = scorer if scorer is not None else TokenLogProbs(policy_model)
-        old_logps = token_logps(scorer, batch, batch_size, mixed_precision)
-    else:
-        old_logps = torch.zeros(batch["labels"].shape, dtype=torch.float32)
-    recorded = None
-    if sampler_logps:  # the response tokens are the labelled positions, in order, per row
-        recorded = torch.zeros(batch["labels"].shape, dtype=torch.float32)
-        mask = TokenLogProbs.mask(batch)
-        for row, generation in enumerate(generations):
-            recorded[row, mask[row]] = torch.tensor(generation.sampler_logps, dtype=torch.float32)
-    return Rollout(
+    roll = Rollout(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         labels=batch["labels"],
         position_ids=batch["position_ids"],
-        old_logps=old_logps,
+        old_logps=torch.zeros(batch["labels"].shape, dtype=torch.float32),
         group_ids=torch.arange(len(prompts)).repeat_interleave(samples_per_prompt),
         finished=torch.tensor([g.finished for g in generations], dtype=torch.bool),
         prompts=repeated,
@@ -234,5 +248,15 @@ def rollout(
         generations=generations,
         samples_per_prompt=samples_per_prompt,
         scored=score,
-        sampler_logps=recorded,
+        vision=vision,
     )
+    if score:
+        scorer = scorer if scorer is not None else TokenLogProbs(policy_model)
+        roll.old_logps = token_logps(scorer, roll, batch_size, mixed_precision)
+    if sampler_logps:  # the response tokens are the labelled positions, in order, per row
+        recorded = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+        mask = TokenLogProbs.mask(batch)
+        for row, generation in enumerate(generations):
+            recorded[row, mask[row]] = torch.tensor(generation.sampler_logps, dtype=torch.float32)
+        roll.sampler_logps = recorded
+    return roll

@@ -8,7 +8,11 @@
     return run.finish()                 # the final policy, a plain HF folder
 
 `cfg` must have sections `model`, `data` (PromptDataConfig), `train` (TrainConfig), `rl`
-(RLConfig), `reference` (RLReferenceConfig) and a `final_dir` option.
+(RLConfig), `reference` (RLReferenceConfig) and a `final_dir` option. `vision=True`: the
+policy is an image-text-to-text model (`alignlab.models.vlm.load_vlm`; `cfg.trainable` says
+which parts train), the prompts carry images, and `self.tokenizer` is the processor, saved
+beside the model; the rollout, the loss and the update are the text ones
+(`alignlab.rl.rollout`).
 
 Sizes: `rl.prompts_per_step` prompts x `rl.samples_per_prompt` samples per rollout, split
 evenly over the processes; `rl.mini_batch_size` samples per optimizer step (0 = the whole
@@ -29,6 +33,7 @@ so the resumed run repeats the uninterrupted one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +45,8 @@ from tqdm.auto import tqdm
 from alignlab.config import ConfigError, TrainConfig
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.vlm import load_vlm, load_vlm_processor, set_trainable
+from alignlab.models.vlm_generation import encode_vlm_prompt
 from alignlab.rl.config import RLConfig
 from alignlab.rl.experience import Collector
 from alignlab.rl.guards import LengthWatch, check_kl_runaway, warn_length_hacking
@@ -61,7 +68,7 @@ from alignlab.training.optim import build_optimizer, build_scheduler
 class RLRun:
     """Set-up and bookkeeping of an RL run (module docstring); the recipe owns the step."""
 
-    def __init__(self, cfg: Any, name: str) -> None:
+    def __init__(self, cfg: Any, name: str, vision: bool = False) -> None:
         self.cfg, self.name = cfg, name
         self.runtime = runtime = distributed.init_runtime()
         self.train_cfg: TrainConfig = cfg.train
@@ -72,10 +79,28 @@ class RLRun:
         self.resume_from = self.folder.resume_from
 
         # --- prompts and sizes ---
-        self.tokenizer = load_tokenizer(cfg.model)
-        rows = load_prompt_rows(cfg.data, self.tokenizer)
+        prompt_length = None
+        if vision:
+            if cfg.data.max_prompt_tokens:
+                raise ConfigError(
+                    "data.max_prompt_tokens does not count image tokens yet; set it to 0 for "
+                    "vision-language prompts"
+                )
+            self.tokenizer = processor = load_vlm_processor(cfg.model)
+            text_tokenizer = processor.tokenizer
+
+            def prompt_length(row: Any) -> int:
+                return len(encode_vlm_prompt(processor, row.prompt, row.load_images()).ids)
+
+        else:
+            self.tokenizer = text_tokenizer = load_tokenizer(cfg.model)
+        rows = load_prompt_rows(cfg.data, text_tokenizer)
+        if vision:  # a plain-text prompt is one user turn
+            for row in rows:
+                if isinstance(row.prompt, str):
+                    row.prompt = [{"role": "user", "content": row.prompt}]
         check_generation_fits(
-            cfg.model, self.tokenizer, rows, "rl.max_new_tokens", rl.max_new_tokens
+            cfg.model, text_tokenizer, rows, "rl.max_new_tokens", rl.max_new_tokens, prompt_length
         )
         world = runtime.world_size
         global_mini = rl.mini_batch_size or rl.prompts_per_step * rl.samples_per_prompt
@@ -105,9 +130,22 @@ class RLRun:
 
         # --- policy, its sampling copy under FSDP2, reference, optimizer ---
         device = runtime.device
-        self.model = load_model(
-            cfg.model, self.tokenizer, weights_from=self.resume_from, device=device
-        )
+        load_reference = None
+        if vision:
+            resumed = self.resume_from
+            source = dataclasses.replace(cfg.model, path=str(resumed)) if resumed else cfg.model
+            self.model = load_vlm(source, device, processor)[0]
+            counts = set_trainable(self.model, **dataclasses.asdict(cfg.trainable))
+            if runtime.is_main:
+                print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+
+            def load_reference(model_cfg: Any, device: torch.device) -> torch.nn.Module:
+                return load_vlm(model_cfg, device, processor)[0]
+
+        else:
+            self.model = load_model(
+                cfg.model, self.tokenizer, weights_from=self.resume_from, device=device
+            )
         self.policy = TokenLogProbs(self.model, chunk_size=train.loss_chunk_size)
         generation_model = None
         if runtime.distributed:
@@ -118,7 +156,7 @@ class RLRun:
         if rl.uses_reference:
             reference = RLReference(
                 cfg.reference, cfg.model, self.tokenizer, runtime,
-                train.loss_chunk_size, train.mixed_precision,
+                train.loss_chunk_size, train.mixed_precision, load=load_reference,
             )  # fmt: skip
             reference.attach(self.policy)
         self.optimizer = build_optimizer(self.policy, train)
@@ -147,7 +185,7 @@ class RLRun:
         self.collect = Collector(
             rl, rows, schedule, prompts_per_rank, runtime, self.tokenizer, self.model,
             self.policy, generation_model, reference, reward_fn, gold_fn,
-            train.mixed_precision, seed=lambda step: self.step_seed(step) * 10_007,
+            train.mixed_precision, seed=lambda step: self.step_seed(step) * 10_007, vision=vision,
         )  # fmt: skip
         self.progress = tqdm(
             total=self.total_steps,

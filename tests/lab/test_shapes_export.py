@@ -27,7 +27,8 @@ def text_of(turn):
 def test_export_writes_trl_vision_rows_with_relative_image_paths(tmp_path):
     paths = export_shapes(tmp_path, seed=0, image_size=80, **SIZES)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "images", "sft.jsonl", "captions.jsonl", "preference.jsonl", "valid_prompts.jsonl",
+        "images", "sft.jsonl", "captions.jsonl", "preference.jsonl", "train_prompts.jsonl",
+        "valid_prompts.jsonl",
         "heldout_prompts.jsonl", "manifest.json",
     }  # fmt: skip
     assert len(list((tmp_path / "images").iterdir())) == 12 + 5 + 7
@@ -55,7 +56,8 @@ def test_export_writes_trl_vision_rows_with_relative_image_paths(tmp_path):
             assert gold_score(prompt, row["answer"]).correct
     manifest = json.loads(paths["manifest"].read_text())
     assert manifest["rows"] == {
-        "sft": 12, "captions": 12, "preference": 12, "valid_prompts": 5, "heldout_prompts": 7
+        "sft": 12, "captions": 12, "preference": 12, "train_prompts": 12, "valid_prompts": 5,
+        "heldout_prompts": 7,
     }  # fmt: skip
     assert manifest["images"] == {"train": 12, "valid": 5, "heldout": 7}
     assert manifest["image_size"] == 80 and manifest["world"] == "shapes"

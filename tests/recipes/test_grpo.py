@@ -141,7 +141,7 @@ def test_single_update_takes_old_logps_from_its_own_forward(rl_assets, tmp_path)
     assert not exp.rollout.old_logps.any()  # not scored yet
     model_dir = rl_assets[0]
     before = TokenLogProbs(AutoModelForCausalLM.from_pretrained(model_dir))
-    expected = token_logps(before, exp.rollout.batch(range(len(exp.rollout)), "cpu"), 64)
+    expected = token_logps(before, exp.rollout, 64)
     advantages = torch.ones(len(exp.rollout), 1)
 
     def losses(mb):

@@ -11,7 +11,7 @@ from alignlab.models.generation import Generation, prompt_token_ids
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.logprobs import response_rows, sequence_logps
 from alignlab.ops import IGNORE_INDEX
-from alignlab.rl.rollout import apply_stop_strings, rollout, token_logps
+from alignlab.rl.rollout import apply_stop_strings, rollout
 
 PROMPTS = ["a b", "c", "b c a"]
 
@@ -78,7 +78,8 @@ def test_generation_scores_match_training_logps(word_model_dir):
         Generation("", encoded[i], new[i].tolist(), "", finished=False) for i in range(3)
     ]
     batch = collate(response_rows(generations), tokenizer.pad_token_id)
-    train_logps = token_logps(TokenLogProbs(model), batch, batch_size=2)
+    with torch.no_grad():
+        train_logps = TokenLogProbs(model).eval()(batch)
     mask = TokenLogProbs.mask(batch)
     for i in range(3):
         torch.testing.assert_close(train_logps[i][mask[i]], gen_logps[i], atol=1e-4, rtol=0)

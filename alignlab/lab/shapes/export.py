@@ -11,8 +11,10 @@
                             "rejected": [assistant: corrupted answer], "corruption", "type",
                             "answer", "split", "scene", "gold"}: another question on each
                            train image
-    valid_prompts.jsonl    {"images", "prompt": [user], "type", "answer", "split", "scene",
-    heldout_prompts.jsonl   "gold"}: `ShapesPrompt.from_record(row)` rebuilds a scorable prompt
+    train_prompts.jsonl    {"images", "prompt": [user], "type", "answer", "split", "scene",
+    valid_prompts.jsonl     "gold"}: `ShapesPrompt.from_record(row)` rebuilds a scorable prompt;
+    heldout_prompts.jsonl   train_prompts asks another question of each train image (the RL
+                            recipes' prompts, `alignlab.lab.shapes.reward:gold_reward`)
     manifest.json          world settings, palette, split sizes, row and image counts
 
 Image paths are relative to the folder holding the JSONL files (the export folder): join
@@ -90,6 +92,7 @@ def export_shapes(
     caption_rng = random.Random(f"alignlab-shapes/{seed}/export/captions")
     question_rng = random.Random(f"alignlab-shapes/{seed}/export/preference")
     corrupt_rng = random.Random(f"alignlab-shapes/{seed}/export/rejected")
+    rl_rng = random.Random(f"alignlab-shapes/{seed}/export/rl")
     paths = [image_path("train", i) for i in range(n_train)]
     preference_types = world.type_schedule(n_train)
     tables: dict[str, list[dict[str, Any]]] = {
@@ -101,6 +104,10 @@ def export_shapes(
         "preference": [
             _preference_row(world.ask(p.scene, kind, "train", question_rng), path, corrupt_rng)
             for p, path, kind in zip(train, paths, preference_types)
+        ],
+        "train_prompts": [
+            world.ask(p.scene, kind, "train", rl_rng).to_record(path)
+            for p, path, kind in zip(train, paths, world.type_schedule(n_train))
         ],
     }
     for split in ("valid", "heldout"):

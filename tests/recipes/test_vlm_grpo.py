@@ -1,0 +1,138 @@
+"""VLM GRPO on a tiny LLaVA and a tiny shapes export: the rollout's forwards see the images
+the sampler saw, the reward rises, the shapes gold as reward, resume after a kill, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from vlm_runs import changed_parts, metric_rows, same_weights
+
+from alignlab.cli import main
+from alignlab.models.lm import TokenLogProbs
+from alignlab.models.vlm_tiny import build_tiny_llava
+from alignlab.rl.config import PromptDataConfig
+from alignlab.rl.prompts import load_prompt_rows
+from alignlab.rl.rollout import rollout, token_logps
+
+REWARD_PY = '''
+def has_e(prompt, response):
+    """1 when the answer holds the letter e: learnable by a random tiny model."""
+    return float("e" in response)
+'''
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(tiny LLaVA folder, shapes export folder, reward .py file)."""
+    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("vlm_grpo")
+    model = build_tiny_llava(root / "tiny-llava", image_size=32)
+    export_shapes(root / "shapes", n_train=8, n_valid=0, n_heldout=0, image_size=64)
+    reward = root / "reward.py"
+    reward.write_text(REWARD_PY)
+    return model, root / "shapes", reward
+
+
+def args(world, out, *extra):
+    model, shapes, reward = world
+    return [
+        "vlm_grpo", "--config", "vlm_grpo_lab", f"model.path={model}",
+        f"data.path={shapes / 'train_prompts.jsonl'}", f"rl.reward={reward}:has_e",
+        f"train.output_dir={out}", "train.max_steps=2", "rl.prompts_per_step=4",
+        "rl.samples_per_prompt=4", "rl.max_new_tokens=6", "train.lr=1e-2", "train.warmup_ratio=0",
+        "train.log_every=1", "train.progress=false", "train.tensorboard=false", *extra,
+    ]  # fmt: skip
+
+
+def test_rollout_forwards_see_the_sampled_images(world):
+    model_dir, shapes, _ = world
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    data = PromptDataConfig(path=str(shapes / "train_prompts.jsonl"))
+    rows = load_prompt_rows(data, processor.tokenizer)[:3]
+    assert all(os.path.isabs(path) for row in rows for path in row.extras["images"])
+    images = [row.load_images() for row in rows]
+    roll = rollout(
+        model, processor, [row.prompt for row in rows], samples_per_prompt=2, max_new_tokens=5,
+        seed=3, batch_size=4, sampler_logps=True, images=images,
+    )  # fmt: skip
+    assert len(roll) == 6 and len(roll.vision) == 3
+    # the teacher-forced pass (the one the loss trains through) and the sampler agree: both
+    # saw the same image for every sample, in the order of the rows
+    mask = roll.mask
+    scale = roll.old_logps[mask].abs().max().item()
+    tolerance = 64 * torch.finfo(torch.float32).eps * max(scale, 1.0)
+    diff = (roll.old_logps - roll.sampler_logps)[mask].abs().max().item()
+    assert diff <= tolerance, (diff, tolerance)
+    # ... and the images matter: the same tokens after other images score otherwise
+    roll.vision = [roll.vision[1], roll.vision[2], roll.vision[0]]
+    swapped = token_logps(TokenLogProbs(model), roll, batch_size=4)
+    assert (swapped - roll.old_logps)[mask].abs().max().item() > 100 * tolerance
+
+
+def test_grpo_raises_its_reward_and_trains_the_chosen_parts(world, tmp_path):
+    out = tmp_path / "grpo"
+    extra = ("train.max_steps=12", "rl.kl_coef=0", "rl.samples_per_prompt=8")
+    assert main(args(world, out, *extra)) == 0
+    rewards = [r["train/reward_mean"] for r in metric_rows(out, "train/reward_mean")]
+    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.2, rewards
+    model_dir = world[0]
+    assert changed_parts(model_dir, out / "final") == {
+        "tower": False, "projector": True, "llm": True
+    }  # fmt: skip
+    AutoProcessor.from_pretrained(out / "final")
+
+
+def test_shapes_gold_is_the_reward(world, tmp_path):
+    from alignlab.lab.shapes.reward import gold_reward
+    from alignlab.lab.shapes.text import ShapesPrompt
+
+    _, shapes, _ = world
+    rows = [json.loads(line) for line in (shapes / "train_prompts.jsonl").read_text().splitlines()]
+    for row in rows:
+        prompt = ShapesPrompt.from_record(row)
+        extras = {k: v for k, v in row.items() if k != "prompt"}
+        assert gold_reward(row["prompt"], prompt.answer, **extras) == 1.0
+    out = tmp_path / "gold"
+    gold = ("rl.reward=alignlab.lab.shapes.reward:gold_reward",)
+    assert main([*args(world, out), *gold]) == 0
+    values = [r["train/reward_mean"] for r in metric_rows(out, "train/reward_mean")]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_killed_run_resumes_to_the_same_result(world, tmp_path, capsys):
+    common = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5")
+    ref = tmp_path / "ref"
+    assert main(args(world, ref, *common)) == 0
+    out = tmp_path / "run"
+    env = {**os.environ, "ALIGNLAB_CRASH": "step:3", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "alignlab.cli", *args(world, out, *common)]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    AutoProcessor.from_pretrained(out / "checkpoints" / "step-00000002")
+    capsys.readouterr()
+    assert main(args(world, out, *common, "train.resume=true")) == 0
+    assert "resuming from" in capsys.readouterr().out
+    key = "train/reward_mean"
+    assert [r[key] for r in metric_rows(out, key)] == [r[key] for r in metric_rows(ref, key)]
+    assert same_weights(out / "final", ref / "final")
+
+
+def test_bad_input_is_one_line(world, tmp_path, capsys):
+    _, shapes, _ = world
+    bad = dict(json.loads((shapes / "train_prompts.jsonl").read_text().splitlines()[0]))
+    bad["images"] = ["images/missing.png"]
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(bad) + "\n")
+    assert main([*args(world, tmp_path / "o"), f"data.path={data}"]) != 0
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1" in err and "images[0]" in err and "Traceback" not in err
+    assert main([*args(world, tmp_path / "o"), "data.max_prompt_tokens=64"]) != 0
+    assert "max_prompt_tokens" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
