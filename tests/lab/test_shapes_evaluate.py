@@ -241,8 +241,8 @@ def test_bad_exports_are_named(lab, tmp_path):
     _, export, a, _ = lab
     with pytest.raises(ConfigError, match="no heldout_prompts.jsonl"):
         read_export_prompts(tmp_path)
-    with pytest.raises(ConfigError, match="split='train'"):
-        read_export_prompts(export, "train")
+    with pytest.raises(ConfigError, match="split='test'"):
+        read_export_prompts(export, "test")
     rows = (export / "valid_prompts.jsonl").read_text().splitlines()
     broken = json.loads(rows[1])
     del broken["scene"]

@@ -154,10 +154,8 @@ def read_export_prompts(
 ) -> list[ExportPrompt]:
     """The first `n` (0: all) prompts of `<export_dir>/<split>_prompts.jsonl`; a bad row is a
     DataError naming the file, the line and the field."""
-    if split not in SPLITS or split == "train":
-        raise ConfigError(
-            f"split={split!r}: must be 'valid' or 'heldout' (prompts are exported for those)"
-        )
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
     if n < 0:
         raise ConfigError(f"n={n}: must be 0 (all prompts) or more")
     folder = Path(export_dir).expanduser()
