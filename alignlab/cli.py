@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  eval --model DIR [--ref DIR] [--prompts FILE] evaluate; without --prompts on the")
         print("                                               lab's heldout prompts with gold")
         print("  rm-eval --rm DIR [--rm DIR ...] --pairs FILE  reward-model accuracy, calibration")
-        print("  lab build|export|demo                        the simulated world (docs/lab.md)")
+        print("  lab build|export|demo|vlm                    the simulated world (docs/lab.md)")
         print("  serve DIR [--model NAME=DIR ...]             OpenAI-compatible server")
         return 0
     command, rest = argv[0], argv[1:]

@@ -67,9 +67,7 @@ def check_vlm_pair(record: Record) -> VlmPair:
     return VlmPair(**rows)
 
 
-def encode_vlm_pairs(
-    pairs: list[VlmPair], processor: Any, max_length: int
-) -> list[dict[str, Any]]:
+def encode_vlm_pairs(pairs: list[VlmPair], processor: Any, max_length: int) -> list[dict[str, Any]]:
     """Training rows {"chosen_input_ids", "chosen_labels", "rejected_input_ids",
     "rejected_labels", "chosen_row", "rejected_row"}: each side encoded once here, so a bad
     image or a prompt too long for `max_length` stops the run before training."""

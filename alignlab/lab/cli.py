@@ -1,4 +1,4 @@
-"""`alignlab lab build|export|demo`: the simulated world from the command line."""
+"""`alignlab lab build|export|demo|vlm`: the simulated world from the command line."""
 
 from __future__ import annotations
 
@@ -112,7 +112,29 @@ def main(argv: list[str]) -> None:
         help=f"key=value build options; the demo's own size is size={DEMO_SIZE} (runs/lab-demo), "
         f"size={DEFAULT_SIZE} runs it on the lab benchmarks' build",
     )  # fmt: skip
+    vlm_cmd = sub.add_parser(
+        "vlm", help="the lab's LLaVA: a CLIP tower pretrained on the shapes world + an LM, "
+        "projector fresh (cached; docs/shapes.md)",
+    )  # fmt: skip
+    vlm_cmd.add_argument(
+        "--lm", required=True, help="language model folder, e.g. runs/lab/sft/final"
+    )
+    vlm_cmd.add_argument("--out", required=True, help="OUT/llava: the LLaVA; OUT/tower: the tower")
+    vlm_cmd.add_argument("--tower", help="tower run folder (default OUT/tower), reused if finished")
+    vlm_cmd.add_argument(
+        "overrides", nargs="*",
+        help="key=value tower options (alignlab.lab.shapes.tower.TowerConfig), e.g. steps=300",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "vlm":
+        from alignlab.lab.shapes.llava import lab_vlm
+        from alignlab.lab.shapes.tower import TowerConfig
+
+        tower_cfg = load_config(TowerConfig, None, args.overrides)
+        check_model_source(args.lm, "--lm", tokenizer=True)
+        check_output_folder(args.out, "--out")
+        print(f"lab LLaVA: {lab_vlm(args.lm, args.out, tower_cfg, args.tower)}")
+        return
     if args.command in ("export", "demo"):
         check_output_folder(args.out, "--out")
     if args.command in ("build", "demo"):

@@ -93,12 +93,22 @@ def tiny_llava(
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     set_chat_stop_tokens(model, tokenizer)
-    image_processor = CLIPImageProcessorPil(
+    return model, llava_processor(tokenizer, image_size, patch_size)
+
+
+def clip_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """CLIP's preprocessing (resize, centre crop, CLIP mean / std) to `image_size` square."""
+    return CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
+
+
+def llava_processor(tokenizer: Any, image_size: int, patch_size: int) -> LlavaProcessor:
+    """The processor of a LLaVA with a CLIP tower of `image_size` / `patch_size` whose
+    "default" feature strategy drops CLS: one `<image>` becomes one token per patch."""
+    return LlavaProcessor(
+        image_processor=clip_image_processor(image_size),
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy="default",
@@ -106,7 +116,6 @@ def tiny_llava(
         chat_template=tokenizer.chat_template,
         image_token=IMAGE_TOKEN,
     )
-    return model, processor
 
 
 def save_vlm(out_dir: str | Path, model: Any, processor: Any) -> Path:
