@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from alignlab.config import TrainConfig
+from alignlab.config import ConfigError, TrainConfig
 from alignlab.data.report import row_length
 from alignlab.training import distributed
 from alignlab.training.batches import BatchSchedule
@@ -134,6 +134,11 @@ def final_eval(
 def hold_out(rows: list, fraction: float) -> tuple[list, list]:
     """The last `fraction` of `rows` as an eval set (rows keep the data file's order)."""
     split = int(len(rows) * (1 - fraction))
+    if rows and not split:
+        raise ConfigError(
+            f"data.eval_fraction={fraction} of {len(rows)} rows leaves none to train on; "
+            "lower data.eval_fraction (0 holds nothing out) or give more data"
+        )
     return rows[:split], rows[split:]
 
 

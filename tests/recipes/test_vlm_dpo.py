@@ -154,6 +154,9 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
     assert main(args(model, sft_rows, tmp_path / "o")) != 0
     err = capsys.readouterr().err
     assert "sft.jsonl:1" in err and "prompt" in err and "Traceback" not in err
+    one = ("data.max_examples=1", "data.eval_fraction=0.5")  # nothing left to train on
+    assert main(args(model, shapes / "preference.jsonl", tmp_path / "o", *one)) == 2
+    assert "data.eval_fraction=0.5 of 1 rows" in capsys.readouterr().err
     off = ("data.completion_only_loss=false",)
     assert main(args(model, shapes / "preference.jsonl", tmp_path / "o", *off)) == 2
     assert "completion_only_loss" in capsys.readouterr().err
