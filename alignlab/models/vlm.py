@@ -4,7 +4,9 @@ choose which of its three parts train.
 LLaVA (Liu et al., 2023, "Visual Instruction Tuning", arXiv:2304.08485) encodes an image
 with a vision tower (CLIP ViT), maps its patch features into the LLM's embedding space with a
 small projector, and puts those embeddings where the prompt has image tokens. Its stage 1
-trains the projector alone, stage 2 the projector and the LLM; `set_trainable` sets either.
+trains the projector alone, stage 2 the projector and the LLM; `set_trainable` sets either,
+and `load_vlm_for_training` loads a model for a recipe with its parts frozen or LoRA on the
+LLM.
 
 Hub ids and local folders take the same `from_pretrained` path (AutoModelForImageTextToText,
 AutoProcessor), so the tests that load from a local folder exercise the code a hub id would.
@@ -12,6 +14,8 @@ AutoProcessor), so the tests that load from a local folder exercise the code a h
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +25,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from alignlab.config import ConfigError, ModelConfig, UserInputError
 from alignlab.data.templates import CHATML_END_OF_TURN, _is_added_token
 from alignlab.models.folders import load_error
-from alignlab.models.loading import DTYPES, disable_dropout, from_pretrained
+from alignlab.models.loading import (
+    DTYPES,
+    apply_lora,
+    disable_dropout,
+    from_pretrained,
+    unwrap_peft,
+)
 
 IMAGE_TOKEN = "<image>"
 """The image placeholder of LLaVA-family processors (`processor.image_token`)."""
@@ -202,3 +212,71 @@ def set_trainable(model: nn.Module, tower: bool, projector: bool, llm: bool) -> 
         for param in parts[part]:
             param.requires_grad_(flag)
     return {part: sum(p.numel() for p in ps if p.requires_grad) for part, ps in parts.items()}
+
+
+# --- loading for training: frozen parts, or LoRA on the LLM ---
+
+
+def lora_targets(model: nn.Module, target_modules: list[str]) -> list[str]:
+    """Full names of the LLM's linear layers that get adapters (`target_modules`: their last
+    name parts, or ["all-linear"]); the tower, the projector and the output head get none."""
+    llm = find_part(model, "llm")
+    prefix = next(name for name, module in model.named_modules() if module is llm)
+    everything = target_modules == ["all-linear"]
+    return [
+        f"{prefix}.{name}"
+        for name, module in llm.named_modules()
+        if isinstance(module, nn.Linear)
+        and (everything or name.rsplit(".", 1)[-1] in target_modules)
+    ]
+
+
+def load_vlm_for_training(
+    cfg: ModelConfig,
+    tower: bool,
+    projector: bool,
+    llm: bool,
+    device: torch.device | None = None,
+    processor: Any = None,
+    weights_from: str | Path | None = None,
+) -> tuple[nn.Module, Any, dict[str, int]]:
+    """(model, processor, trainable parameters per part) for a recipe: the parts flagged
+    train (`set_trainable`). With `cfg.lora.enabled` the LLM trains through LoRA adapters
+    on its linear layers (`lora_targets`) and the projector, when it trains, is a fully
+    trained module peft saves beside them (modules_to_save); the tower stays frozen. Resuming
+    (`weights_from`, a checkpoint of the run): its weights, or with LoRA the base from
+    `cfg.path` and the adapter (and projector) from `weights_from/adapter`."""
+    lora = cfg.lora
+    if not lora.enabled:
+        source = dataclasses.replace(cfg, path=str(weights_from)) if weights_from else cfg
+        model, processor = load_vlm(source, device, processor)
+        return model, processor, set_trainable(model, tower, projector, llm)
+    if tower or not llm:
+        raise ConfigError(
+            "model.lora.enabled: LoRA trains the LLM, so trainable.llm must be true and "
+            "trainable.tower false"
+        )
+    if lora.load_in_4bit:
+        raise ConfigError("model.lora.load_in_4bit (QLoRA) is not supported for VLMs yet")
+    base = dataclasses.replace(cfg, lora=dataclasses.replace(lora, enabled=False))
+    model, processor = load_vlm(base, None, processor)
+    set_trainable(model, tower=False, projector=projector, llm=False)
+    targets = lora_targets(model, lora.target_modules)
+    if not targets:
+        raise ConfigError(
+            f"model.lora.target_modules={lora.target_modules}: no linear layer of the LLM "
+            "has such a name"
+        )
+    adapter_from = Path(weights_from) / "adapter" if weights_from else None
+    model = apply_lora(
+        model,
+        dataclasses.replace(lora, target_modules=targets),
+        adapter_from=adapter_from,
+        task_type=None,
+        modules_to_save=["multi_modal_projector"] if projector else None,
+    )
+    if device is not None:
+        model = model.to(device)
+    parts = _part_parameters(unwrap_peft(model))
+    counts = {part: sum(p.numel() for p in ps if p.requires_grad) for part, ps in parts.items()}
+    return model, processor, counts

@@ -32,7 +32,7 @@ from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
 from alignlab.models.loading import check_positions
-from alignlab.models.vlm import load_vlm, load_vlm_processor, set_trainable
+from alignlab.models.vlm import load_vlm, load_vlm_for_training, load_vlm_processor
 from alignlab.recipes.dpo import DPOConfig, prepare_reference, train
 from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig
 from alignlab.training import distributed, loop
@@ -101,10 +101,10 @@ def run(cfg: VlmDPOConfig) -> Path:
         load=lambda model_cfg, device: load_vlm(model_cfg, device, processor)[0],
         collate_fn=lambda rows: collate_vlm([r["row"] for r in rows], processor, max_length),
     )  # fmt: skip
-    resume_from = folder.resume_from
-    source = dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model
-    model, _ = load_vlm(source, runtime.device, processor)
-    counts = set_trainable(model, **dataclasses.asdict(cfg.trainable))
+    model, _, counts = load_vlm_for_training(
+        cfg.model, **dataclasses.asdict(cfg.trainable), device=runtime.device,
+        processor=processor, weights_from=folder.resume_from,
+    )  # fmt: skip
     if runtime.is_main:
         print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return train(cfg, runtime, folder, model, processor, data, reference)

@@ -31,7 +31,7 @@ from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, secti
 from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm, encode_vlm_row, read_vlm_rows
 from alignlab.models.loading import check_positions
-from alignlab.models.vlm import load_vlm, set_trainable
+from alignlab.models.vlm import load_vlm_for_training
 from alignlab.recipes.sft import train
 from alignlab.training import distributed, loop
 from alignlab.training.batches import TrainData
@@ -104,10 +104,10 @@ def run(cfg: VlmSFTConfig) -> Path:
     folder = loop.start_run(cfg, runtime)
 
     # --- model (the processor first: the data needs it) ---
-    resume_from = folder.resume_from
-    source = dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model
-    model, processor = load_vlm(source, device=runtime.device)
-    counts = set_trainable(model, **dataclasses.asdict(cfg.trainable))
+    model, processor, counts = load_vlm_for_training(
+        cfg.model, **dataclasses.asdict(cfg.trainable), device=runtime.device,
+        weights_from=folder.resume_from,
+    )  # fmt: skip
     if runtime.is_main:
         print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 

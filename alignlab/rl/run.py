@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from alignlab.config import ConfigError, TrainConfig
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.vlm import load_vlm, load_vlm_processor, set_trainable
+from alignlab.models.vlm import load_vlm, load_vlm_for_training, load_vlm_processor
 from alignlab.models.vlm_generation import encode_vlm_prompt
 from alignlab.rl.config import RLConfig
 from alignlab.rl.experience import Collector
@@ -132,10 +132,10 @@ class RLRun:
         device = runtime.device
         load_reference = None
         if vision:
-            resumed = self.resume_from
-            source = dataclasses.replace(cfg.model, path=str(resumed)) if resumed else cfg.model
-            self.model = load_vlm(source, device, processor)[0]
-            counts = set_trainable(self.model, **dataclasses.asdict(cfg.trainable))
+            self.model, _, counts = load_vlm_for_training(
+                cfg.model, **dataclasses.asdict(cfg.trainable), device=device,
+                processor=processor, weights_from=self.resume_from,
+            )  # fmt: skip
             if runtime.is_main:
                 print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 

@@ -161,3 +161,19 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
     assert main(args(model, shapes / "preference.jsonl", tmp_path / "o", *off)) == 2
     assert "completion_only_loss" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_lora_policy_is_its_own_reference(world, tmp_path):
+    # reference.mode=adapter: the LoRA policy with its adapters (and its trained projector
+    # copy) disabled is the start model, so step 1's log-ratios are 0 up to float order
+    model, shapes = world
+    out = tmp_path / "lora"
+    extra = ("model.lora.enabled=true", "model.lora.r=4", "reference.mode=adapter",
+             "data.max_examples=8", "train.micro_batch_size=8")  # fmt: skip
+    assert main(args(model, shapes / "preference.jsonl", out, *extra)) == 0
+    first = metric_rows(out)[0]
+    scale = abs(first["train/logps/chosen"]) + abs(first["train/logps/rejected"])
+    tolerance = 64 * torch.finfo(torch.float32).eps * max(scale, 1.0)
+    assert abs(first["train/logratio/chosen"]) <= tolerance
+    assert abs(first["train/logratio/rejected"]) <= tolerance
+    assert changed_parts(model, out / "final") == {"tower": False, "projector": True, "llm": True}

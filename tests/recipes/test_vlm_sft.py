@@ -117,3 +117,31 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
     assert main(args("vlm_sft_stage1", model, shapes / "captions.jsonl", tmp_path / "o", *frozen))
     assert "trainable" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_lora_on_the_llm_trains_adapters_and_projector_and_resumes(world, tmp_path, capsys):
+    # LoRA adapters on the LLM, the projector fully trained (saved beside the adapter), the
+    # tower frozen; the final folder is plain merged weights, and a killed run resumes to the
+    # same result (the projector comes back from the adapter folder, not from model.path)
+    model, shapes = world
+    data = shapes / "sft.jsonl"
+    lora = ("model.lora.enabled=true", "model.lora.r=4", "train.max_steps=4",
+            "train.save_every=2", "train.keep_checkpoints=5")  # fmt: skip
+    ref = tmp_path / "ref"
+    assert main(args("vlm_sft_stage2", model, data, ref, *lora)) == 0
+    out = capsys.readouterr().out
+    assert "tower 0" in out and "projector 0" not in out
+    assert changed_parts(model, ref / "final") == {"tower": False, "projector": True, "llm": True}
+    assert (ref / "checkpoints" / "step-00000002" / "adapter").is_dir()
+    run = tmp_path / "run"
+    env = {**os.environ, "ALIGNLAB_CRASH": "step:3", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "alignlab.cli", *args("vlm_sft_stage2", model, data, run)]
+    killed = subprocess.run([*command, *lora], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    resumed = args("vlm_sft_stage2", model, data, run, *lora, "train.resume=true")
+    assert main(resumed) == 0
+    assert losses(run) == losses(ref)
+    assert same_weights(run / "final", ref / "final")
+    wrong = ("model.lora.enabled=true", "trainable.tower=true")
+    assert main(args("vlm_sft_stage2", model, data, tmp_path / "bad", *wrong)) == 2
+    assert "trainable.tower" in capsys.readouterr().err
