@@ -14,6 +14,7 @@ RECIPES = {
     "sft": ("alignlab.recipes.sft", "SFTConfig"),
     "vlm_sft": ("alignlab.recipes.vlm_sft", "VlmSFTConfig"),
     "rm": ("alignlab.recipes.rm", "RMConfig"),
+    "vlm_rm": ("alignlab.recipes.vlm_rm", "VlmRMConfig"),
     "dpo": ("alignlab.recipes.dpo", "DPOConfig"),
     "vlm_dpo": ("alignlab.recipes.vlm_dpo", "VlmDPOConfig"),
     "kto": ("alignlab.recipes.kto", "KTOConfig"),

@@ -16,6 +16,9 @@ Ensembles: `reward.bootstrap=true` trains on a bootstrap resample of the trainin
 (seeded by train.seed); `reward.ensemble_size=K` (or `train_ensemble`) trains K members with
 seeds train.seed + i into output_dir/member-i.
 
+The loop (`train`) runs over a `TrainData` of pairs with any model whose forward maps a
+(2B, T) batch to rewards: `alignlab.recipes.vlm_rm` runs it on image-text pairs.
+
 Run: `alignlab rm --config rm_lab model.path=... data.path=preference.jsonl`, or under
 `torchrun --nproc_per_node N -m alignlab.cli rm ...` for FSDP2.
 """
@@ -25,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from alignlab.config import (
     ConfigError,
@@ -41,20 +46,21 @@ from alignlab.config import (
 from alignlab.data.pairs import collate_pairs, split_pairs
 from alignlab.data.preference import build_preference_dataset
 from alignlab.data.report import DataReport, longest_sequence
-from alignlab.data.schema import DataError
+from alignlab.data.schema import DataError, Record
 from alignlab.data.sources import load_records
 from alignlab.eval.reward_eval import expected_calibration_error
 from alignlab.losses.reward import bradley_terry_loss, soft_bradley_terry_loss
 from alignlab.models.loading import check_positions, load_tokenizer, unwrap_peft
 from alignlab.models.reward import SequenceRewards, load_reward_model
 from alignlab.training import distributed, loop
-from alignlab.training.batches import eval_rounds, micro_batches
+from alignlab.training.batches import TrainData, eval_rounds, micro_batches
 from alignlab.training.checkpoint import (
     load_checkpoint_state,
     save_checkpoint,
     save_reward_folder,
 )
 from alignlab.training.optim import build_optimizer, build_scheduler
+from alignlab.training.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -85,6 +91,13 @@ class RewardConfig:
     )
     eval_bins: int = option(10, "bins of the eval ECE (top-label, over [0.5, 1])", min=1)
 
+    def check(self) -> None:
+        if self.margin and self.soft_label:
+            raise ConfigError(
+                "reward.margin and reward.soft_label: a soft label replaces the margin's hard "
+                "vote; choose one"
+            )
+
 
 @dataclasses.dataclass
 class RMConfig:
@@ -99,11 +112,6 @@ class RMConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
     def check(self) -> None:
-        if self.reward.margin and self.reward.soft_label:
-            raise ConfigError(
-                "reward.margin and reward.soft_label: a soft label replaces the margin's hard "
-                "vote; choose one"
-            )
         for name in ("margin", "soft_label"):
             if getattr(self.reward, name) and (
                 self.data.on_bad_example == "skip" or self.data.truncation == "skip"
@@ -146,35 +154,38 @@ def margin_values(
 def load_pairs(
     cfg: RMConfig, tokenizer: Any, path: str | None = None
 ) -> tuple[list[dict[str, Any]], DataReport]:
-    """Tokenized pairs (`build_preference_dataset`, kind pairs), each with its "margin", and
-    the data report."""
+    """Tokenized pairs (`build_preference_dataset`, kind pairs), each with its "margin" and
+    "target" (`label_pairs`), and the data report."""
     data = cfg.data
     rows, report = build_preference_dataset(data, tokenizer, path=path, kind="pairs")
-    margins, targets = [0.0] * len(rows), [1.0] * len(rows)
-    if cfg.reward.margin:
-        margins = column_values(cfg, rows, path, cfg.reward.margin, cfg.reward.margin_scale)
-    if cfg.reward.soft_label:
-        targets = column_values(cfg, rows, path, cfg.reward.soft_label, 1.0, "soft_label")
-    for row, margin, target in zip(rows, margins, targets):
-        row["margin"], row["target"] = margin, target
+    records: list[Record] = []
+    if cfg.reward.margin or cfg.reward.soft_label:
+        records = load_records(str(path or data.path), data.split, data.max_examples)
+        if len(records) != len(rows):  # cannot happen with on_bad_example=error (check())
+            raise DataError(f"{len(rows)} pairs but {len(records)} records", path or data.path)
+    label_pairs(rows, records, cfg.reward)
     return rows, report
 
 
-def column_values(
-    cfg: RMConfig,
-    rows: list[Any],
-    path: str | None,
-    spec: str,
-    scale: float,
-    name: str = "margin",
+def label_pairs(rows: list[dict[str, Any]], records: list[Record], reward: RewardConfig) -> None:
+    """Give each row its margin m ("margin": `reward.margin` of its record, else 0) and its
+    P(chosen preferred) ("target": `reward.soft_label` of its record, else 1); `records[i]` is
+    the record of `rows[i]` (read only when a column is asked for)."""
+    margins, targets = [0.0] * len(rows), [1.0] * len(rows)
+    if reward.margin:
+        margins = record_values(records, reward.margin, reward.margin_scale)
+    if reward.soft_label:
+        targets = record_values(records, reward.soft_label, 1.0, "soft_label")
+    for row, margin, target in zip(rows, margins, targets):
+        row["margin"], row["target"] = margin, target
+
+
+def record_values(
+    records: list[Record], spec: str, scale: float, name: str = "margin"
 ) -> list[float]:
-    """A number per pair from the data's `spec` column (`margin_values`), one per row; a soft
-    label must lie in [0, 1]."""
-    data = cfg.data
-    records = load_records(str(path or data.path), data.split, data.max_examples)
+    """A number per record from its `spec` column (`margin_values`); a soft label must lie in
+    [0, 1]."""
     values = margin_values(records, spec, scale, f"reward.{name}")
-    if len(values) != len(rows):  # cannot happen with on_bad_example=error (check())
-        raise DataError(f"{len(rows)} pairs but {len(values)} values of {spec}", path or data.path)
     if name == "soft_label":
         for record, value in zip(records, values):
             if not 0.0 <= value <= 1.0:
@@ -215,13 +226,8 @@ def run(cfg: RMConfig) -> Path:
     if cfg.reward.ensemble_size > 1:
         train_ensemble(cfg, cfg.reward.ensemble_size, cfg.reward.bootstrap)
         return Path(cfg.train.output_dir)
-
-    # --- setup ---
     runtime = distributed.init_runtime()
-    train_cfg, reward_cfg = cfg.train, cfg.reward
-    output_dir = Path(train_cfg.output_dir)
     folder = loop.start_run(cfg, runtime)
-    resume_from = folder.resume_from
 
     # --- data ---
     tokenizer = load_tokenizer(cfg.model)
@@ -231,19 +237,52 @@ def run(cfg: RMConfig) -> Path:
         eval_set, _ = load_pairs(cfg, tokenizer, path=cfg.data.eval_path)
     elif cfg.data.eval_fraction > 0:
         train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
-    if reward_cfg.bootstrap:
-        train_set = bootstrap_resample(train_set, train_cfg.seed)
+    if cfg.reward.bootstrap:
+        train_set = bootstrap_resample(train_set, cfg.train.seed)
     if runtime.is_main:
         print(report.summary())
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-    schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
+    pad_id = tokenizer.pad_token_id
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = collate_pairs(rows, pad_id)
+        return {key: batch[key] for key in ("input_ids", "attention_mask")}
+
+    data = TrainData(train_set, eval_set, collate)
 
     # --- model ---
     model = load_reward_model(
-        cfg.model, tokenizer, weights_from=resume_from, device=runtime.device, seed=train_cfg.seed
-    )
-    rewards = SequenceRewards(model)
+        cfg.model, tokenizer, weights_from=folder.resume_from, device=runtime.device,
+        seed=cfg.train.seed,
+    )  # fmt: skip
+    return train(cfg, runtime, folder, model, tokenizer, data)
+
+
+def train(
+    cfg: Any,
+    runtime: distributed.Runtime,
+    folder: RunFolder,
+    model: nn.Module,
+    tokenizer: Any,
+    data: TrainData,
+    rewards: nn.Module | None = None,
+    name: str = "rm",
+) -> Path:
+    """The Bradley-Terry loop over `data` (rows with chosen/rejected token ids, a "margin" and
+    a "target"; `data.collate` makes the (2B, T) batch, chosen rows first) for a loaded `model`
+    (resumed weights already in it, when `folder.resume_from`): optimizer, resume, metrics,
+    eval accuracy and calibration, checkpoints (`tokenizer`, a tokenizer or a processor, saved
+    beside the model) and the final folder. `rewards` maps a batch to (2B,) rewards and is the
+    module the optimizer trains and FSDP2 shards as the root: `SequenceRewards(model)` unless
+    given (a vision-language reward model is its own). `cfg` has the `model`, `train`,
+    `reward` and `final_dir` of `RMConfig`."""
+    train_cfg, reward_cfg = cfg.train, cfg.reward
+    output_dir = Path(train_cfg.output_dir)
+    resume_from = folder.resume_from
+    train_set, eval_set = data.train, data.eval
+    schedule, total_steps, global_batch = loop.training_schedule(train_set, train_cfg, runtime)
+    rewards = rewards if rewards is not None else SequenceRewards(model)
     if runtime.distributed:
         distributed.shard_model(rewards, unwrap_peft(model), runtime)
     optimizer = build_optimizer(rewards, train_cfg)
@@ -264,8 +303,7 @@ def run(cfg: RMConfig) -> Path:
 
     def forward_pairs(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
         """(r_w, r_l, margin, soft target) of rows, one (2B, T) forward."""
-        batch = collate_pairs(rows, tokenizer.pad_token_id)
-        batch = {k: batch[k].to(runtime.device) for k in ("input_ids", "attention_mask")}
+        batch = {k: v.to(runtime.device) for k, v in data.collate(rows).items()}
         margin = torch.tensor([r["margin"] for r in rows], device=runtime.device)
         target = torch.tensor([r["target"] for r in rows], device=runtime.device)
         with loop.autocast(runtime.device, train_cfg.mixed_precision):
@@ -330,7 +368,7 @@ def run(cfg: RMConfig) -> Path:
     # --- loop ---
     rewards.train()
     progress = loop.progress_bar(
-        total_steps, start_step, "rm", enabled=runtime.is_main and train_cfg.progress
+        total_steps, start_step, name, enabled=runtime.is_main and train_cfg.progress
     )
     window_start, window_pairs = time.perf_counter(), 0
     for step in range(start_step, total_steps):
@@ -400,11 +438,18 @@ def run(cfg: RMConfig) -> Path:
     )  # fmt: skip
 
 
-def train_ensemble(cfg: RMConfig, k: int, bootstrap: bool = True) -> list[Path]:
+def train_ensemble(
+    cfg: RMConfig,
+    k: int,
+    bootstrap: bool = True,
+    run_member: Callable[[Any], Path] | None = None,
+) -> list[Path]:
     """Train K reward models one after the other: member i uses seed train.seed + i (head
     initialisation and data order) and, with `bootstrap`, its own bootstrap resample; it
     writes to output_dir/member-i (final model in member-i/final, or final_dir/member-i).
-    Returns the K final folders, for `RewardScorer`."""
+    `run_member`: the recipe's `run` (default this one's; `alignlab.recipes.vlm_rm.run` for
+    image-text members). Returns the K final folders, for `RewardScorer`."""
+    run_member = run_member or run
     finals = []
     for i in range(k):
         member = dataclasses.replace(
@@ -417,5 +462,5 @@ def train_ensemble(cfg: RMConfig, k: int, bootstrap: bool = True) -> list[Path]:
             reward=dataclasses.replace(cfg.reward, bootstrap=bootstrap, ensemble_size=1),
             final_dir=str(Path(cfg.final_dir) / f"member-{i}") if cfg.final_dir else "",
         )
-        finals.append(run(member))
+        finals.append(run_member(member))
     return finals

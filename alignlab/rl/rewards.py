@@ -19,6 +19,8 @@ where a prompt is what the dataset row holds (a string or a message list, not re
 Sources:
 - reward-model folder(s): `alignlab.models.reward_ensemble.RewardScorer` (comma-separated
   folders = an ensemble combined by `aggregate`: mean, min, lcb, uwo). Extras are ignored.
+  A vision reward-model folder (`alignlab vlm_rm`: `reward_head.json` beside the VLM) is
+  `alignlab.models.vlm_reward.VlmRewardFn`, which reads each sample's `images` extra.
 - `module:function` / `path.py:function` (`alignlab.callables.resolve_callable`), called in
   one of three styles (`reward_style`):
   - per sample (the default): `fn(prompt, response, **extras) -> float`, once per response;
@@ -60,6 +62,7 @@ from alignlab.callables import resolve_callable
 from alignlab.config import ConfigError, UserInputError, option
 from alignlab.models.folders import check_model_source
 from alignlab.models.reward_ensemble import AGGREGATES, RewardScorer
+from alignlab.models.vlm_reward import VlmRewardFn, is_vlm_reward_folder
 
 RewardFn = Callable[..., list[float]]
 
@@ -357,6 +360,8 @@ def check_reward_spec(spec: str, field: str = "reward") -> None:
             check_model_source(target, field, tokenizer=True)
         return
     parts = _parts(spec)
+    if len(parts) == 1 and is_vlm_reward_folder(parts[0]):  # checked when it loads
+        return
     if all(Path(part).is_dir() for part in parts):
         for part in parts:
             check_model_source(part, field, tokenizer=True, reward_model=True)
@@ -398,6 +403,8 @@ def build_reward_fn(
     if spec.startswith(JUDGE):
         return judge_reward(spec[len(JUDGE) :], principle, timeout, device, dtype, batch_size)
     parts = _parts(spec)
+    if len(parts) == 1 and is_vlm_reward_folder(parts[0]):  # an image-text reward model
+        return VlmRewardFn(parts[0], batch_size=batch_size, device=device, dtype=dtype)
     if all(Path(part).is_dir() for part in parts):
         return reward_model_reward(
             parts, aggregate=aggregate, k=k, device=device, dtype=dtype, batch_size=batch_size

@@ -106,6 +106,21 @@ def test_shapes_gold_is_the_reward(world, tmp_path):
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
 
 
+def test_a_vision_reward_model_is_the_reward(world, tmp_path):
+    from alignlab.config import ModelConfig
+    from alignlab.models.vlm_reward import load_vlm_reward_model
+    from alignlab.training.checkpoint import save_hf_folder
+    from alignlab.training.distributed import init_runtime
+
+    model_dir = world[0]
+    rm, processor = load_vlm_reward_model(ModelConfig(path=str(model_dir)), seed=3)
+    rm_dir = save_hf_folder(tmp_path / "rm", rm, processor, init_runtime())
+    out = tmp_path / "rm_grpo"
+    assert main([*args(world, out), f"rl.reward={rm_dir}"]) == 0
+    values = [r["train/reward_mean"] for r in metric_rows(out, "train/reward_mean")]
+    assert len(values) == 2 and all(v != 0.0 for v in values)  # the head's scores, not 0 / 1
+
+
 def test_killed_run_resumes_to_the_same_result(world, tmp_path, capsys):
     common = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5")
     ref = tmp_path / "ref"
