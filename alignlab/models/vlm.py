@@ -280,3 +280,8 @@ def load_vlm_for_training(
     parts = _part_parameters(unwrap_peft(model))
     counts = {part: sum(p.numel() for p in ps if p.requires_grad) for part, ps in parts.items()}
     return model, processor, counts
+
+
+def trainable_summary(counts: dict[str, int]) -> str:
+    """The line a recipe prints of `set_trainable` / `load_vlm_for_training`'s counts."""
+    return "trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())

@@ -32,7 +32,12 @@ from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
 from alignlab.models.loading import check_positions
-from alignlab.models.vlm import load_vlm, load_vlm_for_training, load_vlm_processor
+from alignlab.models.vlm import (
+    load_vlm,
+    load_vlm_for_training,
+    load_vlm_processor,
+    trainable_summary,
+)
 from alignlab.recipes.dpo import DPOConfig, prepare_reference, train
 from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig
 from alignlab.training import distributed, loop
@@ -106,5 +111,5 @@ def run(cfg: VlmDPOConfig) -> Path:
         processor=processor, weights_from=folder.resume_from,
     )  # fmt: skip
     if runtime.is_main:
-        print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        print(trainable_summary(counts))
     return train(cfg, runtime, folder, model, processor, data, reference)

@@ -32,7 +32,7 @@ from alignlab.config import ConfigError, ModelConfig, TrainConfig, section
 from alignlab.data.report import longest_sequence
 from alignlab.data.vlm_pairs import collate_vlm_pairs
 from alignlab.models.loading import check_positions
-from alignlab.models.vlm import load_vlm_processor
+from alignlab.models.vlm import load_vlm_processor, trainable_summary
 from alignlab.models.vlm_reward import load_vlm_reward_model, set_reward_trainable
 from alignlab.recipes.rm import RMConfig, bootstrap_resample, label_pairs, train, train_ensemble
 from alignlab.recipes.vlm_dpo import read_pairs
@@ -101,5 +101,5 @@ def run(cfg: VlmRMConfig) -> Path:
     )
     counts = set_reward_trainable(model, **dataclasses.asdict(cfg.trainable))
     if runtime.is_main:
-        print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        print(trainable_summary(counts))
     return train(cfg, runtime, folder, model, processor, data, rewards=model, name="vlm_rm")

@@ -31,7 +31,7 @@ from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, secti
 from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm, encode_vlm_row, read_vlm_rows
 from alignlab.models.loading import check_positions
-from alignlab.models.vlm import load_vlm_for_training
+from alignlab.models.vlm import load_vlm_for_training, trainable_summary
 from alignlab.recipes.sft import train
 from alignlab.training import distributed, loop
 from alignlab.training.batches import TrainData
@@ -109,7 +109,7 @@ def run(cfg: VlmSFTConfig) -> Path:
         weights_from=folder.resume_from,
     )  # fmt: skip
     if runtime.is_main:
-        print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        print(trainable_summary(counts))
 
     # --- data ---
     train_set = read_rows(cfg.data, processor)

@@ -45,7 +45,12 @@ from tqdm.auto import tqdm
 from alignlab.config import ConfigError, TrainConfig
 from alignlab.models.lm import TokenLogProbs
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.vlm import load_vlm, load_vlm_for_training, load_vlm_processor
+from alignlab.models.vlm import (
+    load_vlm,
+    load_vlm_for_training,
+    load_vlm_processor,
+    trainable_summary,
+)
 from alignlab.models.vlm_generation import encode_vlm_prompt
 from alignlab.rl.config import RLConfig
 from alignlab.rl.experience import Collector
@@ -137,7 +142,7 @@ class RLRun:
                 processor=processor, weights_from=self.resume_from,
             )  # fmt: skip
             if runtime.is_main:
-                print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+                print(trainable_summary(counts))
 
             def load_reference(model_cfg: Any, device: torch.device) -> torch.nn.Module:
                 return load_vlm(model_cfg, device, processor)[0]
