@@ -72,33 +72,66 @@ def test_two_processes_match_one_process_with_double_batch(tiny_model_dir, sft_f
     assert (tmp_path / "two" / "checkpoints" / "step-00000002" / "model.safetensors").exists()
 
 
-def test_vlm_sft_two_processes_match_one_process(tmp_path):
-    """A LLaVA under FSDP2 (decoder and tower layers sharded, the frozen tower inside the
-    shards): the same losses and updates as one process with the double batch, and the tower
-    left untouched."""
+VLM_RUNS = {
+    "vlm_sft": ("vlm_sft_stage2", "sft.jsonl"),
+    "vlm_dpo": ("vlm_dpo_lab", "preference.jsonl"),
+    "vlm_rm": ("vlm_rm_lab", "preference.jsonl"),
+}
+
+
+@pytest.fixture(scope="module")
+def vlm_world(tmp_path_factory):
     from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
     from alignlab.models.vlm_tiny import build_tiny_llava
 
-    model_dir = build_tiny_llava(tmp_path / "llava", image_size=32)
-    export_shapes(tmp_path / "shapes", n_train=16, n_valid=0, n_heldout=0, image_size=64)
+    root = tmp_path_factory.mktemp("vlm")
+    model_dir = build_tiny_llava(root / "llava", image_size=32)
+    export_shapes(root / "shapes", n_train=16, n_valid=0, n_heldout=0, image_size=64)
+    return model_dir, root / "shapes"
+
+
+@pytest.mark.parametrize("recipe", sorted(VLM_RUNS))
+def test_vlm_recipes_two_processes_match_one_process(vlm_world, tmp_path, recipe):
+    """A LLaVA under FSDP2 (decoder and tower layers sharded, the frozen tower inside the
+    shards) in each vision recipe: the same losses and updates as one process with the
+    double batch, and the tower left untouched."""
+    model_dir, shapes = vlm_world
+    preset, data = VLM_RUNS[recipe]
     common = [
-        "--config", "vlm_sft_stage2", f"model.path={model_dir}",
-        f"data.path={tmp_path / 'shapes' / 'sft.jsonl'}", "train.max_steps=3",
-        "train.optimizer=sgd", "train.lr=0.5", "train.max_grad_norm=0", "train.log_every=1",
-        "train.progress=false", "train.tensorboard=false",
+        "--config", preset, f"model.path={model_dir}", f"data.path={shapes / data}",
+        "train.max_steps=3", "train.optimizer=sgd", "train.lr=0.5", "train.max_grad_norm=0",
+        "train.log_every=1", "train.progress=false", "train.tensorboard=false",
+        "data.eval_fraction=0",
     ]  # fmt: skip
-    launch(
-        1, "vlm_sft", *common, f"train.output_dir={tmp_path / 'one'}", "train.micro_batch_size=8"
-    )
+    launch(1, recipe, *common, f"train.output_dir={tmp_path / 'one'}", "train.micro_batch_size=8")
     result = launch(
-        2, "vlm_sft", *common, f"train.output_dir={tmp_path / 'two'}", "train.micro_batch_size=4"
+        2, recipe, *common, f"train.output_dir={tmp_path / 'two'}", "train.micro_batch_size=4"
     )
-    assert result.stdout.count("final model:") == 1
+    assert sum(line.startswith("final ") for line in result.stdout.splitlines()) == 1  # rank 0
     assert_close_series(losses(tmp_path / "one"), losses(tmp_path / "two"), what="train/loss")
     assert_same_updates(tmp_path / "one" / "final", tmp_path / "two" / "final", model_dir)
     start, final = weights(model_dir), weights(tmp_path / "two" / "final")
     tower = [k for k in start if "vision_tower" in k]
     assert tower and all(torch.equal(start[k], final[k]) for k in tower)
+    assert (tmp_path / "two" / "final" / "processor_config.json").exists()
+
+
+def test_vlm_grpo_two_processes_smoke(vlm_world, tmp_path):
+    """VLM GRPO under torchrun: each rank samples its prompts with their images through its
+    unsharded sampling copy; the sharded policy saves one plain folder with the processor."""
+    model_dir, shapes = vlm_world
+    reward = tmp_path / "reward.py"
+    reward.write_text("def has_e(prompt, response):\n    return float('e' in response)\n")
+    args = [
+        "--config", "vlm_grpo_lab", f"model.path={model_dir}",
+        f"data.path={shapes / 'train_prompts.jsonl'}", f"rl.reward={reward}:has_e",
+        f"train.output_dir={tmp_path / 'two'}", "train.max_steps=2", "rl.prompts_per_step=4",
+        "rl.samples_per_prompt=2", "rl.max_new_tokens=4", "train.progress=false",
+        "train.tensorboard=false", "train.log_every=1",
+    ]  # fmt: skip
+    result = launch(2, "vlm_grpo", *args)
+    assert result.stdout.count("final model:") == 1
+    assert len(losses(tmp_path / "two", "train/reward_mean")) == 2
     assert (tmp_path / "two" / "final" / "processor_config.json").exists()
 
 
