@@ -110,7 +110,12 @@ def load_vlm_processor(cfg: ModelConfig) -> Any:
         raise load_error(cfg.tokenizer or source, "processor", err) from err
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
-        raise UserInputError(f"the processor of {source} has no tokenizer")
+        kind = type(processor).__name__
+        raise UserInputError(
+            f"{cfg.tokenizer or source} has no image-text processor (it loads a {kind}): the "
+            "vision recipes need an image-text-to-text model folder or hub id (a text model "
+            "goes to the text recipes; `alignlab lab vlm` builds the lab's LLaVA)"
+        )
     ensure_vlm_chat_template(processor, source)
     if tokenizer.pad_token is None:  # as load_tokenizer: reuse EOS, the mask tells padding apart
         if tokenizer.eos_token is not None:

@@ -123,3 +123,11 @@ def test_set_trainable_names_a_model_without_the_part(tiny_model_dir):
     llm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(UserInputError, match="LlamaForCausalLM has no tower"):
         set_trainable(llm, tower=False, projector=True, llm=True)
+
+
+def test_a_text_model_folder_is_refused_by_name(tiny_model_dir):
+    from alignlab.config import ModelConfig, UserInputError
+    from alignlab.models.vlm import load_vlm_processor
+
+    with pytest.raises(UserInputError, match="no image-text processor"):
+        load_vlm_processor(ModelConfig(path=str(tiny_model_dir)))
