@@ -104,6 +104,11 @@ class RLRun:
             for row in rows:
                 if isinstance(row.prompt, str):
                     row.prompt = [{"role": "user", "content": row.prompt}]
+        elif any(row.images for row in rows):
+            raise ConfigError(
+                f"data.path={cfg.data.path}: its prompts carry images, which a text policy "
+                f"cannot see; use the vision recipe (alignlab vlm_{name}) with a VLM"
+            )
         check_generation_fits(
             cfg.model, text_tokenizer, rows, "rl.max_new_tokens", rl.max_new_tokens, prompt_length
         )

@@ -151,3 +151,16 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
     assert main([*args(world, tmp_path / "o"), "data.max_prompt_tokens=64"]) != 0
     assert "max_prompt_tokens" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_text_recipe_refuses_image_prompts(world, tiny_model_dir, tmp_path, capsys):
+    _, shapes, reward = world
+    text = [
+        "grpo", f"model.path={tiny_model_dir}", f"data.path={shapes / 'train_prompts.jsonl'}",
+        f"rl.reward={reward}:has_e", f"train.output_dir={tmp_path / 'o'}",
+        "train.progress=false", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert main(text) == 2
+    err = capsys.readouterr().err
+    assert "carry images" in err and "vlm_grpo" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
