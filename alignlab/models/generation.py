@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,26 +178,60 @@ def generate(
     same random numbers. Responses stop at the stop tokens of `stop_token_ids` or after
     max_new_tokens. `sampler_logps`: record each token's log-prob as the sampler saw it.
     """
+    check_sampling(len(prompts), max_new_tokens, temperature, top_p, seeds)
+    texts = [render_prompt(tokenizer, prompt) for prompt in prompts]
+    encoded = [prompt_token_ids(tokenizer, text) for text in texts]
+    for index, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {index} is empty: there is nothing to generate from")
+    return decode_prompts(
+        model, tokenizer, texts, encoded, max_new_tokens, temperature, top_p, batch_size,
+        seed, seeds, sampler_logps,
+    )  # fmt: skip
+
+
+def check_sampling(
+    n_prompts: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seeds: Sequence[int] | None,
+) -> None:
+    """Refuse sampling settings `decode_prompts` cannot honour."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    if seeds is not None and len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+
+
+def decode_prompts(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    seeds: Sequence[int] | None,
+    sampler_logps: bool,
+    batch_inputs: Callable[[list[int]], dict[str, torch.Tensor]] | None = None,
+    banned_ids: Collection[int] = (),
+) -> list[Generation]:
+    """The sampling loop of `generate` over prompts already rendered (`texts`) and tokenized
+    (`encoded`): length-sorted batches, left padding, the seeds, `decode`, one `Generation`
+    per prompt in the input order. `batch_inputs(members)`: further inputs of a batch's prompt
+    forward (a vision-language model's images); `banned_ids`: tokens never sampled."""
     stop_ids = stop_token_ids(model, tokenizer)
     stop_set = set(stop_ids)
     pad_id = pad_token_id(tokenizer, stop_ids)
     device = model_device(model)
-
-    texts = [render_prompt(tokenizer, prompt) for prompt in prompts]
-    encoded = [prompt_token_ids(tokenizer, text) for text in texts]
-    for index, ids in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"prompt {index} is empty: there is nothing to generate from")
-
-    results: list[Generation | None] = [None] * len(prompts)
+    results: list[Generation | None] = [None] * len(encoded)
     batches = length_batches([len(ids) for ids in encoded], batch_size)
     with inference_mode(model):
         for batch_index, members in enumerate(batches):
@@ -218,6 +252,8 @@ def generate(
                 stop_set,
                 uniforms,
                 sampler_logps=recorded,
+                prompt_inputs=batch_inputs(members) if batch_inputs is not None else None,
+                banned_ids=banned_ids,
             )
             for row, i in enumerate(members):
                 response = new_tokens[row]

@@ -8,9 +8,9 @@
 is rendered with the processor's chat template and its generation prompt
 (`render_messages(..., add_generation_prompt=True)`), tokenized as the VLM SFT data is
 (`alignlab.data.vlm.encode_vlm_row`: BOS when the tokenizer adds one, the processor expanding
-each image token into the model's count of image tokens) and decoded by the same loop
-(`alignlab.models.decode.decode`): length-sorted batches, left padding, KV cache, the model's
-stop tokens, a seed per batch or one per prompt. The images go into the prompt's forward only
+each image token into the model's count of image tokens) and decoded by the same loop as
+text (`alignlab.models.generation.decode_prompts`): length-sorted batches, left padding, KV
+cache, the model's stop tokens, a seed per batch or one per prompt. The images go into the prompt's forward only
 (`decode(..., prompt_inputs=pixel_values...)`); every later step reads them from the cache.
 The distribution sampled is softmax(logits / temperature) in the top-p nucleus, nothing of the
 model's `generation_config` but its stop tokens, as for text, except that the image token is
@@ -35,7 +35,6 @@ whose decoder has ordinary rotary positions. Qwen2-VL's 3-D rotary positions are
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,22 +47,19 @@ from alignlab.data.collate import collate
 from alignlab.data.templates import Messages, render_messages
 from alignlab.data.tokenize import adds_bos
 from alignlab.data.vlm import image_token_id
-from alignlab.models.decode import decode
 from alignlab.models.generation import (
     Generation,
+    check_sampling,
+    decode_prompts,
     inference_mode,
-    left_padded,
     length_batches,
     model_device,
     pad_token_id,
-    row_uniforms,
     stop_token_ids,
 )
 from alignlab.models.lm import IMAGE_INPUTS, TokenLogProbs
 from alignlab.models.logprobs import response_rows
 from alignlab.ops import masked_sum
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,68 +161,26 @@ def generate_vlm(
     The processor's per-image tensors are made again for each batch rather than kept for all
     prompts (a 336-pixel image is 1.3 MB of float32 pixel values).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    check_sampling(len(prompts), max_new_tokens, temperature, top_p, seeds)
     _check_lengths(prompts, images)
-    tokenizer = processor.tokenizer
-    stop_ids = stop_token_ids(model, tokenizer)
-    stop_set = set(stop_ids)
-    pad_id = pad_token_id(tokenizer, stop_ids)
-    banned = {image_token_id(processor)}
     device, dtype = model_device(model), model_dtype(model)
 
     def encode(i: int) -> VlmPromptInputs:
         return encode_vlm_prompt(processor, prompts[i], images[i], i)
 
-    # lengths first (token ids only), then each batch's images again, to keep memory flat
+    # token ids first (lengths), then each batch's images again, to keep memory flat
     encoded = [encode(i) for i in range(len(prompts))]
-    lengths = [len(e.ids) for e in encoded]
     for e in encoded:
         e.vision = {}
-    results: list[Generation | None] = [None] * len(prompts)
-    batches = length_batches(lengths, batch_size)
-    with inference_mode(model):
-        for batch_index, members in enumerate(batches):
-            batch = [encode(i) for i in members]
-            input_ids, attention_mask = left_padded([e.ids for e in batch], pad_id)
-            uniforms = None
-            if seeds is not None:
-                uniforms = torch.stack([row_uniforms(seeds[i], max_new_tokens) for i in members])
-            else:
-                torch.manual_seed(seed + batch_index)
-            recorded = [[] for _ in members] if sampler_logps else None
-            new_tokens, finished = decode(
-                model,
-                input_ids.to(device),
-                attention_mask.to(device),
-                max_new_tokens,
-                temperature,
-                top_p,
-                stop_set,
-                uniforms,
-                sampler_logps=recorded,
-                prompt_inputs=vision_batch(batch, device, dtype),
-                banned_ids=banned,
-            )
-            for row, i in enumerate(members):
-                response = new_tokens[row]
-                shown = response[:-1] if finished[row] else response
-                results[i] = Generation(
-                    prompt_text=encoded[i].text,
-                    prompt_ids=list(encoded[i].ids),
-                    response_ids=response,
-                    text=tokenizer.decode(shown, skip_special_tokens=False),
-                    finished=finished[row],
-                    sampler_logps=recorded[row] if recorded is not None else None,
-                )
-            logger.debug("generated batch %d/%d", batch_index + 1, len(batches))
-    return [result for result in results if result is not None]
+
+    def batch_inputs(members: list[int]) -> dict[str, torch.Tensor]:
+        return vision_batch([encode(i) for i in members], device, dtype)
+
+    return decode_prompts(
+        model, processor.tokenizer, [e.text for e in encoded], [e.ids for e in encoded],
+        max_new_tokens, temperature, top_p, batch_size, seed, seeds, sampler_logps,
+        batch_inputs=batch_inputs, banned_ids={image_token_id(processor)},
+    )  # fmt: skip
 
 
 def vlm_sequence_logps(
