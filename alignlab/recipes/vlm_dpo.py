@@ -25,13 +25,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, section
-from alignlab.data.report import longest_sequence
 from alignlab.data.vlm import collate_vlm
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
-from alignlab.models.loading import check_positions
 from alignlab.models.vlm import (
     load_vlm,
     load_vlm_for_training,
@@ -39,9 +35,8 @@ from alignlab.models.vlm import (
     trainable_summary,
 )
 from alignlab.recipes.dpo import DPOConfig, prepare_reference, train
-from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig
+from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig, vlm_train_data
 from alignlab.training import distributed, loop
-from alignlab.training.batches import TrainData
 
 
 @dataclasses.dataclass
@@ -85,20 +80,11 @@ def run(cfg: VlmDPOConfig) -> Path:
 
     # --- data (the processor of the starting model encodes it) ---
     processor = load_vlm_processor(cfg.model)
-    train_set = read_pairs(cfg.data, processor)
-    eval_set: list[dict[str, Any]] = []
-    if cfg.data.eval_fraction > 0:
-        train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
-    if runtime.is_main:
-        print(f"{len(train_set)} training pairs, {len(eval_set)} eval pairs from {cfg.data.path}")
-    longest = longest_sequence(train_set + eval_set)
-    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-
-    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return collate_vlm_pairs(rows, processor, cfg.data.max_length)
-
-    data = TrainData(train_set, eval_set, collate)
     max_length = cfg.data.max_length
+    data = vlm_train_data(
+        cfg, runtime, read_pairs(cfg.data, processor),
+        lambda rows: collate_vlm_pairs(rows, processor, max_length), what="pairs",
+    )  # fmt: skip
 
     # --- reference, then the policy ---
     reference = prepare_reference(

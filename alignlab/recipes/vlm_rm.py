@@ -24,21 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, section
-from alignlab.data.report import longest_sequence
 from alignlab.data.vlm_pairs import collate_vlm_pairs
-from alignlab.models.loading import check_positions
 from alignlab.models.vlm import load_vlm_processor, trainable_summary
 from alignlab.models.vlm_reward import load_vlm_reward_model, set_reward_trainable
 from alignlab.recipes.rm import RMConfig, bootstrap_resample, label_pairs, train, train_ensemble
 from alignlab.recipes.vlm_dpo import read_pairs
-from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig
+from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig, vlm_train_data
 from alignlab.training import distributed, loop
-from alignlab.training.batches import TrainData
 
 
 @dataclasses.dataclass
@@ -78,22 +72,14 @@ def run(cfg: VlmRMConfig) -> Path:
 
     # --- data (the processor of the starting model encodes it) ---
     processor = load_vlm_processor(cfg.model)
-    train_set = read_pairs(cfg.data, processor)
-    label_pairs(train_set, [row["chosen_row"].record for row in train_set], cfg.reward)
-    eval_set: list[dict[str, Any]] = []
-    if cfg.data.eval_fraction > 0:
-        train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
-    if cfg.reward.bootstrap:
-        train_set = bootstrap_resample(train_set, cfg.train.seed)
-    if runtime.is_main:
-        print(f"{len(train_set)} training pairs, {len(eval_set)} eval pairs from {cfg.data.path}")
-    longest = longest_sequence(train_set + eval_set)
-    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-
-    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return collate_vlm_pairs(rows, processor, cfg.data.max_length)
-
-    data = TrainData(train_set, eval_set, collate)
+    rows = read_pairs(cfg.data, processor)
+    label_pairs(rows, [row["chosen_row"].record for row in rows], cfg.reward)
+    data = vlm_train_data(
+        cfg, runtime, rows, lambda rows: collate_vlm_pairs(rows, processor, cfg.data.max_length),
+        what="pairs",
+        resample=(lambda rows: bootstrap_resample(rows, cfg.train.seed))
+        if cfg.reward.bootstrap else None,
+    )  # fmt: skip
 
     # --- model: the VLM and its head (a checkpoint's when resuming) ---
     model, _ = load_vlm_reward_model(

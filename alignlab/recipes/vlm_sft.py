@@ -22,6 +22,7 @@ Run: `alignlab vlm_sft --config vlm_sft_stage1 model.path=FOLDER data.path=capti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,30 @@ def read_rows(cfg: VlmDataConfig, processor: Any) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def vlm_train_data(
+    cfg: Any,
+    runtime: distributed.Runtime,
+    rows: list[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    what: str = "rows",
+    resample: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+) -> TrainData:
+    """The set-up every vision recipe shares between its encoded `rows` and its loop: the
+    last `data.eval_fraction` held out, the training part `resample`d (a bootstrap) if asked,
+    the counts printed (rank 0), the longest sequence checked against the model's positions.
+    `cfg` has the `model` and `data` (VlmDataConfig) sections."""
+    train_set, eval_set = rows, []
+    if cfg.data.eval_fraction > 0:
+        train_set, eval_set = loop.hold_out(rows, cfg.data.eval_fraction)
+    if resample is not None:
+        train_set = resample(train_set)
+    if runtime.is_main:
+        print(f"{len(train_set)} training {what}, {len(eval_set)} eval {what} from {cfg.data.path}")
+    longest = longest_sequence(train_set + eval_set)
+    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
+    return TrainData(train_set, eval_set, collate)
+
+
 def run(cfg: VlmSFTConfig) -> Path:
     """Train; return the folder of the final model (model + processor, a plain HF folder)."""
     runtime = distributed.init_runtime()
@@ -112,20 +137,11 @@ def run(cfg: VlmSFTConfig) -> Path:
         print(trainable_summary(counts))
 
     # --- data ---
-    train_set = read_rows(cfg.data, processor)
-    eval_set: list[dict[str, Any]] = []
-    if cfg.data.eval_fraction > 0:
-        train_set, eval_set = loop.hold_out(train_set, cfg.data.eval_fraction)
-    if runtime.is_main:
-        print(f"{len(train_set)} training rows, {len(eval_set)} eval rows from {cfg.data.path}")
-    longest = longest_sequence(train_set + eval_set)
-    check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
-
-    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return collate_vlm(
+    data = vlm_train_data(
+        cfg, runtime, read_rows(cfg.data, processor),
+        lambda rows: collate_vlm(
             [r["row"] for r in rows], processor, cfg.data.max_length,
             cfg.data.completion_only_loss,
-        )  # fmt: skip
-
-    data = TrainData(train_set, eval_set, collate)
+        ),
+    )  # fmt: skip
     return train(cfg, runtime, folder, model, processor, data, name="vlm_sft")
