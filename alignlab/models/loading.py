@@ -49,15 +49,21 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         trust_remote_code=cfg.trust_remote_code,
     )
     ensure_chat_template(tokenizer)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a tokenizer without a pad token one: its EOS, else a new `<pad>`.
+
+    Reusing EOS keeps the vocabulary (and the checkpoint) unchanged. Padding is told apart by
+    the attention mask and the labels, never by its id, so a real EOS (the trained end of
+    turn of the fallback template) keeps its loss and its log-prob."""
     if tokenizer.pad_token is None:
-        # Reusing EOS keeps the vocabulary (and the checkpoint) unchanged. Padding is told
-        # apart by the attention mask and the labels, never by its id, so a real EOS (the
-        # trained end of turn of the fallback template) keeps its loss and its log-prob.
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    return tokenizer
 
 
 def load_model(

@@ -29,6 +29,7 @@ from alignlab.models.loading import (
     DTYPES,
     apply_lora,
     disable_dropout,
+    ensure_pad_token,
     from_pretrained,
     unwrap_peft,
 )
@@ -117,11 +118,7 @@ def load_vlm_processor(cfg: ModelConfig) -> Any:
             "goes to the text recipes; `alignlab lab vlm` builds the lab's LLaVA)"
         )
     ensure_vlm_chat_template(processor, source)
-    if tokenizer.pad_token is None:  # as load_tokenizer: reuse EOS, the mask tells padding apart
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        else:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    ensure_pad_token(tokenizer)
     return processor
 
 
