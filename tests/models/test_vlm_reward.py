@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from vlm_runs import tiny_vlm_world
 
 from alignlab.config import ModelConfig, UserInputError
 from alignlab.data.pairs import split_pairs
@@ -22,7 +23,6 @@ from alignlab.models.vlm_reward import (
     load_vlm_reward_model,
     set_reward_trainable,
 )
-from alignlab.models.vlm_tiny import build_tiny_llava
 from alignlab.training.checkpoint import save_hf_folder
 from alignlab.training.distributed import Runtime
 
@@ -32,13 +32,9 @@ CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(tiny LLaVA folder, shapes preference.jsonl)."""
-    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("vlm_reward")
-    model = build_tiny_llava(root / "tiny-llava", image_size=32)
-    export_shapes(root / "shapes", n_train=6, n_valid=0, n_heldout=0, image_size=64)
-    return model, root / "shapes" / "preference.jsonl"
+    model, shapes = tiny_vlm_world(root, n_train=6)
+    return model, shapes / "preference.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from vlm_runs import changed_parts, metric_rows, same_weights
+from vlm_runs import changed_parts, metric_rows, same_weights, tiny_vlm_world
 
 from alignlab.cli import main
 from alignlab.models.lm import TokenLogProbs
-from alignlab.models.vlm_tiny import build_tiny_llava
 from alignlab.rl.config import PromptDataConfig
 from alignlab.rl.prompts import load_prompt_rows
 from alignlab.rl.rollout import rollout, token_logps
@@ -28,15 +27,11 @@ def has_e(prompt, response):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(tiny LLaVA folder, shapes export folder, reward .py file)."""
-    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("vlm_grpo")
-    model = build_tiny_llava(root / "tiny-llava", image_size=32)
-    export_shapes(root / "shapes", n_train=8, n_valid=0, n_heldout=0, image_size=64)
+    model, shapes = tiny_vlm_world(root, n_train=8)
     reward = root / "reward.py"
     reward.write_text(REWARD_PY)
-    return model, root / "shapes", reward
+    return model, shapes, reward
 
 
 def args(world, out, *extra):

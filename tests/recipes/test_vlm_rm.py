@@ -12,14 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from vlm_runs import changed_parts, metric_rows, same_weights
+from vlm_runs import changed_parts, metric_rows, same_weights, tiny_vlm_world
 
 from alignlab.cli import main
 from alignlab.config import load_config
 from alignlab.data.schema import DataError
 from alignlab.models.vlm import load_vlm_processor
 from alignlab.models.vlm_reward import HEAD_FILE, VlmRewardFn, load_vlm_reward
-from alignlab.models.vlm_tiny import build_tiny_llava
 from alignlab.recipes.rm import label_pairs
 from alignlab.recipes.vlm_dpo import read_pairs
 from alignlab.recipes.vlm_rm import VlmRMConfig
@@ -28,13 +27,9 @@ from alignlab.recipes.vlm_rm import VlmRMConfig
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(tiny LLaVA folder, shapes export folder with preference.jsonl)."""
-    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("vlm_rm")
-    model = build_tiny_llava(root / "tiny-llava", image_size=32)
-    export_shapes(root / "shapes", n_train=8, n_valid=0, n_heldout=0, image_size=64)
-    return model, root / "shapes"
+    model, shapes = tiny_vlm_world(root, n_train=8)
+    return model, shapes
 
 
 def args(model, data, out, *extra):

@@ -8,23 +8,18 @@ import sys
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from vlm_runs import changed_parts, metric_rows, same_weights
+from vlm_runs import changed_parts, metric_rows, same_weights, tiny_vlm_world
 
 from alignlab.cli import main
 from alignlab.data.vlm import collate_vlm, read_vlm_rows
-from alignlab.models.vlm_tiny import build_tiny_llava
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(tiny LLaVA folder, shapes export folder with captions.jsonl and sft.jsonl)."""
-    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("vlm_sft")
-    model = build_tiny_llava(root / "tiny-llava", image_size=32)
-    export_shapes(root / "shapes", n_train=8, n_valid=0, n_heldout=0, image_size=64)
-    return model, root / "shapes"
+    model, shapes = tiny_vlm_world(root, n_train=8)
+    return model, shapes
 
 
 def args(preset, model, data, out, *extra):

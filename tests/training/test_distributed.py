@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from vlm_runs import tiny_vlm_world
 from weights import assert_close_series, assert_same_updates, weights
 
 pytestmark = pytest.mark.distributed
@@ -81,13 +82,7 @@ VLM_RUNS = {
 
 @pytest.fixture(scope="module")
 def vlm_world(tmp_path_factory):
-    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
-    from alignlab.models.vlm_tiny import build_tiny_llava
-
-    root = tmp_path_factory.mktemp("vlm")
-    model_dir = build_tiny_llava(root / "llava", image_size=32)
-    export_shapes(root / "shapes", n_train=16, n_valid=0, n_heldout=0, image_size=64)
-    return model_dir, root / "shapes"
+    return tiny_vlm_world(tmp_path_factory.mktemp("vlm"), n_train=16)
 
 
 @pytest.mark.parametrize("recipe", sorted(VLM_RUNS))

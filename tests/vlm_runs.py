@@ -1,10 +1,23 @@
-"""Shared pieces of the vision-language recipe tests: which part of a LLaVA each tensor
-belongs to, what a run changed, and its logged metrics."""
+"""Shared pieces of the vision-language tests: a tiny LLaVA with a tiny shapes export, which
+part of a LLaVA each tensor belongs to, what a run changed, and its logged metrics."""
 
 import json
 
 import torch
 from transformers import AutoModelForImageTextToText
+
+from alignlab.models.vlm_tiny import build_tiny_llava
+
+
+def tiny_vlm_world(root, n_train=8):
+    """(tiny LLaVA folder with 32-px images, shapes export folder of `n_train` train images)
+    under `root`; torch on one thread (the tests run beside others)."""
+    from alignlab.lab.shapes.export import export_shapes  # the lab in tests only
+
+    torch.set_num_threads(1)
+    model = build_tiny_llava(root / "tiny-llava", image_size=32)
+    export_shapes(root / "shapes", n_train=n_train, n_valid=0, n_heldout=0, image_size=64)
+    return model, root / "shapes"
 
 
 def part(name):
