@@ -35,7 +35,12 @@ from alignlab.models.vlm import (
     trainable_summary,
 )
 from alignlab.recipes.dpo import DPOConfig, prepare_reference, train
-from alignlab.recipes.vlm_sft import TrainableConfig, VlmDataConfig, vlm_train_data
+from alignlab.recipes.vlm_sft import (
+    TrainableConfig,
+    VlmDataConfig,
+    read_data_file,
+    vlm_train_data,
+)
 from alignlab.training import distributed, loop
 
 
@@ -63,12 +68,7 @@ class VlmDPOConfig(DPOConfig):
 
 
 def read_pairs(cfg: VlmDataConfig, processor: Any) -> list[dict[str, Any]]:
-    path = Path(cfg.path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data.path={cfg.path}: no such file (a local JSONL of TRL VLM pairs)")
-    pairs = read_vlm_pairs(path, max_records=cfg.max_examples)
-    if not pairs:
-        raise ConfigError(f"data.path={cfg.path}: no rows")
+    pairs = read_data_file(cfg, read_vlm_pairs, "pairs")
     return encode_vlm_pairs(pairs, processor, cfg.max_length)
 
 

@@ -81,16 +81,23 @@ class VlmSFTConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
+def read_data_file(cfg: VlmDataConfig, reader: Callable[..., list], what: str) -> list:
+    """`reader(data.path, max_records=data.max_examples)`, with a ConfigError on `data.path`
+    when the file is missing or holds no row (`what`: "rows" or "pairs")."""
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.path={cfg.path}: no such file (a local JSONL of TRL VLM {what})")
+    rows = reader(path, max_records=cfg.max_examples)
+    if not rows:
+        raise ConfigError(f"data.path={cfg.path}: no rows")
+    return rows
+
+
 def read_rows(cfg: VlmDataConfig, processor: Any) -> list[dict[str, Any]]:
     """The checked rows as {"input_ids", "row"}: every row is encoded once here, so a bad
     image or an over-long prompt stops the run before training, and the token ids give the
     schedule its lengths (the image tensors are not kept; each batch encodes its rows again)."""
-    path = Path(cfg.path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data.path={cfg.path}: no such file (a local JSONL of TRL VLM rows)")
-    rows = read_vlm_rows(path, max_records=cfg.max_examples)
-    if not rows:
-        raise ConfigError(f"data.path={cfg.path}: no rows")
+    rows = read_data_file(cfg, read_vlm_rows, "rows")
     return [
         {"input_ids": encode_vlm_row(r, processor, cfg.max_length, cfg.completion_only_loss)[
             "input_ids"
