@@ -21,10 +21,12 @@ def tiny_vlm_world(root, n_train=8):
 
 
 def part(name):
-    if "vision_tower" in name:
-        return "tower"
-    if "multi_modal_projector" in name:
+    """The part a state-dict name is in, for LLaVA and the families of tests/vlm_families.py
+    (the projector first: Qwen2-VL's merger sits in its tower)."""
+    if any(key in name for key in ("multi_modal_projector", "merger", "connector")):
         return "projector"
+    if any(key in name for key in ("vision_tower", "visual", "vision_model")):
+        return "tower"
     return "llm"
 
 

@@ -177,11 +177,51 @@ def vlm_segments(
     return [(text, trained) for text, trained in segments if text]
 
 
-def image_token_id(processor: Any) -> int:
+IMAGE_TOKEN_ATTRIBUTES = (
+    "image_token",  # the placeholder the processor expands (Gemma 3: its begin-of-image token)
+    "boi_token",  # Gemma 3: an image's tokens are <start_of_image> soft tokens <end_of_image>
+    "eoi_token",
+    "fake_image_token",  # Idefics3: <fake_token_around_image> <global-img> ... around them
+    "global_image_tag",
+    "vision_start_token",  # Qwen2-VL: <|vision_start|> <|image_pad|>... <|vision_end|>
+    "vision_end_token",
+)
+
+
+def image_token_ids(processor: Any) -> frozenset[int]:
+    """The ids of the tokens an image expands into (the model's image token and the markers
+    some families put around it), on the processor or its tokenizer: never trained, never
+    cut by truncation, never sampled."""
+    tokenizer = processor.tokenizer
+    ids = set()
+    for owner in (processor, tokenizer):
+        for name in IMAGE_TOKEN_ATTRIBUTES:
+            token = getattr(owner, name, None)
+            if isinstance(token, str) and token:
+                found = tokenizer.convert_tokens_to_ids(token)
+                if found is not None and found != tokenizer.unk_token_id:
+                    ids.add(int(found))
     found = getattr(processor, "image_token_id", None)
-    if found is None:
-        found = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    return int(found)
+    if found is not None:
+        ids.add(int(found))
+    if not ids:
+        raise ValueError(f"{type(processor).__name__} names no image token")
+    return frozenset(ids)
+
+
+def cat_vision(values: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image processor outputs of several calls as one batch along dim 0. Where their
+    other dims differ (Idefics3's (1, images, C, H, W) with another image count, LLaVA-NeXT's
+    patch count), each is zero-padded to the largest first: the models drop all-zero images
+    and patches, as they do for the padding their processors add."""
+    widest = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for value in values:
+        pad: list[int] = []
+        for d in reversed(range(1, value.dim())):
+            pad += [0, widest[d - 1] - value.shape[d]]
+        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
+    return torch.cat(padded)
 
 
 def encode_vlm_row(
@@ -222,18 +262,18 @@ def encode_vlm_row(
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
         labels += piece if trained else [IGNORE_INDEX] * len(piece)
-    image_id = image_token_id(processor)
-    labels = [IGNORE_INDEX if t == image_id else label for t, label in zip(ids, labels)]
-    ids, labels = _truncate(ids, labels, image_id, max_length, row.record)
+    image_ids = image_token_ids(processor)
+    labels = [IGNORE_INDEX if t in image_ids else label for t, label in zip(ids, labels)]
+    ids, labels = _truncate(ids, labels, image_ids, max_length, row.record)
     return {
         "input_ids": ids,
         "labels": labels,
-        "vision": {key: torch.cat(values) for key, values in vision.items()},
+        "vision": {key: cat_vision(values) for key, values in vision.items()},
     }
 
 
 def _truncate(
-    ids: list[int], labels: list[int], image_id: int, max_length: int, record: Record
+    ids: list[int], labels: list[int], image_ids: frozenset[int], max_length: int, record: Record
 ) -> tuple[list[int], list[int]]:
     """Keep the first `max_length` tokens, if those hold every image token and at least one
     trained token."""
@@ -246,7 +286,7 @@ def _truncate(
         ).at(record)
     if len(ids) <= max_length:
         return ids, labels
-    image_end = max((i + 1 for i, t in enumerate(ids) if t == image_id), default=0)
+    image_end = max((i + 1 for i, t in enumerate(ids) if t in image_ids), default=0)
     if image_end > max_length or trained[0] >= max_length:
         raise DataError(
             f"{len(ids)} tokens, max_length={max_length}: the kept start cannot hold its "
@@ -279,5 +319,5 @@ def collate_vlm(
             batch[key].append([fill] * n + values if left else values + [fill] * n)
     out = {key: torch.tensor(values, dtype=torch.long) for key, values in batch.items()}
     for key in {key for e in encoded for key in e["vision"]}:
-        out[key] = torch.cat([e["vision"][key] for e in encoded if key in e["vision"]])
+        out[key] = cat_vision([e["vision"][key] for e in encoded if key in e["vision"]])
     return out

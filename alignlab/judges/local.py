@@ -36,7 +36,7 @@ from alignlab.data.templates import Messages, has_chat_template, render_messages
 from alignlab.data.tokenize import adds_bos, tokenize_segments
 from alignlab.judges.base import Judge, JudgeError
 from alignlab.judges.templates import JudgeTemplates
-from alignlab.models.decode import forward_arguments
+from alignlab.models.forward_inputs import forward_arguments
 from alignlab.models.generation import (
     inference_mode,
     left_padded,

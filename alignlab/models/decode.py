@@ -16,13 +16,12 @@ them); finished rows are pruned with `Cache.batch_select_indices` when the cache
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection, Mapping
-from functools import cache as memoize
 
 import torch
 from torch import nn
 
+from alignlab.models.forward_inputs import forward_arguments, model_inputs, prompt_positions
 from alignlab.models.loading import unwrap_peft
 
 
@@ -63,12 +62,6 @@ def sample_next_tokens(
     draw = draws.to(device=logits.device, dtype=torch.float64).unsqueeze(1)
     tokens = torch.searchsorted(cumulative, draw * cumulative[:, -1:], right=True)
     return tokens.squeeze(1).clamp(max=logits.shape[-1] - 1)
-
-
-@memoize
-def forward_arguments(model_class: type) -> frozenset[str]:
-    """The keyword arguments of `model_class.forward` (memoized: inspect is slow per step)."""
-    return frozenset(inspect.signature(model_class.forward).parameters)
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -118,18 +111,19 @@ def decode(
     active = list(range(rows))  # batch position -> original row
     cache_key = cache_argument(model)
     keep_last = "logits_to_keep" in forward_arguments(type(unwrap_peft(model)))
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    inputs = model_inputs(
+        model, {"input_ids": input_ids, "attention_mask": attention_mask, **(prompt_inputs or {})}
+    )
+    positions = prompt_positions(model, inputs)  # (B, T), or (3, B, T) for 3-D rotary ones
     output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        **inputs,
         position_ids=positions,
         use_cache=True,
         **({"logits_to_keep": 1} if keep_last else {}),
-        **(prompt_inputs or {}),
     )
     cache = returned_cache(output)
     prunable = hasattr(cache, "batch_select_indices")
-    positions = positions[:, -1:]
+    positions = positions[..., -1:]
     if uniforms is not None:
         uniforms = uniforms.to(input_ids.device)
     banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=input_ids.device)
@@ -161,7 +155,8 @@ def decode(
             keep = torch.tensor(still, device=input_ids.device)
             cache.batch_select_indices(keep)
             active = [active[position] for position in still]
-            tokens, attention_mask, positions = tokens[keep], attention_mask[keep], positions[keep]
+            tokens, attention_mask = tokens[keep], attention_mask[keep]
+            positions = positions.index_select(-2, keep)
             if uniforms is not None:
                 uniforms = uniforms[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from alignlab.host_memory import return_freed_memory
+from alignlab.models.forward_inputs import model_inputs
 from alignlab.models.loading import unwrap_peft
 from alignlab.ops import (
     IGNORE_INDEX,
@@ -41,7 +42,7 @@ SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 
 def needs_full_logits(hf_model: nn.Module) -> bool:
     """Models that transform logits after the projection need the plain forward path."""
-    config = hf_model.config
+    config = hf_model.config.get_text_config()  # a VLM's LLM settings are in its text config
     return bool(
         getattr(config, "final_logit_softcapping", None)
         or getattr(config, "logit_scale", None)
@@ -161,24 +162,6 @@ def lookup_takes_projection_grad(
         handle.remove()
 
 
-IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
-"""Processor outputs an image-text-to-text model takes beside the tokens (LLaVA, LLaVA-NeXT,
-Qwen2-VL, Idefics); a batch passes on those it has."""
-
-TOKEN_INPUTS = (
-    "input_ids",
-    "attention_mask",
-    "position_ids",
-    "token_type_ids",
-    "mm_token_type_ids",
-)
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The entries of `batch` the model's forward takes (not labels, not a recipe's extras)."""
-    return {k: batch[k] for k in TOKEN_INPUTS + IMAGE_INPUTS if batch.get(k) is not None}
-
-
 def body_of(hf_model: nn.Module) -> nn.Module:
     """The module that gives the last hidden states the output head reads: the decoder of a
     causal LM; for an image-text-to-text model, its base model (`model.model`), which projects
@@ -194,7 +177,7 @@ class TokenLogProbs(nn.Module):
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) where labels[t+1] != IGNORE_INDEX,
     and 0 elsewhere; `mask(batch)` returns where. Packed batches pass no attention_mask and
     restart position_ids at each example (the HF mask builder then isolates examples). A batch
-    of an image-text-to-text model carries its images (`IMAGE_INPUTS`, made by
+    of an image-text-to-text model carries its images (`alignlab.models.forward_inputs.IMAGE_INPUTS`, made by
     `alignlab.data.vlm.collate_vlm`): the same module serves text and vision-language recipes.
     """
 
@@ -216,7 +199,7 @@ class TokenLogProbs(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hf_model = self.hf_model
         targets = shift_labels(batch["labels"])  # (B, T)
-        inputs = model_inputs(batch)
+        inputs = model_inputs(hf_model, batch)
         if needs_full_logits(hf_model):
             logits = self.model(**inputs, use_cache=False).logits  # (B, T, V)
             return gather_log_probs(logits, targets)

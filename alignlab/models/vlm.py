@@ -109,6 +109,13 @@ def load_vlm_processor(cfg: ModelConfig) -> Any:
         )
     except (OSError, ValueError) as err:  # ValueError: a folder with no processor in it
         raise load_error(cfg.tokenizer or source, "processor", err) from err
+    except ImportError as err:  # transformers 5's Qwen2-VL family: a video processor
+        raise UserInputError(
+            f"cannot load the processor of {cfg.tokenizer or source}: it needs a package "
+            "this environment lacks (transformers builds the video processor of the Qwen2-VL "
+            "family with torchvision); install the torchvision built for your torch (alignlab "
+            f"itself reads images with PIL). {' '.join(str(err).split())[:300]}"
+        ) from err
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         kind = type(processor).__name__
@@ -158,33 +165,55 @@ def load_vlm(
 # --- freezing ---
 
 PARTS: dict[str, tuple[str, ...]] = {
-    # transformers >= 4.52 nests them under `model` (LlavaModel); older versions (and some
-    # remote-code models) keep them on the top module
-    "tower": ("model.vision_tower", "vision_tower"),
-    "projector": ("model.multi_modal_projector", "multi_modal_projector"),
-    "llm": ("model.language_model", "language_model"),
+    # the projector first: Qwen2-VL's (`merger`) sits inside its tower and belongs to neither
+    # the tower nor the LLM. transformers >= 4.52 nests the parts under `model`; older
+    # versions (and some remote-code models) keep them on the top module.
+    "projector": (
+        "model.multi_modal_projector",  # LLaVA, LLaVA-NeXT, Gemma 3, Mistral 3
+        "multi_modal_projector",
+        "model.visual.merger",  # Qwen2-VL, Qwen2.5-VL
+        "visual.merger",
+        "model.connector",  # Idefics3, SmolVLM
+        "connector",
+    ),
+    "tower": (
+        "model.vision_tower",
+        "vision_tower",
+        "model.visual",
+        "visual",
+        "model.vision_model",
+        "vision_model",
+    ),
+    "llm": ("model.language_model", "language_model", "model.text_model", "text_model"),
 }
+FAMILIES = "LLaVA, LLaVA-NeXT, Gemma 3, Qwen2-VL and Idefics3 layouts"
 
 
-def find_part(model: nn.Module, part: str) -> nn.Module:
-    """The submodule of `part` ("tower", "projector" or "llm"); a UserInputError naming the
-    model class and the paths looked at when it has none."""
+def part_path(model: nn.Module, part: str) -> str:
+    """The module path of `part` ("tower", "projector" or "llm") in `model`; a
+    UserInputError naming the model class and the paths looked at when it has none."""
     for path in PARTS[part]:
         try:
-            return model.get_submodule(path)
+            model.get_submodule(path)
         except AttributeError:
             continue
+        return path
     raise UserInputError(
         f"{type(model).__name__} has no {part} (looked for {' / '.join(PARTS[part])}); "
-        "set_trainable knows LLaVA-family models"
+        f"set_trainable knows the {FAMILIES}"
     )
 
 
+def find_part(model: nn.Module, part: str) -> nn.Module:
+    """The submodule of `part` (see `part_path`)."""
+    return model.get_submodule(part_path(model, part))
+
+
 def _part_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The parameters of each part, each once (tied weights count in one part). The LLM
-    includes the output head, which sits outside `language_model` when that is the decoder
-    alone (transformers >= 4.52). "other": whatever is in no part (LLaVA-NeXT's
-    image_newline)."""
+    """The parameters of each part, each once (tied weights count in one part; a part nested
+    in another, Qwen2-VL's merger in its tower, counts in the inner one). The LLM includes the
+    output head, which sits outside `language_model` when that is the decoder alone
+    (transformers >= 4.52). "other": whatever is in no part (LLaVA-NeXT's image_newline)."""
     seen: set[int] = set()
     parts: dict[str, list[nn.Parameter]] = {}
     for part in PARTS:
@@ -194,7 +223,7 @@ def _part_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             modules.append(head)
         parts[part] = [p for m in modules for p in m.parameters() if _first(p, seen)]
     parts["other"] = [p for p in model.parameters() if _first(p, seen)]
-    return parts
+    return {part: parts[part] for part in ("tower", "projector", "llm", "other")}
 
 
 def _first(param: nn.Parameter, seen: set[int]) -> bool:
@@ -275,7 +304,8 @@ def load_vlm_for_training(
         dataclasses.replace(lora, target_modules=targets),
         adapter_from=adapter_from,
         task_type=None,
-        modules_to_save=["multi_modal_projector"] if projector else None,
+        # peft matches by the last name part: multi_modal_projector, merger, connector
+        modules_to_save=[part_path(model, "projector").rsplit(".", 1)[-1]] if projector else None,
     )
     if device is not None:
         model = model.to(device)

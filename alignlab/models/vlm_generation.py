@@ -29,8 +29,8 @@ the prompt as *this* processor renders it, through `alignlab.models.lm.TokenLogP
 code the recipes train through, which passes the images to the model). A KL estimate scores a
 policy's samples under the policy and the reference with it.
 
-Positions are 1-D (the attention mask's running count): LLaVA, LLaVA-NeXT and other models
-whose decoder has ordinary rotary positions. Qwen2-VL's 3-D rotary positions are not built.
+Positions are the decode loop's (`alignlab.models.forward_inputs.prompt_positions`): the
+attention mask's running count, or Qwen2-VL's 3-D rotary positions from its `get_rope_index`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from torch import nn
 from alignlab.data.collate import collate
 from alignlab.data.templates import Messages, render_messages
 from alignlab.data.tokenize import adds_bos
-from alignlab.data.vlm import image_token_id
+from alignlab.data.vlm import cat_vision, image_token_ids
+from alignlab.models.forward_inputs import IMAGE_INPUTS
 from alignlab.models.generation import (
     Generation,
     check_sampling,
@@ -57,7 +58,7 @@ from alignlab.models.generation import (
     pad_token_id,
     stop_token_ids,
 )
-from alignlab.models.lm import IMAGE_INPUTS, TokenLogProbs
+from alignlab.models.lm import TokenLogProbs
 from alignlab.models.logprobs import response_rows
 from alignlab.ops import masked_sum
 
@@ -121,7 +122,7 @@ def vision_batch(
     keys = [key for key in IMAGE_INPUTS if any(key in e.vision for e in encoded)]
     out = {}
     for key in keys:
-        value = torch.cat([e.vision[key] for e in encoded if key in e.vision])
+        value = cat_vision([e.vision[key] for e in encoded if key in e.vision])
         out[key] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
     return out
 
@@ -179,7 +180,7 @@ def generate_vlm(
     return decode_prompts(
         model, processor.tokenizer, [e.text for e in encoded], [e.ids for e in encoded],
         max_new_tokens, temperature, top_p, batch_size, seed, seeds, sampler_logps,
-        batch_inputs=batch_inputs, banned_ids={image_token_id(processor)},
+        batch_inputs=batch_inputs, banned_ids=image_token_ids(processor),
     )  # fmt: skip
 
 

@@ -43,7 +43,8 @@ from torch import nn
 from alignlab.config import ModelConfig, UserInputError
 from alignlab.data.schema import Record
 from alignlab.data.vlm import check_vlm_row, collate_vlm
-from alignlab.models.lm import body_of, model_inputs
+from alignlab.models.forward_inputs import model_inputs
+from alignlab.models.lm import body_of
 from alignlab.models.reward import HEAD, init_score_head, last_token_index
 from alignlab.models.vlm import load_vlm, set_trainable
 
@@ -81,7 +82,9 @@ class VlmRewardModel(nn.Module):
         attention_mask = batch.get("attention_mask")
         if attention_mask is None:
             raise ValueError("VlmRewardModel needs an attention_mask to find the last real token")
-        hidden = body_of(self.vlm)(**model_inputs(batch), use_cache=False).last_hidden_state
+        hidden = body_of(self.vlm)(
+            **model_inputs(self.vlm, batch), use_cache=False
+        ).last_hidden_state
         last = last_token_index(attention_mask).to(hidden.device)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         head = self.score

@@ -55,12 +55,8 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignlab.icl.base import cut_at_stop
-from alignlab.models.decode import (
-    cache_argument,
-    forward_arguments,
-    returned_cache,
-    sample_next_tokens,
-)
+from alignlab.models.decode import cache_argument, returned_cache, sample_next_tokens
+from alignlab.models.forward_inputs import forward_arguments
 from alignlab.models.generation import (
     inference_mode,
     left_padded,

@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from alignlab.data.schema import DataError
-from alignlab.data.vlm import collate_vlm, image_token_id, read_vlm_rows
+from alignlab.data.vlm import collate_vlm, read_vlm_rows
 from alignlab.models.vlm_tiny import build_tiny_llava, image_token_count
 
 IMAGE_TOKENS = image_token_count(32, 8)  # 16
@@ -52,8 +52,8 @@ def test_labels_train_exactly_the_assistant_turn(tmp_path, processor):
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     trained = ids[labels != -100]
     assert processor.tokenizer.decode(trained) == "A red circle.<|im_end|>"
-    assert (ids == image_token_id(processor)).sum() == IMAGE_TOKENS
-    assert (labels[ids == image_token_id(processor)] == -100).all()
+    assert (ids == processor.image_token_id).sum() == IMAGE_TOKENS
+    assert (labels[ids == processor.image_token_id] == -100).all()
     assert batch["pixel_values"].shape == (1, 3, 32, 32)
 
 
@@ -89,13 +89,13 @@ def test_two_rows_of_different_lengths_pad_on_the_processors_side(tmp_path, proc
     trained = batch["input_ids"][1][batch["labels"][1] != -100]
     decoded = processor.tokenizer.decode(trained)
     assert decoded == "A circle.<|im_end|>It is a bright and vivid red.<|im_end|>"
-    assert (batch["input_ids"][1] == image_token_id(processor)).sum() == 2 * IMAGE_TOKENS
+    assert (batch["input_ids"][1] == processor.image_token_id).sum() == 2 * IMAGE_TOKENS
 
 
 def test_completion_only_false_trains_all_but_image_tokens(tmp_path, processor):
     rows = read_vlm_rows(_write(tmp_path, [_row("Shape?", "Red.")]))
     batch = collate_vlm(rows, processor, max_length=128, completion_only=False)
-    images = batch["input_ids"][0] == image_token_id(processor)
+    images = batch["input_ids"][0] == processor.image_token_id
     assert (batch["labels"][0][images] == -100).all()
     assert torch.equal(batch["labels"][0][~images], batch["input_ids"][0][~images])
 
@@ -117,7 +117,7 @@ def test_truncation_keeps_the_image_tokens_and_cuts_the_end(tmp_path, processor)
     cut = collate_vlm(rows, processor, max_length=first_trained + 2)
     assert cut["input_ids"].shape[1] == first_trained + 2 < len(full)
     assert torch.equal(cut["input_ids"][0], full[: first_trained + 2])
-    assert (cut["input_ids"][0] == image_token_id(processor)).sum() == IMAGE_TOKENS
+    assert (cut["input_ids"][0] == processor.image_token_id).sum() == IMAGE_TOKENS
     assert (cut["labels"][0] != -100).sum() == 2
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from alignlab.data.vlm import image_token_id
 from alignlab.models.generation import stop_token_ids
 from alignlab.models.vlm_generation import (
     encode_vlm_prompt,
@@ -122,7 +121,7 @@ def test_the_image_token_is_never_sampled(tiny):
     """A response holding the image placeholder could not be fed back with its images: with
     the placeholder's output row made the winner, the plain model picks it and we do not."""
     model, processor = tiny
-    image_id = image_token_id(processor)
+    image_id = processor.image_token_id
     greedy = generate_vlm(model, processor, PROMPTS, IMAGES, max_new_tokens=4, temperature=0)
     head = model.get_output_embeddings().weight
     saved = head[image_id].clone()

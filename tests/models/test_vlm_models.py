@@ -121,7 +121,7 @@ def test_set_trainable_counts_and_flags(built):
 
 def test_set_trainable_names_a_model_without_the_part(tiny_model_dir):
     llm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with pytest.raises(UserInputError, match="LlamaForCausalLM has no tower"):
+    with pytest.raises(UserInputError, match="LlamaForCausalLM has no projector"):
         set_trainable(llm, tower=False, projector=True, llm=True)
 
 

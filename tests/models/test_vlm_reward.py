@@ -14,7 +14,7 @@ from alignlab.config import ModelConfig, UserInputError
 from alignlab.data.pairs import split_pairs
 from alignlab.data.schema import DataError
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
-from alignlab.models.lm import model_inputs
+from alignlab.models.forward_inputs import model_inputs
 from alignlab.models.vlm_reward import (
     HEAD_FILE,
     INFO_FILE,
@@ -61,7 +61,7 @@ def test_score_is_the_last_real_hidden_state_dotted_with_the_head(world):
     with torch.no_grad():
         scores = model(batch)
         hf = AutoModelForImageTextToText.from_pretrained(folder).eval()
-        hidden = hf(**model_inputs(batch), output_hidden_states=True).hidden_states[-1]
+        hidden = hf(**model_inputs(hf, batch), output_hidden_states=True).hidden_states[-1]
     head = model.score.weight[0].detach()
     want = []
     for i in range(len(lengths)):
