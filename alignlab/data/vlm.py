@@ -20,18 +20,27 @@ a DataError with the numbers.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from alignlab.data.report import DataReport
 from alignlab.data.schema import ROLES, DataError, Record
 from alignlab.data.sources import load_records
 from alignlab.data.templates import locate_turn, render_messages, special_token_pattern
 from alignlab.data.tokenize import adds_bos
 from alignlab.ops import IGNORE_INDEX
+
+ImageSource = Path | bytes
+"""An image of a row: a file, or its encoded bytes when the data holds it inline."""
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 """Processor outputs per token; every other output (pixel_values, image_sizes) is per image."""
@@ -39,20 +48,61 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids
 
 @dataclass(frozen=True)
 class VlmRow:
-    """One checked row: its messages and its images' resolved paths, in order."""
+    """One checked row: its messages and its images (resolved paths or inline bytes), in
+    order."""
 
     messages: list[dict[str, Any]]
-    images: list[Path]
+    images: list[ImageSource]
     record: Record
 
 
 # --- reading ---
 
 
-def read_vlm_rows(path: str | Path, max_records: int = 0) -> list[VlmRow]:
+def read_vlm_rows(
+    path: str | Path,
+    max_records: int = 0,
+    on_bad_example: str = "error",
+    report: DataReport | None = None,
+) -> list[VlmRow]:
     """The rows of a TRL-format VLM JSONL (or JSON / parquet) file, each checked
-    (`check_vlm_row`): a bad one is a DataError naming the file, the line and the field."""
-    return [check_vlm_row(record) for record in load_records(str(path), max_records=max_records)]
+    (`check_vlm_row`): a bad one (or a malformed line) is a DataError naming the file, the
+    line and the field, or with on_bad_example="skip" left out and counted in `report`."""
+    return keep_good(
+        read_records(path, max_records, on_bad_example, report), check_vlm_row,
+        on_bad_example, report,
+    )  # fmt: skip
+
+
+def read_records(
+    path: str | Path, max_records: int, on_bad_example: str, report: DataReport | None
+) -> list[Record]:
+    """`load_records` of a local file, every record counted in `report`."""
+    records = load_records(
+        str(path), max_records=max_records, on_bad_example=on_bad_example, report=report
+    )
+    if report is not None:
+        report.records += len(records)  # load_records counts only the lines it skipped
+    return records
+
+
+def keep_good(
+    items: Iterable[T],
+    make: Callable[[T], U],
+    on_bad_example: str,
+    report: DataReport | None = None,
+) -> list[U]:
+    """`make(item)` of each item; one that raises a DataError stops the run
+    (on_bad_example="error") or is left out, its reason and place counted in `report`."""
+    out = []
+    for item in items:
+        try:
+            out.append(make(item))
+        except DataError as err:
+            if on_bad_example == "error" or report is None:
+                raise
+            report.skip(err.reason, f"{err.source}:{err.line}", str(err))
+    return out
 
 
 def check_vlm_row(record: Record) -> VlmRow:
@@ -76,12 +126,16 @@ def image_parts(message: dict[str, Any]) -> int:
     return 0 if isinstance(content, str) else sum(p["type"] == "image" for p in content)
 
 
-def resolve_images(record: Record, parts: int) -> list[Path]:
-    """The record's `images`, one per image part, resolved against its file's folder; a
-    missing file or a count that does not match is a DataError on `images`."""
+def resolve_images(record: Record, parts: int) -> list[ImageSource]:
+    """The record's `images`, one per image part: paths resolved against its file's folder,
+    inline images (`{"bytes": ...}` as a Parquet file written by `datasets` holds them, or PIL
+    images) as their encoded bytes. A missing file, an entry of another kind or a count that
+    does not match is a DataError on `images`."""
     images = record.data.get("images", [])
-    if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
-        raise DataError("must be a list of image paths", field="images").at(record)
+    if not isinstance(images, list):
+        raise DataError("must be a list of images (paths or {'bytes': ...})", field="images").at(
+            record
+        )
     if parts != len(images):
         raise DataError(
             f"{len(images)} images for {parts} image parts ({{'type': 'image'}}) in the "
@@ -90,12 +144,28 @@ def resolve_images(record: Record, parts: int) -> list[Path]:
             reason="image count mismatch",
         ).at(record)
     folder = Path(record.source).expanduser().parent
-    resolved = []
-    for k, name in enumerate(images):
+    resolved: list[ImageSource] = []
+    for k, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            buffer = io.BytesIO()
+            item.save(buffer, format="PNG")
+            resolved.append(buffer.getvalue())
+            continue
+        inline = item.get("bytes") if isinstance(item, dict) else item
+        if isinstance(inline, bytes) and inline:
+            resolved.append(inline)
+            continue
+        name = item.get("path") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name:
+            raise DataError(
+                "must be an image path, {'bytes': ...} or {'path': ...}", field=f"images[{k}]"
+            ).at(record)
         file = Path(name).expanduser()
         file = file if file.is_absolute() else folder / file
         if not file.is_file():
-            raise DataError(f"no such image file: {file}", field=f"images[{k}]").at(record)
+            raise DataError(
+                f"no such image file: {file}", field=f"images[{k}]", reason="missing image"
+            ).at(record)
         resolved.append(file)
     return resolved
 
@@ -126,16 +196,19 @@ def load_images(row: VlmRow) -> list[Image.Image]:
     return load_image_files(row.images, row.record)
 
 
-def load_image_files(files: list[Path], record: Record) -> list[Image.Image]:
-    """`files` (the `images` of `record`) as RGB PIL images; a DataError on `images[k]`."""
+def load_image_files(files: list[ImageSource], record: Record) -> list[Image.Image]:
+    """`files` (the `images` of `record`: paths or encoded bytes) as RGB PIL images; a
+    DataError on `images[k]` for one PIL cannot read."""
     images = []
     for k, file in enumerate(files):
+        source = io.BytesIO(file) if isinstance(file, bytes) else file
         try:
-            with Image.open(file) as image:
+            with Image.open(source) as image:
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
+            name = "the inline image" if isinstance(file, bytes) else f"the image {file}"
             raise DataError(
-                f"cannot read the image {file}: {err}", field=f"images[{k}]", reason="bad image"
+                f"cannot read {name}: {err}", field=f"images[{k}]", reason="bad image"
             ).at(record) from err
     return images
 

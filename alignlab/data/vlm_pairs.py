@@ -25,14 +25,16 @@ from typing import Any
 
 import torch
 
+from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, Record
-from alignlab.data.sources import load_records
 from alignlab.data.vlm import (
     VlmRow,
     check_messages,
     collate_vlm,
     encode_vlm_row,
     image_parts,
+    keep_good,
+    read_records,
     resolve_images,
 )
 
@@ -45,10 +47,19 @@ class VlmPair:
     rejected: VlmRow
 
 
-def read_vlm_pairs(path: str | Path, max_records: int = 0) -> list[VlmPair]:
+def read_vlm_pairs(
+    path: str | Path,
+    max_records: int = 0,
+    on_bad_example: str = "error",
+    report: DataReport | None = None,
+) -> list[VlmPair]:
     """The checked pairs of a TRL-format vision preference file (JSONL / JSON / parquet): a bad
-    row is a DataError naming the file, the line and the field."""
-    return [check_vlm_pair(record) for record in load_records(str(path), max_records=max_records)]
+    row is a DataError naming the file, the line and the field, or with
+    on_bad_example="skip" left out and counted in `report`."""
+    return keep_good(
+        read_records(path, max_records, on_bad_example, report), check_vlm_pair,
+        on_bad_example, report,
+    )  # fmt: skip
 
 
 def check_vlm_pair(record: Record) -> VlmPair:
@@ -67,12 +78,19 @@ def check_vlm_pair(record: Record) -> VlmPair:
     return VlmPair(**rows)
 
 
-def encode_vlm_pairs(pairs: list[VlmPair], processor: Any, max_length: int) -> list[dict[str, Any]]:
+def encode_vlm_pairs(
+    pairs: list[VlmPair],
+    processor: Any,
+    max_length: int,
+    on_bad_example: str = "error",
+    report: DataReport | None = None,
+) -> list[dict[str, Any]]:
     """Training rows {"chosen_input_ids", "chosen_labels", "rejected_input_ids",
     "rejected_labels", "chosen_row", "rejected_row"}: each side encoded once here, so a bad
-    image or a prompt too long for `max_length` stops the run before training."""
-    rows = []
-    for pair in pairs:
+    image or a prompt too long for `max_length` stops the run before training (or, with
+    on_bad_example="skip", drops the pair, counted in `report`)."""
+
+    def encode(pair: VlmPair) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for side in SIDES:
             vlm_row = getattr(pair, side)
@@ -80,8 +98,9 @@ def encode_vlm_pairs(pairs: list[VlmPair], processor: Any, max_length: int) -> l
             row[f"{side}_input_ids"] = encoded["input_ids"]
             row[f"{side}_labels"] = encoded["labels"]
             row[f"{side}_row"] = vlm_row
-        rows.append(row)
-    return rows
+        return row
+
+    return keep_good(pairs, encode, on_bad_example, report)
 
 
 def collate_vlm_pairs(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, section
+from alignlab.data.report import DataReport
 from alignlab.data.vlm import collate_vlm
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
 from alignlab.models.vlm import (
@@ -39,6 +40,7 @@ from alignlab.recipes.vlm_sft import (
     TrainableConfig,
     VlmDataConfig,
     read_data_file,
+    require_rows,
     vlm_train_data,
 )
 from alignlab.training import distributed, loop
@@ -67,9 +69,12 @@ class VlmDPOConfig(DPOConfig):
             )
 
 
-def read_pairs(cfg: VlmDataConfig, processor: Any) -> list[dict[str, Any]]:
-    pairs = read_data_file(cfg, read_vlm_pairs, "pairs")
-    return encode_vlm_pairs(pairs, processor, cfg.max_length)
+def read_pairs(cfg: VlmDataConfig, processor: Any) -> tuple[list[dict[str, Any]], DataReport]:
+    """The encoded pairs (`encode_vlm_pairs`) and the report of what was read and skipped."""
+    report = DataReport()
+    pairs = read_data_file(cfg, read_vlm_pairs, "pairs", report)
+    encoded = encode_vlm_pairs(pairs, processor, cfg.max_length, cfg.on_bad_example, report)
+    return require_rows(encoded, "pairs", cfg, report), report
 
 
 def run(cfg: VlmDPOConfig) -> Path:
@@ -81,9 +86,10 @@ def run(cfg: VlmDPOConfig) -> Path:
     # --- data (the processor of the starting model encodes it) ---
     processor = load_vlm_processor(cfg.model)
     max_length = cfg.data.max_length
+    pairs, report = read_pairs(cfg.data, processor)
     data = vlm_train_data(
-        cfg, runtime, read_pairs(cfg.data, processor),
-        lambda rows: collate_vlm_pairs(rows, processor, max_length), what="pairs",
+        cfg, runtime, pairs,
+        lambda rows: collate_vlm_pairs(rows, processor, max_length), what="pairs", report=report,
     )  # fmt: skip
 
     # --- reference, then the policy ---

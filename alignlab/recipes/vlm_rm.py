@@ -72,11 +72,11 @@ def run(cfg: VlmRMConfig) -> Path:
 
     # --- data (the processor of the starting model encodes it) ---
     processor = load_vlm_processor(cfg.model)
-    rows = read_pairs(cfg.data, processor)
+    rows, report = read_pairs(cfg.data, processor)
     label_pairs(rows, [row["chosen_row"].record for row in rows], cfg.reward)
     data = vlm_train_data(
         cfg, runtime, rows, lambda rows: collate_vlm_pairs(rows, processor, cfg.data.max_length),
-        what="pairs",
+        what="pairs", report=report,
         resample=(lambda rows: bootstrap_resample(rows, cfg.train.seed))
         if cfg.reward.bootstrap else None,
     )  # fmt: skip

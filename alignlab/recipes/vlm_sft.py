@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from alignlab.config import ConfigError, ModelConfig, TrainConfig, option, section
-from alignlab.data.report import longest_sequence
-from alignlab.data.vlm import collate_vlm, encode_vlm_row, read_vlm_rows
+from alignlab.data.report import DataReport, longest_sequence
+from alignlab.data.vlm import VlmRow, collate_vlm, encode_vlm_row, keep_good, read_vlm_rows
 from alignlab.models.loading import check_positions
 from alignlab.models.vlm import load_vlm_for_training, trainable_summary
 from alignlab.recipes.sft import train
@@ -51,6 +51,12 @@ class VlmDataConfig:
     )
     completion_only_loss: bool = option(True, "loss only on assistant tokens")
     max_examples: int = option(0, "use at most this many records; 0 = all", min=0)
+    on_bad_example: str = option(
+        "error",
+        "bad row (missing image, unreadable image, too long for its image tokens, malformed "
+        "line): stop with an error or skip and count",
+        choices=("error", "skip"),
+    )
 
     def check(self) -> None:
         if not self.path:
@@ -81,29 +87,47 @@ class VlmSFTConfig:
     final_dir: str = option("", "where the final model goes; empty = <output_dir>/final")
 
 
-def read_data_file(cfg: VlmDataConfig, reader: Callable[..., list], what: str) -> list:
-    """`reader(data.path, max_records=data.max_examples)`, with a ConfigError on `data.path`
-    when the file is missing or holds no row (`what`: "rows" or "pairs")."""
+def read_data_file(
+    cfg: VlmDataConfig, reader: Callable[..., list], what: str, report: DataReport
+) -> list:
+    """`reader(data.path, ...)` with data.max_examples and data.on_bad_example, skips counted in
+    `report`; a ConfigError on `data.path` when the file is missing or holds no good row
+    (`what`: "rows" or "pairs")."""
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data.path={cfg.path}: no such file (a local JSONL of TRL VLM {what})")
-    rows = reader(path, max_records=cfg.max_examples)
+    rows = reader(
+        path, max_records=cfg.max_examples, on_bad_example=cfg.on_bad_example, report=report
+    )
     if not rows:
-        raise ConfigError(f"data.path={cfg.path}: no rows")
+        raise ConfigError(f"data.path={cfg.path}: no {what} ({report.summary()})")
     return rows
 
 
-def read_rows(cfg: VlmDataConfig, processor: Any) -> list[dict[str, Any]]:
-    """The checked rows as {"input_ids", "row"}: every row is encoded once here, so a bad
-    image or an over-long prompt stops the run before training, and the token ids give the
-    schedule its lengths (the image tensors are not kept; each batch encodes its rows again)."""
-    rows = read_data_file(cfg, read_vlm_rows, "rows")
-    return [
-        {"input_ids": encode_vlm_row(r, processor, cfg.max_length, cfg.completion_only_loss)[
-            "input_ids"
-        ], "row": r}
-        for r in rows
-    ]  # fmt: skip
+def require_rows(rows: list, what: str, cfg: VlmDataConfig, report: DataReport) -> list:
+    """`rows` (encoded, the skipped ones left out), counted as used in `report`; a
+    ConfigError when none is left."""
+    report.used = len(rows)
+    if not rows:
+        raise ConfigError(f"data.path={cfg.path}: no usable {what} ({report.summary()})")
+    return rows
+
+
+def read_rows(cfg: VlmDataConfig, processor: Any) -> tuple[list[dict[str, Any]], DataReport]:
+    """The checked rows as {"input_ids", "row"} and the report of what was read: every row is
+    encoded once here, so a bad image or an over-long prompt stops the run (or is skipped)
+    before training, and the token ids give the schedule its lengths (the image tensors are
+    not kept; each batch encodes its rows again)."""
+    report = DataReport()
+    rows = read_data_file(cfg, read_vlm_rows, "rows", report)
+
+    def encode(row: VlmRow) -> dict[str, Any]:
+        ids = encode_vlm_row(row, processor, cfg.max_length, cfg.completion_only_loss)
+        return {"input_ids": ids["input_ids"], "row": row}
+
+    return require_rows(
+        keep_good(rows, encode, cfg.on_bad_example, report), "rows", cfg, report
+    ), report
 
 
 def vlm_train_data(
@@ -113,6 +137,7 @@ def vlm_train_data(
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     what: str = "rows",
     resample: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    report: DataReport | None = None,
 ) -> TrainData:
     """The set-up every vision recipe shares between its encoded `rows` and its loop: the
     last `data.eval_fraction` held out, the training part `resample`d (a bootstrap) if asked,
@@ -124,6 +149,8 @@ def vlm_train_data(
     if resample is not None:
         train_set = resample(train_set)
     if runtime.is_main:
+        if report is not None:
+            print(report.summary())
         print(f"{len(train_set)} training {what}, {len(eval_set)} eval {what} from {cfg.data.path}")
     longest = longest_sequence(train_set + eval_set)
     check_positions(cfg.model, longest, f"data.max_length={cfg.data.max_length}")
@@ -144,11 +171,13 @@ def run(cfg: VlmSFTConfig) -> Path:
         print(trainable_summary(counts))
 
     # --- data ---
+    rows, report = read_rows(cfg.data, processor)
     data = vlm_train_data(
-        cfg, runtime, read_rows(cfg.data, processor),
+        cfg, runtime, rows,
         lambda rows: collate_vlm(
             [r["row"] for r in rows], processor, cfg.data.max_length,
             cfg.data.completion_only_loss,
         ),
+        report=report,
     )  # fmt: skip
     return train(cfg, runtime, folder, model, processor, data, name="vlm_sft")

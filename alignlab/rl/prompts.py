@@ -4,14 +4,14 @@ sampling, that prompts plus the response budget fit the model's positions.
 
 A record with `images` (TRL's vision prompt rows: image paths, relative to the data file or
 absolute, one per {"type": "image"} part of the prompt) keeps them resolved in
-`PromptRow.images`, and its extras' `images` become the absolute paths, so a reward function
-(a vision reward model, a gold that reads the image) can open them."""
+`PromptRow.images`, and its extras' `images` become the absolute paths (the bytes of an
+inline image, `{"bytes": ...}`), so a reward function (a vision reward model, a gold that
+reads the image) can open them."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -21,7 +21,13 @@ from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError, Record
 from alignlab.data.sources import load_records
 from alignlab.data.templates import render_prompt
-from alignlab.data.vlm import check_messages, image_parts, load_image_files, resolve_images
+from alignlab.data.vlm import (
+    ImageSource,
+    check_messages,
+    image_parts,
+    load_image_files,
+    resolve_images,
+)
 from alignlab.models.generation import prompt_token_ids
 from alignlab.models.loading import check_positions
 from alignlab.rl.config import PromptDataConfig
@@ -31,7 +37,7 @@ from alignlab.rl.config import PromptDataConfig
 class PromptRow:
     prompt: str | list[dict[str, Any]]
     extras: dict[str, Any]
-    images: list[Path] = dataclasses.field(default_factory=list)
+    images: list[ImageSource] = dataclasses.field(default_factory=list)
     record: Record | None = None
 
     def load_images(self) -> list[Image.Image]:
@@ -96,13 +102,15 @@ def load_prompt_rows(
                 report.skip("prompt too long", record.where())
                 continue
         extras = {k: v for k, v in record.data.items() if k != "prompt"}
-        images: list[Path] = []
+        images: list[ImageSource] = []
         if "images" in record.data:
             parts = 0
             if isinstance(prompt, list):  # image parts well formed, or an error on their field
                 parts = sum(image_parts(m) for m in check_messages(record, "prompt"))
             images = resolve_images(record, parts)
-            extras["images"] = [str(path.resolve()) for path in images]
+            extras["images"] = [  # inline images reach the reward as their bytes
+                image if isinstance(image, bytes) else str(image.resolve()) for image in images
+            ]
         rows.append(PromptRow(prompt, extras, images, record))
     if not rows:
         raise DataError("no usable prompts", cfg.path)

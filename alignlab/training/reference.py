@@ -93,8 +93,9 @@ def fingerprint(items: list[tuple[Hashable, dict[str, Any]]], settings: dict) ->
         digest.update(repr(key).encode())
         digest.update(repr(row["input_ids"]).encode())
         digest.update(repr(row["labels"]).encode())
-        for image in getattr(row.get("row"), "images", ()):
-            digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
+        for image in getattr(row.get("row"), "images", ()):  # a path, or inline bytes
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()
 
 

@@ -172,3 +172,32 @@ def test_reads_and_collates_a_shapes_export(tmp_path, processor):
     for ids, labels, row in zip(batch["input_ids"], batch["labels"], rows):
         answer = row.messages[-1]["content"][0]["text"]
         assert processor.tokenizer.decode(ids[labels != -100]) == answer + "<|im_end|>"
+
+
+def test_inline_images_in_parquet_collate_as_their_files(tmp_path, processor):
+    """A Parquet file as `datasets` writes image columns ({"bytes", "path"} structs) gives the
+    same batch as the JSONL naming the files; an entry of another kind is a DataError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        _row("What shape is it?", "A red circle."),
+        _row("And this?", "Blue.", ["images/b.png"]),
+    ]
+    files = read_vlm_rows(_write(tmp_path, rows))
+    inline = []
+    for row in rows:
+        data = [(tmp_path / name).read_bytes() for name in row["images"]]
+        inline.append({**row, "images": [{"bytes": b, "path": None} for b in data]})
+    pq.write_table(pa.Table.from_pylist(inline), tmp_path / "inline.parquet")
+    read = read_vlm_rows(tmp_path / "inline.parquet")
+    assert all(isinstance(image, bytes) for row in read for image in row.images)
+    a, b = collate_vlm(files, processor, 512), collate_vlm(read, processor, 512)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "odd.jsonl").write_text(json.dumps({**rows[0], "images": [3]}) + "\n")
+    with pytest.raises(DataError, match=r"odd.jsonl:1.*images\[0\]"):
+        read_vlm_rows(tmp_path / "odd.jsonl")
+    garbage = [{**inline[0], "images": [{"bytes": b"not an image", "path": None}]}]
+    pq.write_table(pa.Table.from_pylist(garbage), tmp_path / "garbage.parquet")
+    with pytest.raises(DataError, match=r"garbage.parquet:1.*images\[0\].*inline image"):
+        collate_vlm(read_vlm_rows(tmp_path / "garbage.parquet"), processor, 512)

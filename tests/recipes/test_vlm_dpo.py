@@ -15,6 +15,7 @@ from vlm_runs import changed_parts, metric_rows, same_weights, tiny_vlm_world
 
 from alignlab.cli import main
 from alignlab.data.pairs import split_pairs
+from alignlab.data.report import DataReport
 from alignlab.data.schema import DataError
 from alignlab.data.vlm_pairs import collate_vlm_pairs, encode_vlm_pairs, read_vlm_pairs
 from alignlab.ops import IGNORE_INDEX
@@ -78,6 +79,12 @@ def test_bad_pair_rows_name_file_line_and_field(world, tmp_path):
         with pytest.raises(DataError) as err:
             read_vlm_pairs(path)
         assert "bad.jsonl:2" in str(err.value) and field in str(err.value), str(err.value)
+    # with on_bad_example=skip the good rows stay and every bad one is counted by reason
+    report = DataReport()
+    path = write_rows(tmp_path / "mixed.jsonl", [good, *(bad for bad, _ in cases), good])
+    kept = read_vlm_pairs(path, on_bad_example="skip", report=report)
+    assert len(kept) == 2 and [p.chosen.record.line for p in kept] == [1, 6]
+    assert report.records == 6 and report.total_skipped == 4
     plain = {**good, "chosen": "A red circle.", "rejected": "A blue star."}
     pair = read_vlm_pairs(write_rows(tmp_path / "plain.jsonl", [plain]))[0]
     assert pair.chosen.messages[-1] == {"role": "assistant", "content": "A red circle."}

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +70,31 @@ def test_rollout_forwards_see_the_sampled_images(world):
     roll.vision = [roll.vision[1], roll.vision[2], roll.vision[0]]
     swapped = token_logps(TokenLogProbs(model), roll, batch_size=4)
     assert (swapped - roll.old_logps)[mask].abs().max().item() > 100 * tolerance
+
+
+def test_inline_prompt_images_load_and_reach_the_reward_as_bytes(world, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model_dir, shapes, _ = world
+    processor = AutoProcessor.from_pretrained(model_dir)
+    files = load_prompt_rows(
+        PromptDataConfig(path=str(shapes / "train_prompts.jsonl")), processor.tokenizer
+    )[:2]
+    records = [
+        json.loads(line) for line in (shapes / "train_prompts.jsonl").read_text().splitlines()[:2]
+    ]
+    for record, row in zip(records, files):
+        record["images"] = [
+            {"bytes": Path(p).read_bytes(), "path": None} for p in row.extras["images"]
+        ]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "inline.parquet")
+    inline = load_prompt_rows(
+        PromptDataConfig(path=str(tmp_path / "inline.parquet")), processor.tokenizer
+    )
+    for a, b in zip(files, inline):
+        assert b.extras["images"] == [Path(p).read_bytes() for p in a.extras["images"]]
+        assert [x.tobytes() for x in a.load_images()] == [x.tobytes() for x in b.load_images()]
 
 
 def test_grpo_raises_its_reward_and_trains_the_chosen_parts(world, tmp_path):

@@ -80,7 +80,7 @@ def test_margin_and_soft_label_columns_of_vlm_pairs(world, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = load_config(VlmRMConfig, None, args(model, data, tmp_path / "o")[3:])
     processor = load_vlm_processor(cfg.model)
-    rows = read_pairs(cfg.data, processor)
+    rows, _ = read_pairs(cfg.data, processor)
     cfg.reward.soft_label = "p"
     label_pairs(rows, [r["chosen_row"].record for r in rows], cfg.reward)
     assert [r["target"] for r in rows] == [i / 8 for i in range(8)]
@@ -98,7 +98,7 @@ def test_margin_and_soft_label_columns_of_vlm_pairs(world, tmp_path):
     cfg.reward.margin, cfg.reward.soft_label = "", "p"
     with pytest.raises(DataError, match=r"labelled.jsonl:6.*probability in \[0, 1\]"):
         label_pairs(
-            rows, [r["chosen_row"].record for r in read_pairs(cfg.data, processor)], cfg.reward
+            rows, [r["chosen_row"].record for r in read_pairs(cfg.data, processor)[0]], cfg.reward
         )
 
 

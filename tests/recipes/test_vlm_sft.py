@@ -1,6 +1,7 @@
 """The vlm_sft recipe on a tiny LLaVA and a tiny shapes export: what each LLaVA stage trains,
 a loadable final folder that fits its data, resume after a kill, bad input as one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -140,3 +141,38 @@ def test_lora_on_the_llm_trains_adapters_and_projector_and_resumes(world, tmp_pa
     wrong = ("model.lora.enabled=true", "trainable.tower=true")
     assert main(args("vlm_sft_stage2", model, data, tmp_path / "bad", *wrong)) == 2
     assert "trainable.tower" in capsys.readouterr().err
+
+
+def test_bad_rows_stop_the_run_or_are_skipped_and_counted(world, tmp_path, capsys):
+    model, shapes = world
+    good = []
+    for line in (shapes / "sft.jsonl").read_text().splitlines()[:3]:
+        row = json.loads(line)
+        row["images"] = [str(shapes / name) for name in row["images"]]
+        good.append(json.dumps(row))
+    missing = json.loads(good[0])
+    missing["images"] = ["images/no_such.png"]
+    unreadable = json.loads(good[1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    unreadable["images"] = [str(tmp_path / "broken.png")]
+    lines = [*good, json.dumps(missing), "{not json", json.dumps(unreadable)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(args("vlm_sft_stage2", model, data, tmp_path / "strict")) == 2
+    err = capsys.readouterr().err
+    assert "mixed.jsonl:5: malformed JSON" in err and "Traceback" not in err  # read first
+    assert not (tmp_path / "strict").exists()
+    skip = ("data.on_bad_example=skip", "train.max_steps=1")
+    assert main(args("vlm_sft_stage2", model, data, tmp_path / "lenient", *skip)) == 0
+    out = capsys.readouterr().out
+    assert (
+        "read 6 records: 3 used, 3 skipped (1 malformed JSON, 1 missing image, 1 bad image)" in out
+    )
+    assert "2 training rows, 1 eval rows" in out  # the preset holds out 5%, at least one row
+    # nothing good left: one line naming the file and what was skipped
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines[3:]) + "\n")
+    assert (
+        main(args("vlm_sft_stage2", model, tmp_path / "bad.jsonl", tmp_path / "none", *skip)) == 2
+    )
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "3 skipped" in err and "Traceback" not in err
