@@ -1,4 +1,5 @@
-"""Batched sampling and teacher-forced log-probs for image-text-to-text models (LLaVA family).
+"""Batched sampling and teacher-forced log-probs for image-text-to-text models (LLaVA, Gemma 3,
+Qwen2-VL, Idefics3, ...).
 
     generations = generate_vlm(model, processor, prompts, images, max_new_tokens=32, temperature=0)
     logps = vlm_sequence_logps(ref_model, ref_processor, prompts, images, generations)  # (N,)

@@ -20,7 +20,8 @@ Sources:
 - reward-model folder(s): `alignlab.models.reward_ensemble.RewardScorer` (comma-separated
   folders = an ensemble combined by `aggregate`: mean, min, lcb, uwo). Extras are ignored.
   A vision reward-model folder (`alignlab vlm_rm`: `reward_head.json` beside the VLM) is
-  `alignlab.models.vlm_reward.VlmRewardFn`, which reads each sample's `images` extra.
+  `alignlab.models.vlm_reward.VlmRewardFn`, which reads each sample's `images` extra
+  (several: an ensemble combined by `aggregate` as for text).
 - `module:function` / `path.py:function` (`alignlab.callables.resolve_callable`), called in
   one of three styles (`reward_style`):
   - per sample (the default): `fn(prompt, response, **extras) -> float`, once per response;
@@ -58,10 +59,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alignlab.callables import resolve_callable
 from alignlab.config import ConfigError, UserInputError, option
 from alignlab.models.folders import check_model_source
-from alignlab.models.reward_ensemble import AGGREGATES, RewardScorer
+from alignlab.models.reward_ensemble import AGGREGATES, RewardScorer, aggregate_rewards
 from alignlab.models.vlm_reward import VlmRewardFn, is_vlm_reward_folder
 
 RewardFn = Callable[..., list[float]]
@@ -316,6 +319,33 @@ def reward_model_reward(
     return reward_fn
 
 
+def _vlm_parts(parts: Sequence[str], field: str, spec: str) -> bool:
+    """Whether the spec's folders are image-text reward models (`alignlab vlm_rm`); a
+    ConfigError when it mixes them with text ones (they read different inputs)."""
+    vision = [is_vlm_reward_folder(part) for part in parts]
+    if any(vision) and not all(vision):
+        raise ConfigError(
+            f"{field}={spec}: mixes image-text reward models (vlm_rm) with other folders; an "
+            "ensemble is of one kind"
+        )
+    return all(vision)
+
+
+def vlm_ensemble_reward(members: Sequence[Any], aggregate: str, k: float) -> RewardFn:
+    """Image-text reward models scored one after the other, combined per sample as a text
+    ensemble is (`alignlab.models.reward_ensemble.aggregate_rewards`)."""
+
+    def reward_fn(
+        prompts: Sequence[Any], responses: Sequence[str], extras: Sequence[dict] | None = None
+    ) -> list[float]:
+        scores = torch.tensor([member(prompts, responses, extras) for member in members])
+        combined = aggregate_rewards(scores, aggregate, k).tolist()
+        return _checked(combined, len(responses), "vlm rm ensemble")
+
+    reward_fn.members = members  # type: ignore[attr-defined]
+    return reward_fn
+
+
 JUDGE = "judge:"
 """The prefix of a judge reward spec."""
 
@@ -360,7 +390,7 @@ def check_reward_spec(spec: str, field: str = "reward") -> None:
             check_model_source(target, field, tokenizer=True)
         return
     parts = _parts(spec)
-    if len(parts) == 1 and is_vlm_reward_folder(parts[0]):  # checked when it loads
+    if _vlm_parts(parts, field, spec):  # checked when they load
         return
     if all(Path(part).is_dir() for part in parts):
         for part in parts:
@@ -403,8 +433,9 @@ def build_reward_fn(
     if spec.startswith(JUDGE):
         return judge_reward(spec[len(JUDGE) :], principle, timeout, device, dtype, batch_size)
     parts = _parts(spec)
-    if len(parts) == 1 and is_vlm_reward_folder(parts[0]):  # an image-text reward model
-        return VlmRewardFn(parts[0], batch_size=batch_size, device=device, dtype=dtype)
+    if _vlm_parts(parts, "reward", spec):  # image-text reward model(s)
+        members = [VlmRewardFn(p, batch_size=batch_size, device=device, dtype=dtype) for p in parts]
+        return members[0] if len(members) == 1 else vlm_ensemble_reward(members, aggregate, k)
     if all(Path(part).is_dir() for part in parts):
         return reward_model_reward(
             parts, aggregate=aggregate, k=k, device=device, dtype=dtype, batch_size=batch_size

@@ -142,6 +142,38 @@ def test_a_vision_reward_model_is_the_reward(world, tmp_path):
     assert len(values) == 2 and all(v != 0.0 for v in values)  # the head's scores, not 0 / 1
 
 
+def test_an_ensemble_of_vision_reward_models_is_the_reward(world, tiny_model_dir, tmp_path):
+    from alignlab.config import ConfigError, ModelConfig
+    from alignlab.models.vlm_reward import VlmRewardFn, load_vlm_reward_model
+    from alignlab.rl.rewards import build_reward_fn
+    from alignlab.training.checkpoint import save_hf_folder
+    from alignlab.training.distributed import init_runtime
+
+    model_dir, shapes, _ = world
+    folders = []
+    for seed in (3, 4):  # two heads: two members that disagree
+        rm, processor = load_vlm_reward_model(ModelConfig(path=str(model_dir)), seed=seed)
+        folders.append(save_hf_folder(tmp_path / f"rm-{seed}", rm, processor, init_runtime()))
+    rows = load_prompt_rows(PromptDataConfig(path=str(shapes / "train_prompts.jsonl")), None)[:3]
+    prompts, extras = [r.prompt for r in rows], [r.extras for r in rows]
+    responses = ["A red circle.", "Two.", "No."]
+    members = torch.tensor(
+        [VlmRewardFn(f, device="cpu")(prompts, responses, extras) for f in folders]
+    )
+    spec = ",".join(str(f) for f in folders)
+    for how, expected in (("mean", members.mean(0)), ("min", members.min(0).values)):
+        fn = build_reward_fn(spec, aggregate=how, device="cpu")
+        got = torch.tensor(fn(prompts, responses, extras), dtype=members.dtype)
+        torch.testing.assert_close(
+            got, expected.to(got.dtype), rtol=0, atol=1e-6 * (1 + members.abs().max().item())
+        )
+    with pytest.raises(ConfigError, match="mixes image-text reward models"):
+        build_reward_fn(f"{folders[0]},{tiny_model_dir}")
+    out = tmp_path / "ensemble_grpo"
+    assert main([*args(world, out), f"rl.reward={spec}", "rl.reward_aggregate=lcb"]) == 0
+    assert len(metric_rows(out, "train/reward_mean")) == 2
+
+
 def test_killed_run_resumes_to_the_same_result(world, tmp_path, capsys):
     common = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5")
     ref = tmp_path / "ref"
