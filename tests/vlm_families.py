@@ -96,6 +96,24 @@ GEMMA3_TEMPLATE = (
 
 FAMILIES = ("qwen2_vl", "gemma3", "idefics3")
 
+# every family's decoder and SigLIP-style tower at the same tiny width
+TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+SIGLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
 
 def _tokenizer(specials, **extra):
     base = train_tokenizer(TEXTS, vocab_size=300)
@@ -150,13 +168,8 @@ def qwen2_vl(seed=0):
             "mlp_ratio": 2,
         },
         text_config={
+            **TEXT,
             "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 512,
             "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
             "pad_token_id": tokenizer.pad_token_id,
         },
@@ -194,25 +207,13 @@ def gemma3(seed=0):
         image_seq_length=4,
     )
     config = Gemma3Config(
-        vision_config=SiglipVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=SiglipVisionConfig(**SIGLIP),
         text_config=Gemma3TextConfig(
+            **TEXT,
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
             head_dim=8,
-            sliding_window=8,
+            sliding_window=8,  # one sliding layer, one global: the image must reach the answer
             layer_types=["sliding_attention", "full_attention"],
-            max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -245,25 +246,13 @@ def idefics3(seed=0):
         image_seq_len=4,
     )
     text = LlamaConfig(
+        **TEXT,
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     config = Idefics3Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=SIGLIP,
         text_config=text,
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
