@@ -36,7 +36,7 @@ STAR_INNER = 0.4  # inner / outer radius of the star
 # measured at every size 64-224 (rasterising adds edge pixels, which lifts small shapes'
 # ratios): star 0.34-0.44, triangle 0.50-0.55, circle 0.75-0.80, square 1.0.
 FILL_CUTS = ((0.47, "star"), (0.65, "triangle"), (0.9, "circle"), (math.inf, "square"))
-_PALETTE = np.array([BACKGROUND, *COLOURS.values()], dtype=np.int32)  # (9, 3)
+PALETTE = np.array([BACKGROUND, *COLOURS.values()], dtype=np.int32)  # (9, 3)
 _PALETTE_NAMES = (None, *COLOURS)
 
 
@@ -94,7 +94,7 @@ def colour_indices(image: Image.Image | np.ndarray) -> np.ndarray:
     """(H, W) index of each pixel's nearest palette colour: 0 background, i the i-th colour."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     pixels = pixels.astype(np.int32)[:, :, None, :]  # (H, W, 1, 3)
-    distances = ((pixels - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 9)
+    distances = ((pixels - PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 9)
     return distances.argmin(-1)
 
 
