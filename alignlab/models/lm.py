@@ -177,8 +177,9 @@ class TokenLogProbs(nn.Module):
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) where labels[t+1] != IGNORE_INDEX,
     and 0 elsewhere; `mask(batch)` returns where. Packed batches pass no attention_mask and
     restart position_ids at each example (the HF mask builder then isolates examples). A batch
-    of an image-text-to-text model carries its images (`alignlab.models.forward_inputs.IMAGE_INPUTS`, made by
-    `alignlab.data.vlm.collate_vlm`): the same module serves text and vision-language recipes.
+    of an image-text-to-text model carries its images (`forward_inputs.IMAGE_INPUTS`, made by
+    `alignlab.data.vlm.collate_vlm`), and `forward_inputs.model_inputs` adds the per-token
+    types its family reads: the same module serves text and vision-language recipes.
     """
 
     def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
