@@ -10,7 +10,8 @@ so overall P(a > b) = (1 - flip_rate) * sigmoid(logit) + flip_rate * (1 - sigmoi
 A panel of annotators labels every pair; the pair's label is the majority vote (ties broken
 by a seeded coin). Buying a label set costs pairs x annotators labels. `fit_bradley_terry`
 recovers (temperature, flip_rate) from labels by maximum likelihood, e.g. to check how
-noisy a label set is.
+noisy a label set is. `label_binary` asks the same annotators yes / no about single items
+(gold above or below a threshold), the binary feedback of text-to-image work.
 """
 
 from __future__ import annotations
@@ -112,6 +113,57 @@ def label_pairs(
         cost=len(margins) * len(annotators),
         gold_agreement=agreement_with_gold(final, margins),
         annotator_agreement=per_annotator,
+    )
+
+
+@dataclass(frozen=True)
+class BinaryLabelSet:
+    """Yes/no labels ("does this match the prompt?") for a list of items with known gold.
+
+    says_yes: the final label per item (majority vote of the panel, ties by a seeded coin).
+    votes: per item, each annotator's label.
+    golds: the gold of each item.
+    threshold: the gold at which an annotator is as likely to say yes as no.
+    cost: labels bought = items x annotators.
+    gold_agreement: fraction of final labels equal to (gold > threshold), items at the
+        threshold excluded; nan when every item is at it.
+    """
+
+    says_yes: tuple[bool, ...]
+    votes: tuple[tuple[bool, ...], ...]
+    golds: tuple[float, ...]
+    threshold: float
+    cost: int
+    gold_agreement: float
+
+
+def label_binary(
+    golds: Sequence[float],
+    annotators: Sequence[Annotator],
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> BinaryLabelSet:
+    """Binary feedback as Lee et al. 2023 collect it (arXiv 2302.12192: does the image match
+    its prompt?): each annotator says yes with the pairwise model's probability for the gold's
+    margin over `threshold`, P(yes) = (1 - flip) sigmoid((g - threshold) / T) + flip (1 - ...)
+    (`Annotator.prob_prefers_a`; length bias does not apply)."""
+    if not annotators:
+        raise ValueError("need at least one annotator")
+    rng = random.Random(f"alignlab-lab/annotators/binary/{seed}")
+    votes, final = [], []
+    for gold in golds:
+        item = tuple(rng.random() < a.prob_prefers_a(gold - threshold) for a in annotators)
+        count = Counter(item)
+        tied = count[True] == count[False]
+        final.append(rng.random() < 0.5 if tied else count[True] > count[False])
+        votes.append(item)
+    return BinaryLabelSet(
+        says_yes=tuple(final),
+        votes=tuple(votes),
+        golds=tuple(golds),
+        threshold=threshold,
+        cost=len(golds) * len(annotators),
+        gold_agreement=agreement_with_gold(final, [g - threshold for g in golds]),
     )
 
 
