@@ -62,6 +62,13 @@ def tiny_pixel_pipeline(
                  num_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id)
     )  # fmt: skip
     unet = _unet(image_size, 3, 6, width, text_dim)
+    # IF's UNet predicts its variance too (out channels 3:6, "learned_range"). A loss on the
+    # noise alone never trains those channels, and random ones push the sampler's variance
+    # far outside [β̃_t, β_t]: images come out as noise. Zero, they stay zero (no gradient
+    # reaches them) and the sampler uses the range's geometric middle.
+    with torch.no_grad():
+        unet.conv_out.weight[3:].zero_()
+        unet.conv_out.bias[3:].zero_()
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, variance_type="learned_range", clip_sample=True
     )

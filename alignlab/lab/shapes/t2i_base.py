@@ -90,17 +90,18 @@ def pretrain_generator(
     steps: int = 2000,
     batch_size: int = 32,
     image_size: int = 32,
+    width: int = 32,
     lr: float = 3e-4,
     captions: LooseCaptions = LooseCaptions(),
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Pretrain `tiny_pixel_pipeline` on train-split scenes with `captions`; save it as a
-    diffusers folder at `out_dir` (atomically) and return the folder."""
+    """Pretrain `tiny_pixel_pipeline` (UNet `width`) on train-split scenes with `captions`;
+    save it as a diffusers folder at `out_dir` (atomically) and return the folder."""
     torch.manual_seed(seed)
     world = ShapesWorld(seed)
     rng = random.Random(f"alignlab-shapes/{seed}/t2i-captions")
-    pipe = tiny_pixel_pipeline(prompt_tokenizer(), image_size=image_size, seed=seed)
+    pipe = tiny_pixel_pipeline(prompt_tokenizer(), image_size=image_size, width=width, seed=seed)
     denoiser, encoder = denoiser_of(pipe), pipe.text_encoder
     denoiser.train()
     encoder.train()
