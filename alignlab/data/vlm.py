@@ -68,22 +68,24 @@ def read_vlm_rows(
     """The rows of a TRL-format VLM JSONL (or JSON / parquet) file, each checked
     (`check_vlm_row`): a bad one (or a malformed line) is a DataError naming the file, the
     line and the field, or with on_bad_example="skip" left out and counted in `report`."""
-    return keep_good(
-        read_records(path, max_records, on_bad_example, report), check_vlm_row,
-        on_bad_example, report,
-    )  # fmt: skip
+    return read_checked(path, check_vlm_row, max_records, on_bad_example, report)
 
 
-def read_records(
-    path: str | Path, max_records: int, on_bad_example: str, report: DataReport | None
-) -> list[Record]:
-    """`load_records` of a local file, every record counted in `report`."""
+def read_checked(
+    path: str | Path,
+    check: Callable[[Record], U],
+    max_records: int,
+    on_bad_example: str,
+    report: DataReport | None,
+) -> list[U]:
+    """`check(record)` of each record of a local file (`load_records`), every record counted
+    in `report`, bad ones handled by `keep_good`."""
     records = load_records(
         str(path), max_records=max_records, on_bad_example=on_bad_example, report=report
     )
     if report is not None:
         report.records += len(records)  # load_records counts only the lines it skipped
-    return records
+    return keep_good(records, check, on_bad_example, report)
 
 
 def keep_good(

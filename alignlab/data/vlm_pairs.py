@@ -34,7 +34,7 @@ from alignlab.data.vlm import (
     encode_vlm_row,
     image_parts,
     keep_good,
-    read_records,
+    read_checked,
     resolve_images,
 )
 
@@ -56,10 +56,7 @@ def read_vlm_pairs(
     """The checked pairs of a TRL-format vision preference file (JSONL / JSON / parquet): a bad
     row is a DataError naming the file, the line and the field, or with
     on_bad_example="skip" left out and counted in `report`."""
-    return keep_good(
-        read_records(path, max_records, on_bad_example, report), check_vlm_pair,
-        on_bad_example, report,
-    )  # fmt: skip
+    return read_checked(path, check_vlm_pair, max_records, on_bad_example, report)
 
 
 def check_vlm_pair(record: Record) -> VlmPair:

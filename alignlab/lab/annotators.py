@@ -75,6 +75,14 @@ def agreement_with_gold(prefers_a: Sequence[bool], gold_margins: Sequence[float]
     return sum(label == (m > 0) for label, m in decided) / len(decided)
 
 
+def _majority(votes: tuple[bool, ...], rng: random.Random) -> bool:
+    """A panel's label: the majority of its votes, a tie broken by a coin from `rng`."""
+    count = Counter(votes)
+    if count[True] == count[False]:
+        return rng.random() < 0.5
+    return count[True] > count[False]
+
+
 def label_pairs(
     gold_a: Sequence[float],
     gold_b: Sequence[float],
@@ -97,11 +105,7 @@ def label_pairs(
         pair_votes = tuple(
             rng.random() < annotator.prob_prefers_a(margin, n_a - n_b) for annotator in annotators
         )
-        count = Counter(pair_votes)
-        if count[True] == count[False]:
-            final.append(rng.random() < 0.5)
-        else:
-            final.append(count[True] > count[False])
+        final.append(_majority(pair_votes, rng))
         votes.append(pair_votes)
     per_annotator = tuple(
         agreement_with_gold([v[i] for v in votes], margins) for i in range(len(annotators))
@@ -153,9 +157,7 @@ def label_binary(
     votes, final = [], []
     for gold in golds:
         item = tuple(rng.random() < a.prob_prefers_a(gold - threshold) for a in annotators)
-        count = Counter(item)
-        tied = count[True] == count[False]
-        final.append(rng.random() < 0.5 if tied else count[True] > count[False])
+        final.append(_majority(item, rng))
         votes.append(item)
     return BinaryLabelSet(
         says_yes=tuple(final),
